@@ -1,0 +1,3 @@
+from vhdfs.cli import run
+
+run()

@@ -1,0 +1,75 @@
+"""The `vhdfs` command: argument parsing, printing and exit codes. No logic lives here.
+
+Each module in `vhdfs.cli.commands` adds one subcommand through `register(subparsers)`;
+they are discovered, so a new command is a new module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import pkgutil
+import sys
+
+from vhdfs import __version__
+from vhdfs.errors import VhdfsError
+
+INTERNAL_ERROR_EXIT = 70
+
+
+class _OneLineWarnings(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"vhdfs: warning: {record.getMessage()}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vhdfs.cli import commands
+
+    parser = argparse.ArgumentParser(
+        prog="vhdfs", description="VHD differencing chains on Linux: inspect, create, convert, "
+        "mount, commit and upload.")
+    parser.add_argument("--version", action="version", version=f"vhdfs {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no warnings or progress")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"vhdfs.cli.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    log = logging.getLogger("vhdfs")
+    handler = _OneLineWarnings()
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        log.setLevel(logging.ERROR if args.quiet else logging.WARNING)
+        code = args.func(args)
+        return int(code or 0)
+    except VhdfsError as exc:
+        print(f"vhdfs: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("vhdfs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader of our output went away (vhdfs cat ... | head): not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except Exception as exc:  # a bug: one line, a report hint, the trace only on request
+        if os.environ.get("VHDFS_DEBUG"):
+            raise
+        print(f"vhdfs: internal error: {type(exc).__name__}: {exc} (this is a bug; run with "
+              "VHDFS_DEBUG=1 for details and report it)", file=sys.stderr)
+        return INTERNAL_ERROR_EXIT
+    finally:
+        log.removeHandler(handler)
+
+
+def run() -> None:
+    sys.exit(main())

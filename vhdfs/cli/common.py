@@ -1,0 +1,40 @@
+"""Options and helpers shared by commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from vhdfs.chain import Chain
+from vhdfs.format.footer import SIZE_RULES
+from vhdfs.resolve import OpenOptions, open_chain
+
+
+def add_image_options(parser: argparse.ArgumentParser) -> None:
+    """The read options of every command that opens an image."""
+    group = parser.add_argument_group("chain options")
+    group.add_argument("--parent", action="append", default=[], metavar="PATH",
+                       help="use this file as a parent (matched by unique id; repeatable)")
+    group.add_argument("--search", action="append", default=[], metavar="DIR",
+                       help="also look for parents in this folder (repeatable)")
+    group.add_argument("--size-rule", choices=SIZE_RULES, default="auto",
+                       help="virtual size from the footer's current size or its CHS geometry "
+                       "(auto: geometry for Virtual PC and old qemu disks, current size for "
+                       "all others, as qemu does)")
+
+
+def open_options(args: argparse.Namespace) -> OpenOptions:
+    return OpenOptions(parents=list(args.parent), search=list(args.search),
+                       size_rule=args.size_rule)
+
+
+def open_image(args: argparse.Namespace, spec: str, *, writable: bool = False,
+               allow_raw: bool = False) -> Chain:
+    return open_chain(spec, open_options(args), writable=writable, allow_raw=allow_raw)
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")

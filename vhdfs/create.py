@@ -1,0 +1,215 @@
+"""Create fixed, dynamic and differencing VHDs.
+
+Every new file is written under a temporary name in the destination folder and renamed into
+place once complete and synced: a crash never leaves a half-written image under the name.
+
+Layout of a new dynamic or differencing disk:
+  0      footer copy (512 bytes)
+  512    dynamic header (1024 bytes)
+  1536   parent locator data (differencing only: W2ru, W2ku, MacX; 1 KiB or more each)
+  ...    BAT, padded with 0xFF to a whole sector
+  ...    blocks, appended on first write with their data 4 KiB aligned
+  end    footer
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from vhdfs.errors import RefusedError, UsageError
+from vhdfs.format.dynheader import (
+    HEADER_SIZE,
+    PLATFORM_MACX,
+    PLATFORM_W2KU,
+    PLATFORM_W2RU,
+    DynamicHeader,
+    ParentLocator,
+)
+from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer
+from vhdfs.layer import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, SECTOR
+
+DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024
+# The VHD specification's limit for dynamic and differencing disks.
+MAX_SPARSE_SIZE = 2040 * (1 << 30)
+MAX_FIXED_SIZE = 64 * (1 << 40)
+LOCATOR_MIN_SPACE = 1024
+_EPOCH_2000 = 946684800
+
+
+@dataclass(frozen=True)
+class ParentInfo:
+    """What a new differencing child records about its parent."""
+
+    path: Path  # where the parent is now (absolute)
+    unique_id: bytes
+    size: int
+    timestamp: int  # VHD time of the parent's last modification (advisory)
+    block_size: int = 0
+
+
+def check_size(size: int, disk_type: DiskType) -> None:
+    if size <= 0:
+        raise UsageError(f"disk size must be positive, got {size}")
+    if size % SECTOR:
+        up = -(-size // SECTOR) * SECTOR
+        raise UsageError(f"disk size {size} is not a multiple of 512 bytes; use {up}")
+    limit = MAX_FIXED_SIZE if disk_type == DiskType.FIXED else MAX_SPARSE_SIZE
+    if size > limit:
+        raise UsageError(f"disk size {size} exceeds the VHD limit of {limit} bytes for "
+                         f"{disk_type.name.lower()} disks")
+
+
+def check_block_size(block_size: int) -> None:
+    if not (MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE) or block_size & (block_size - 1):
+        raise UsageError(f"block size {block_size} must be a power of two from 512 bytes to "
+                         "256 MiB (2M is the usual choice, 512K is also common)")
+
+
+@contextlib.contextmanager
+def atomic_output(out: str | os.PathLike[str], *, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to `out`; rename it to `out` when the block succeeds."""
+    target = Path(out)
+    if target.exists() and not force:
+        raise RefusedError(f"{target}: already exists; choose another name or pass --force "
+                           "to replace it")
+    if target.is_dir():
+        raise RefusedError(f"{target}: is a directory")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"{target}: folder {folder} does not exist")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".vhdfs-partial",
+                                    dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _round_up(value: int, step: int) -> int:
+    return -(-value // step) * step
+
+
+def fixed_footer(size: int, unique_id: bytes | None = None) -> Footer:
+    return Footer.new(DiskType.FIXED, size, unique_id=unique_id)
+
+
+def write_fixed(path: Path, size: int) -> Footer:
+    """A fixed disk of zeros: a sparse file of `size` bytes and the footer."""
+    footer = fixed_footer(size)
+    with open(path, "r+b") as handle:
+        handle.truncate(size)
+        handle.seek(size)
+        handle.write(footer.build())
+    return footer
+
+
+def parent_locators(child_folder: Path, parent: Path) -> list[tuple[bytes, bytes]]:
+    """W2ru (relative), W2ku (absolute) and MacX (file URL) for a child in `child_folder`."""
+    parent_abs = parent.resolve()
+    rel = os.path.relpath(parent_abs, child_folder.resolve())
+    rel_win = rel.replace("/", "\\")
+    if not rel_win.startswith(".."):
+        rel_win = ".\\" + rel_win
+    return [
+        (PLATFORM_W2RU, rel_win.encode("utf-16-le")),
+        (PLATFORM_W2KU, str(parent_abs).encode("utf-16-le")),
+        (PLATFORM_MACX, ("file://" + urllib.parse.quote(str(parent_abs))).encode("utf-8")),
+    ]
+
+
+def sparse_layout(size: int, block_size: int, disk_type: DiskType,
+                  parent: ParentInfo | None = None, locators: list[tuple[bytes, bytes]] = ()
+                  ) -> tuple[Footer, DynamicHeader, list[tuple[int, bytes]], int]:
+    """Footer, header, [(offset, locator data)] and the trailing footer offset of a new
+    dynamic or differencing disk with an empty BAT."""
+    entries = -(-size // block_size)
+    footer = Footer.new(disk_type, size, data_offset=FOOTER_SIZE)
+    header = DynamicHeader(table_offset=0, max_table_entries=entries, block_size=block_size)
+    position = FOOTER_SIZE + HEADER_SIZE
+    placed: list[tuple[int, bytes]] = []
+    for index, (code, data) in enumerate(locators):
+        space = max(_round_up(len(data), SECTOR), LOCATOR_MIN_SPACE)
+        header.locators[index] = ParentLocator(code, space, len(data), position)
+        placed.append((position, data))
+        position += space
+    if parent is not None:
+        header.parent_unique_id = parent.unique_id
+        header.parent_timestamp = parent.timestamp
+        header.parent_name_raw = DynamicHeader.encode_parent_name(parent.path.name)
+    header.table_offset = position
+    footer_at = position + _round_up(entries * 4, SECTOR)
+    return footer, header, placed, footer_at
+
+
+def write_sparse(path: Path, size: int, block_size: int, disk_type: DiskType,
+                 parent: ParentInfo | None = None) -> Footer:
+    locators = parent_locators(path.parent, parent.path) if parent else []
+    footer, header, placed, footer_at = sparse_layout(size, block_size, disk_type, parent,
+                                                     locators)
+    table = header.table_offset
+    with open(path, "r+b") as handle:
+        handle.truncate(0)
+        handle.write(footer.build())
+        handle.write(header.build())
+        for offset, data in placed:
+            handle.seek(offset)
+            handle.write(data)
+        handle.seek(table)
+        handle.write(b"\xff" * (footer_at - table))
+        handle.write(footer.build())
+    return footer
+
+
+def create_fixed(out: str | os.PathLike[str], size: int, *, force: bool = False) -> Footer:
+    check_size(size, DiskType.FIXED)
+    with atomic_output(out, force=force) as tmp:
+        return write_fixed(tmp, size)
+
+
+def create_dynamic(out: str | os.PathLike[str], size: int, block_size: int = DEFAULT_BLOCK_SIZE,
+                   *, force: bool = False) -> Footer:
+    check_size(size, DiskType.DYNAMIC)
+    check_block_size(block_size)
+    with atomic_output(out, force=force) as tmp:
+        return write_sparse(tmp, size, block_size, DiskType.DYNAMIC)
+
+
+def create_differencing(out: str | os.PathLike[str], parent: ParentInfo,
+                        block_size: int | None = None, *, force: bool = False) -> Footer:
+    size = parent.size
+    check_size(size, DiskType.DIFFERENCING)
+    block_size = block_size or parent.block_size or DEFAULT_BLOCK_SIZE
+    check_block_size(block_size)
+    target = Path(out)
+    if target.exists() and target.resolve() == parent.path.resolve():
+        raise RefusedError(f"{target}: is the parent itself; choose another name for the child")
+    with atomic_output(out, force=force) as tmp:
+        # Locators are computed for the final name's folder (same folder as tmp).
+        return write_sparse(tmp, size, block_size, DiskType.DIFFERENCING, parent)
+
+
+def parent_info_of(path: str | os.PathLike[str], layer) -> ParentInfo:
+    """ParentInfo for an opened local layer (the top of the chain a child will extend)."""
+    where = Path(path).resolve()
+    mtime = int(where.stat().st_mtime) - _EPOCH_2000
+    return ParentInfo(path=where, unique_id=layer.unique_id, size=layer.size,
+                      timestamp=min(max(0, mtime), 0xFFFFFFFF),
+                      block_size=layer.block_size)

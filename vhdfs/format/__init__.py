@@ -1,0 +1,1 @@
+"""On-disk structures of the VHD format, declared once with construct."""

@@ -1,0 +1,234 @@
+"""Open an image and resolve its parents into a Chain.
+
+Where a differencing disk's parent is looked for, in order:
+  1. `--parent PATH` overrides (any of them whose unique id matches),
+  2. relative locators (W2ru, Wi2r) against the child's own folder,
+  3. absolute locators (W2ku, Wi2k, MacX): a POSIX path as written, then the same file name
+     next to the child (a `C:\\...` path means nothing on Linux),
+  4. the header's parent name, next to the child,
+  5. every `--search DIR`, by each file name the hints mention.
+The first candidate whose footer unique id equals the child's parent id is the parent. Paths
+that come from inside an image are only followed when they name a regular file with an image
+suffix: a locator naming `/etc/shadow`, a FIFO or a device is never opened.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from vhdfs.chain import Chain, ParentLink
+from vhdfs.errors import (
+    ChainCycle,
+    ChainTooDeep,
+    FormatError,
+    ParentMismatch,
+    ParentNotFound,
+    VhdfsError,
+)
+from vhdfs.format.footer import COOKIE, FOOTER_SIZE, format_unique_id
+from vhdfs.layer import Layer
+from vhdfs.rawlayer import RawLayer
+from vhdfs.sources.base import Source
+from vhdfs.sources.local import LocalFile, describe_mode
+
+MAX_CHAIN_DEPTH = 64
+IMAGE_SUFFIXES = (".vhd", ".avhd", ".vhdx", ".avhdx")
+RELATIVE_CODES = ("W2ru", "Wi2r")
+ABSOLUTE_CODES = ("W2ku", "Wi2k", "MacX")
+
+
+@dataclass
+class OpenOptions:
+    """Read options every command that opens an image takes."""
+
+    parents: list[str] = field(default_factory=list)  # --parent PATH (repeatable)
+    search: list[str] = field(default_factory=list)  # --search DIR (repeatable)
+    size_rule: str = "auto"  # --size-rule auto|current|chs
+    max_depth: int = MAX_CHAIN_DEPTH
+
+
+# Other source kinds (remote blobs) register an opener for the specs they recognise.
+SourceOpener = Callable[[str, bool], Source | None]
+_openers: list[SourceOpener] = []
+
+
+def register_opener(opener: SourceOpener) -> None:
+    _openers.append(opener)
+
+
+def open_source(spec: str, *, writable: bool = False) -> Source:
+    for opener in _openers:
+        source = opener(spec, writable)
+        if source is not None:
+            return source
+    return LocalFile(spec, writable=writable)
+
+
+def looks_like_vhd(source: Source) -> bool:
+    size = source.size()
+    if size < FOOTER_SIZE:
+        return False
+    if source.read_at(size - FOOTER_SIZE, 8) == COOKIE:
+        return True
+    return source.read_at(0, 8) == COOKIE
+
+
+def open_layer(source: Source, options: OpenOptions, *, writable: bool = False) -> Layer:
+    return Layer(source, size_rule=options.size_rule, writable=writable)
+
+
+def open_chain(spec: str, options: OpenOptions | None = None, *, writable: bool = False,
+               allow_raw: bool = False) -> Chain:
+    """Open the image `spec` and its parents. Only the top layer may be writable."""
+    options = options or OpenOptions()
+    source = open_source(spec, writable=writable)
+    try:
+        if allow_raw and not writable and not looks_like_vhd(source):
+            return Chain([RawLayer(source)])
+        top = open_layer(source, options, writable=writable)
+    except BaseException:
+        source.close()
+        raise
+    layers: list = [top]
+    links: list[ParentLink] = []
+    try:
+        seen = {source.identity()}
+        while layers[-1].is_differencing:
+            if len(layers) > options.max_depth:
+                raise ChainTooDeep(
+                    f"{top.name}: the chain is deeper than {options.max_depth} layers (at "
+                    f"{layers[-1].name}); a parent loop or a runaway chain; check with vhdfs info")
+            parent, link = find_parent(layers[-1], options, seen)
+            seen.add(parent.source.identity())
+            layers.append(parent)
+            links.append(link)
+    except BaseException:
+        for layer in layers:
+            layer.source.close()
+        raise
+    return Chain(layers, links)
+
+
+@dataclass
+class _Candidate:
+    path: Path
+    found_by: str
+    hint: str
+    from_image: bool  # named by the image itself (locator or parent name), not by the user
+
+
+def _windows_parts(text: str) -> list[str]:
+    return [p for p in text.replace("\\", "/").split("/") if p not in ("", ".")]
+
+
+def _basename(text: str) -> str:
+    parts = _windows_parts(text)
+    return parts[-1] if parts else ""
+
+
+def _candidates(child: Layer, options: OpenOptions) -> list[_Candidate]:
+    base_dir = Path(child.name).parent
+    out: list[_Candidate] = [_Candidate(Path(p), "--parent", p, False) for p in options.parents]
+    names: list[str] = []
+    entries = child.locator_entries
+    for entry in sorted(entries, key=lambda e: e.code not in RELATIVE_CODES):
+        text = entry.text
+        if entry.code in RELATIVE_CODES:
+            parts = _windows_parts(text)
+            if parts and not PureWindowsPath(text).drive and not text.startswith(("/", "\\")):
+                out.append(_Candidate(base_dir.joinpath(*parts), entry.code, text, True))
+        elif entry.code in ABSOLUTE_CODES:
+            if entry.code == "MacX":
+                parsed = urllib.parse.urlsplit(text)
+                if parsed.scheme not in ("file", ""):
+                    continue  # a URL of another kind is never fetched from a locator
+                text = urllib.parse.unquote(parsed.path) if parsed.scheme else text
+            if text.startswith("/") and not text.startswith("//"):
+                out.append(_Candidate(Path(PurePosixPath(text)), entry.code, entry.text, True))
+        name = _basename(text)
+        if name:
+            out.append(_Candidate(base_dir / name, entry.code, entry.text, True))
+            names.append(name)
+    if child.parent_name:
+        name = _basename(child.parent_name)
+        if name:
+            out.append(_Candidate(base_dir / name, "parent name", child.parent_name, True))
+            names.append(name)
+    for folder in options.search:
+        for name in dict.fromkeys(names):
+            out.append(_Candidate(Path(folder) / name, "--search", folder, False))
+    unique: dict[str, _Candidate] = {}
+    for cand in out:
+        unique.setdefault(os.path.normpath(str(cand.path)), cand)
+    return list(unique.values())
+
+
+def find_parent(child: Layer, options: OpenOptions, seen: set) -> tuple[Layer, ParentLink]:
+    resolver = getattr(child.source, "find_parent", None)
+    if resolver is not None:  # remote sources resolve parents their own way
+        return resolver(child, options, seen)
+    expected = child.parent_id or b""
+    tried: list[str] = []
+    mismatches: list[str] = []
+    cycle: str | None = None
+    for cand in _candidates(child, options):
+        shown = str(cand.path)
+        if cand.from_image and not cand.path.name.lower().endswith(IMAGE_SUFFIXES):
+            tried.append(f"{shown} (from {cand.found_by}: not an image file name, not opened)")
+            continue
+        try:
+            info = cand.path.stat()
+        except OSError:
+            tried.append(shown)
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            tried.append(f"{shown} ({describe_mode(info.st_mode)}, not opened)")
+            continue
+        try:
+            source = open_source(str(cand.path))
+        except VhdfsError as exc:
+            tried.append(f"{shown} ({exc})")
+            continue
+        if source.identity() in seen:
+            source.close()
+            cycle = shown
+            continue
+        try:
+            parent = open_layer(source, options)
+        except FormatError as exc:
+            source.close()
+            tried.append(f"{shown} (not a usable VHD: {exc.what})")
+            continue
+        if parent.unique_id != expected:
+            mismatches.append(f"{shown} has unique id {format_unique_id(parent.unique_id)}")
+            source.close()
+            continue
+        if parent.size != child.size:
+            source.close()
+            raise ParentMismatch(
+                f"{child.name}: parent {shown} is {parent.size} bytes but the child is "
+                f"{child.size} bytes; the sizes must agree (was the parent resized?)")
+        others = tuple(t for t in tried)
+        return parent, ParentLink(cand.found_by, cand.hint, shown, others)
+    wanted = child.parent_name or (child.locator_entries[0].text if child.locator_entries else "")
+    if cycle and not mismatches:
+        raise ChainCycle(f"{child.name}: its parent {cycle} is already in the chain (a parent "
+                         "loop); fix the link with vhdfs set-parent")
+    if mismatches:
+        raise ParentMismatch(
+            f"{child.name}: expects parent id {format_unique_id(expected)} ({wanted or 'no name'}), but "
+            + "; ".join(mismatches) + "; give the right parent with --parent PATH or re-link "
+            "with vhdfs set-parent")
+    if not tried and not child.locator_entries and not child.parent_name:
+        raise ParentNotFound(
+            f"{child.name}: differencing disk without parent locators or parent name "
+            f"(parent id {format_unique_id(expected)}); give the parent with --parent PATH")
+    raise ParentNotFound(
+        f"{child.name}: parent {wanted or format_unique_id(expected)} not found (looked in: "
+        + ", ".join(tried) + "); use --parent PATH or --search DIR, or re-link with "
+        "vhdfs set-parent")

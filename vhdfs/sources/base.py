@@ -1,0 +1,47 @@
+"""The interface every byte source offers to a layer."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+
+class Source(ABC):
+    """Positional reads (and, when writable, writes) on one stored object.
+
+    Implementations are thread-safe: no shared seek position, so worker threads may read
+    concurrently.
+    """
+
+    name: str
+    writable: bool = False
+    # True when reads may wait on a network: callers on an event loop must use a thread.
+    remote: bool = False
+
+    @abstractmethod
+    def size(self) -> int: ...
+
+    @abstractmethod
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes at `offset`, or ImageIOError (short reads included)."""
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        raise NotImplementedError(f"{self.name} is read-only")
+
+    def sync(self) -> None:  # noqa: B027 - nothing to do for read-only sources
+        """Make every completed write durable."""
+
+    def truncate(self, size: int) -> None:
+        raise NotImplementedError(f"{self.name} is read-only")
+
+    def identity(self) -> tuple:
+        """Something that is equal for two sources on the same stored object (cycle checks)."""
+        return ("name", self.name)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
