@@ -116,6 +116,12 @@ class Footer:
     def new(cls, disk_type: DiskType, size: int, data_offset: int = NO_DATA_OFFSET,
             unique_id: bytes | None = None) -> Footer:
         cylinders, heads, spt = chs_geometry(size // 512)
+        if cylinders * heads * spt * 512 != size:
+            # The geometry cannot express this size. As qemu-img does for exact sizes, write
+            # the maximum geometry, which readers that size disks by CHS (qemu, for creators
+            # it does not know) take to mean "use the current size"; Hyper-V and Azure use
+            # the current size anyway.
+            cylinders, heads, spt = MAX_GEOMETRY
         return cls(
             features=FEATURES_RESERVED, version=VERSION_1_0, data_offset=data_offset,
             timestamp=vhd_now(), creator_app=CREATOR_APP, creator_version=0x00010000,
