@@ -165,13 +165,17 @@ class Chain:
         if offset >= self.size or length <= 0:
             return b""
         length = min(length, self.size - offset)
-        pieces = []
-        for ext in self.iter_extents(offset, length):
-            if ext.layer == ZERO:
-                pieces.append(bytes(ext.length))
-            else:
-                pieces.append(self.layers[ext.layer].read_data(ext.file_offset, ext.length))
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        buf = bytearray(length)
+        self.read_into(offset, memoryview(buf))
+        return bytes(buf)
+
+    def read_into(self, offset: int, view: memoryview, extents: list[Extent] | None = None) -> None:
+        """Fill `view` with the flat disk's bytes at `offset`; `view` must be zeroed already
+        (a fresh bytearray is): ZERO extents are skipped, not written."""
+        for ext in extents if extents is not None else self.iter_extents(offset, len(view)):
+            if ext.layer != ZERO:
+                start = ext.offset - offset
+                self.layers[ext.layer].read_into(ext.file_offset, view[start:start + ext.length])
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write into the top layer; partial sectors are merged with what the chain shows."""

@@ -328,6 +328,9 @@ class Layer:
     def read_data(self, file_offset: int, length: int) -> bytes:
         return self.source.read_at(file_offset, length)
 
+    def read_into(self, file_offset: int, view: memoryview) -> None:
+        self.source.read_into(file_offset, view)
+
     def _bitmap(self, index: int) -> bytearray:
         with self._lock:
             cached = self._bitmaps.get(index)

@@ -56,6 +56,9 @@ class RawLayer:
     def read_data(self, file_offset: int, length: int) -> bytes:
         return self.source.read_at(file_offset, length)
 
+    def read_into(self, file_offset: int, view: memoryview) -> None:
+        self.source.read_into(file_offset, view)
+
     def allocated_blocks(self) -> int:
         return 0
 

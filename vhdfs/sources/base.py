@@ -24,6 +24,10 @@ class Source(ABC):
     def read_at(self, offset: int, length: int) -> bytes:
         """Exactly `length` bytes at `offset`, or ImageIOError (short reads included)."""
 
+    def read_into(self, offset: int, view: memoryview) -> None:
+        """Fill `view` with the bytes at `offset` (sources override this to avoid a copy)."""
+        view[:] = self.read_at(offset, len(view))
+
     def write_at(self, offset: int, data: bytes) -> None:
         raise NotImplementedError(f"{self.name} is read-only")
 

@@ -77,6 +77,17 @@ class LocalFile(Source):
                 "the file is shorter than its metadata says (truncated?)", errno.EIO)
         return data
 
+    def read_into(self, offset: int, view: memoryview) -> None:
+        length = len(view)
+        try:
+            got = os.preadv(self.fd, [view], offset)
+        except OSError as exc:
+            raise ImageIOError.from_os_error(self.name, f"reading {length} bytes", offset, exc) from None
+        if got != length:
+            raise ImageIOError(
+                f"{self.name}: reading {length} bytes at offset {offset} got {got}: "
+                "the file is shorter than its metadata says (truncated?)", errno.EIO)
+
     def write_at(self, offset: int, data: bytes) -> None:
         view = memoryview(data)
         done = 0
