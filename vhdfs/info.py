@@ -17,6 +17,14 @@ def layer_facts(chain: Chain) -> list[dict[str, Any]]:
         if isinstance(layer, RawLayer):
             facts.append({"path": layer.name, "disk_type": "raw", "virtual_size": layer.size})
             continue
+        describe = getattr(layer, "describe", None)
+        if describe is not None:  # formats that describe themselves (VHDX)
+            item = describe()
+            if layer.is_differencing and depth < len(chain.links):
+                link = chain.links[depth]
+                item["parent_found"] = {"path": link.path, "by": link.found_by, "hint": link.hint}
+            facts.append(item)
+            continue
         footer = layer.footer
         item: dict[str, Any] = {
             "path": layer.name,

@@ -35,11 +35,13 @@ from vhdfs.layer import Layer
 from vhdfs.rawlayer import RawLayer
 from vhdfs.sources.base import Source
 from vhdfs.sources.local import LocalFile, describe_mode
+from vhdfs.vhdx.layer import VhdxLayer, is_vhdx
 
 MAX_CHAIN_DEPTH = 64
 IMAGE_SUFFIXES = (".vhd", ".avhd", ".vhdx", ".avhdx")
-RELATIVE_CODES = ("W2ru", "Wi2r")
-ABSOLUTE_CODES = ("W2ku", "Wi2k", "MacX")
+# VHD locator codes, and the VHDX parent locator keys (vhdfs.vhdx.layer.PATH_KEYS)
+RELATIVE_CODES = ("W2ru", "Wi2r", "relative_path")
+ABSOLUTE_CODES = ("W2ku", "Wi2k", "MacX", "absolute_win32_path", "volume_path")
 
 
 @dataclass
@@ -70,6 +72,8 @@ def open_source(spec: str, *, writable: bool = False) -> Source:
 
 
 def looks_like_vhd(source: Source) -> bool:
+    if is_vhdx(source):
+        return True
     size = source.size()
     if size < FOOTER_SIZE:
         return False
@@ -79,6 +83,8 @@ def looks_like_vhd(source: Source) -> bool:
 
 
 def open_layer(source: Source, options: OpenOptions, *, writable: bool = False) -> Layer:
+    if is_vhdx(source):
+        return VhdxLayer(source, writable=writable)  # type: ignore[return-value]
     return Layer(source, size_rule=options.size_rule, writable=writable)
 
 
@@ -168,6 +174,11 @@ def _candidates(child: Layer, options: OpenOptions) -> list[_Candidate]:
     return list(unique.values())
 
 
+def _id_text(layer: Layer, raw: bytes) -> str:
+    """A unique id as the layer's format shows it (VHDX: Windows GUID text)."""
+    return getattr(layer, "format_id", format_unique_id)(raw)
+
+
 def find_parent(child: Layer, options: OpenOptions, seen: set) -> tuple[Layer, ParentLink]:
     resolver = getattr(child.source, "find_parent", None)
     if resolver is not None:  # remote sources resolve parents their own way
@@ -204,8 +215,17 @@ def find_parent(child: Layer, options: OpenOptions, seen: set) -> tuple[Layer, P
             source.close()
             tried.append(f"{shown} (not a usable VHD: {exc.what})")
             continue
-        if parent.unique_id != expected:
-            mismatches.append(f"{shown} has unique id {format_unique_id(parent.unique_id)}")
+        child_format = getattr(child, "image_format", "VHD")
+        parent_format = getattr(parent, "image_format", "VHD")
+        if parent_format != child_format:
+            # Hyper-V links a differencing disk only to a parent of its own format.
+            mismatches.append(f"{shown} is a {parent_format} image, but a {child_format} "
+                              f"differencing disk can only have a {child_format} parent")
+            source.close()
+            continue
+        # A VHDX child accepts either of its two linkages (parent_linkage, parent_linkage2).
+        if parent.unique_id not in (getattr(child, "parent_ids", None) or (expected,)):
+            mismatches.append(f"{shown} has unique id {_id_text(child, parent.unique_id)}")
             source.close()
             continue
         if parent.size != child.size:
@@ -221,14 +241,14 @@ def find_parent(child: Layer, options: OpenOptions, seen: set) -> tuple[Layer, P
                          "loop); fix the link with vhdfs set-parent")
     if mismatches:
         raise ParentMismatch(
-            f"{child.name}: expects parent id {format_unique_id(expected)} ({wanted or 'no name'}), but "
+            f"{child.name}: expects parent id {_id_text(child, expected)} ({wanted or 'no name'}), but "
             + "; ".join(mismatches) + "; give the right parent with --parent PATH or re-link "
             "with vhdfs set-parent")
     if not tried and not child.locator_entries and not child.parent_name:
         raise ParentNotFound(
             f"{child.name}: differencing disk without parent locators or parent name "
-            f"(parent id {format_unique_id(expected)}); give the parent with --parent PATH")
+            f"(parent id {_id_text(child, expected)}); give the parent with --parent PATH")
     raise ParentNotFound(
-        f"{child.name}: parent {wanted or format_unique_id(expected)} not found (looked in: "
+        f"{child.name}: parent {wanted or _id_text(child, expected)} not found (looked in: "
         + ", ".join(tried) + "); use --parent PATH or --search DIR, or re-link with "
         "vhdfs set-parent")

@@ -1,0 +1,546 @@
+"""One VHDX file (.vhdx, or an .avhdx checkpoint) over one source, read-only.
+
+Offers what the chain, convert and the views ask of `vhdfs.layer.Layer`: `map` turns a
+range of the virtual disk into HERE / BELOW / ZERO runs, `read_data` reads stored bytes.
+
+Opening follows [MS-VHDX]: the file identifier, the current header of the two (highest
+sequence number among those whose CRC-32C holds), the log (replayed in memory when the
+header's log GUID is set, see vhdfs.vhdx.log), the region table (BAT and metadata
+regions), the metadata items and the BAT. Blocks whose BAT entry is damaged are listed in
+`bad_blocks`; reading them fails with a clear error, everything else still reads.
+
+Block states, as read here:
+  not present        zeros, or the parent's data in a differencing file
+  undefined, zero,   zeros, also in a differencing file: the block is described by this
+  unmapped           file, so the parent is not consulted (libvhdi reads the parent instead)
+  fully present      this file's block
+  partially present  differencing files: the sector bitmap (LSB first) says per sector
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import logging
+import sys
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from construct import ChecksumError as ConstructChecksumError
+from construct import ConstructError
+
+from vhdfs.errors import FormatError, ImageIOError, RefusedError
+from vhdfs.format.footer import DiskType
+from vhdfs.layer import LocatorEntry, Run, RunKind
+from vhdfs.sources.base import Source
+from vhdfs.vhdx import format as fmt
+from vhdfs.vhdx.bitmap import lsb_runs
+from vhdfs.vhdx.log import LogReplay, replay_log
+
+log = logging.getLogger("vhdfs")
+
+MiB = fmt.MiB
+BITMAP_CACHE_BLOCKS = 1024
+# Parent locator keys that name a file, in the order they are tried.
+PATH_KEYS = ("relative_path", "volume_path", "absolute_win32_path")
+
+
+def is_vhdx(source: Source) -> bool:
+    """True when the file starts with the VHDX file identifier."""
+    return source.size() >= fmt.FILE_ID_SIZE and source.read_at(0, 8) == fmt.SIGNATURE
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    start: int
+    end: int
+
+
+class VhdxLayer:
+    """One VHDX file: fixed, dynamic or differencing. Read-only."""
+
+    image_format = "VHDX"
+    header = None  # no VHD dynamic header
+    bitmap_size = 0
+    format_id = staticmethod(fmt.guid_text)  # ids shown as Windows shows them
+
+    def __init__(self, source: Source, *, size_rule: str = "auto", writable: bool = False) -> None:
+        self.source = source
+        self.name = source.name
+        self.writable = False
+        if writable:
+            raise RefusedError(
+                f"{self.name}: vhdfs reads VHDX images but cannot write them yet; open it "
+                f"read-only, or convert it first: vhdfs convert {self.name} out.vhd --to dynamic")
+        self.warnings: list[str] = []
+        self.bad_blocks: dict[int, str] = {}
+        self.replay: LogReplay | None = None
+        self._lock = threading.Lock()
+        self._bitmaps: OrderedDict[int, bytes] = OrderedDict()
+        self.parent_ids: tuple[bytes, ...] = ()
+
+        self.file_size = source.size()
+        if not is_vhdx(source):
+            raise FormatError(self.name, "no 'vhdxfile' signature at offset 0",
+                              "it is not a VHDX image")
+        ident = fmt.FILE_IDENTIFIER.parse(source.read_at(0, 520))
+        self.creator = ident.creator.decode("utf-16-le", "replace").split("\0", 1)[0]
+        self.current_header, self.header_number = self._read_headers()
+        hdr = self.current_header
+        if hdr.log_guid != fmt.ZERO_GUID:
+            self.replay = replay_log(source.read_at, self.name, self.file_size, hdr.log_guid,
+                                     hdr.log_offset, hdr.log_length)
+            if self.replay is not None:
+                self._warn(f"{self.name}: the log holds {len(self.replay.entries)} entr"
+                           f"{'y' if len(self.replay.entries) == 1 else 'ies'} not yet replayed "
+                           f"({self.replay.write_count} sector write(s), left by a crash or an "
+                           "unclean close); replayed in memory for reading, the file is unchanged")
+        self.data_size = self.replay.file_size if self.replay else self.file_size
+        self.regions = self._read_region_table()
+        self._read_metadata()
+        self._read_bat()
+
+    # ---------------------------------------------------------------- opening
+    def _warn(self, text: str) -> None:
+        self.warnings.append(text)
+        log.warning("%s", text)
+
+    def _read(self, offset: int, length: int) -> bytes:
+        """File bytes as they are once the log is replayed."""
+        if self.replay is None:
+            return self.source.read_at(offset, length)
+        stored = max(0, min(length, self.file_size - offset))
+        data = bytearray(self.source.read_at(offset, stored) if stored else b"")
+        data += bytes(length - stored)  # the log may have grown the file
+        self.replay.apply(offset, data)
+        return bytes(data)
+
+    def _read_headers(self) -> tuple[Any, int]:
+        valid: list[tuple[Any, int]] = []
+        problems: list[str] = []
+        for number, offset in enumerate(fmt.HEADER_OFFSETS, start=1):
+            raw = self.source.read_at(offset, fmt.HEADER_SIZE)
+            try:
+                header = fmt.HEADER.parse(raw).tail.value
+            except ConstructChecksumError:
+                problems.append(f"header {number} at offset {offset} fails its CRC-32C check")
+                continue
+            except ConstructError:
+                problems.append(f"header {number} at offset {offset} has no 'head' signature")
+                continue
+            if header.version != 1:
+                problems.append(f"header {number} at offset {offset} has version "
+                                f"{header.version} (expected 1)")
+                continue
+            valid.append((header, number))
+        if not valid:
+            raise FormatError(self.name, "both VHDX headers are damaged (" + "; ".join(problems)
+                              + ")", "the file cannot be read; restore it from a copy")
+        header, number = max(valid, key=lambda item: item[0].sequence_number)
+        if problems:
+            self._warn(f"{self.name}: {problems[0]}; using header {number} (sequence "
+                       f"{header.sequence_number})")
+        if header.log_version != 0:
+            raise FormatError(self.name, f"header {number}: log version {header.log_version} "
+                              "is not supported (expected 0)", "")
+        return header, number
+
+    def _read_region_table(self) -> dict[bytes, Region]:
+        table = None
+        problems: list[str] = []
+        for number, offset in enumerate(fmt.REGION_TABLE_OFFSETS, start=1):
+            try:
+                table = fmt.REGION_TABLE.parse(self._read(offset, fmt.REGION_TABLE_SIZE)).tail.value
+                break
+            except ConstructChecksumError:
+                problems.append(f"region table {number} at offset {offset} fails its CRC-32C check")
+            except ConstructError:
+                problems.append(f"region table {number} at offset {offset} has no 'regi' signature")
+        if table is None:
+            raise FormatError(self.name, "both region tables are damaged (" + "; ".join(problems)
+                              + ")", "the file cannot be read; restore it from a copy")
+        if problems:
+            self._warn(f"{self.name}: {problems[0]}; using region table 2")
+        if table.entry_count > fmt.MAX_REGION_ENTRIES:
+            raise FormatError(self.name, f"region table: {table.entry_count} entries (at most "
+                              f"{fmt.MAX_REGION_ENTRIES})", "the region table is damaged")
+        names = {fmt.BAT_REGION: "BAT region", fmt.METADATA_REGION: "metadata region"}
+        regions: dict[bytes, Region] = {}
+        for index, entry in enumerate(table.entries):
+            name = names.get(entry.guid)
+            where = f"region table entry {index} ({name or fmt.guid_text(entry.guid)})"
+            if name is None:
+                if entry.required & 1:
+                    raise FormatError(self.name, f"{where}: a required region vhdfs does not "
+                                      "know", "the image needs a newer VHDX reader")
+                continue
+            if entry.guid in regions:
+                raise FormatError(self.name, f"{where}: listed twice", "the region table is damaged")
+            start, end = entry.file_offset, entry.file_offset + entry.length
+            if start % MiB or entry.length % MiB or entry.length == 0 or start < fmt.HEADER_SECTION_SIZE:
+                raise FormatError(self.name, f"{where}: offset {start}, length {entry.length}; both "
+                                  "must be whole MiB, past the first MiB", "the region table is damaged")
+            if end > self.data_size:
+                raise FormatError(self.name, f"{where}: ends at {end}, past the end of the file "
+                                  f"({self.data_size} bytes)", "the file is truncated")
+            regions[entry.guid] = Region(name, start, end)
+        for guid, name in names.items():
+            if guid not in regions:
+                raise FormatError(self.name, f"region table: no {name}", "the region table is damaged")
+        spans = list(regions.values())
+        hdr = self.current_header
+        if hdr.log_length:
+            spans.append(Region("log", hdr.log_offset, hdr.log_offset + hdr.log_length))
+        spans.sort(key=lambda r: r.start)
+        for previous, region in zip(spans, spans[1:], strict=False):
+            if region.start < previous.end:
+                raise FormatError(
+                    self.name, f"region table: the {region.name} [{region.start}, {region.end}) "
+                    f"overlaps the {previous.name} [{previous.start}, {previous.end})",
+                    "the region table is damaged")
+        self.spans = spans
+        return regions
+
+    def _read_metadata(self) -> None:
+        region = self.regions[fmt.METADATA_REGION]
+        raw = self._read(region.start, region.end - region.start)
+        where = f"metadata region at offset {region.start}"
+        try:
+            head = fmt.METADATA_TABLE_HEADER.parse(raw)
+        except ConstructError:
+            raise FormatError(self.name, f"{where}: no 'metadata' signature",
+                              "the metadata region is damaged") from None
+        if head.entry_count > fmt.MAX_METADATA_ENTRIES:
+            raise FormatError(self.name, f"{where}: {head.entry_count} entries (at most "
+                              f"{fmt.MAX_METADATA_ENTRIES})", "the metadata region is damaged")
+        items: dict[bytes, bytes] = {}
+        for index in range(head.entry_count):
+            entry = fmt.METADATA_ENTRY.parse(raw[32 + 32 * index:64 + 32 * index])
+            name = fmt.KNOWN_METADATA.get(entry.item_id)
+            what = f"{where}, entry {index} ({name or fmt.guid_text(entry.item_id)})"
+            if name is None:
+                if entry.flags & fmt.META_IS_REQUIRED:
+                    raise FormatError(self.name, f"{what}: a required metadata item vhdfs does "
+                                      "not know", "the image needs a newer VHDX reader")
+                continue
+            if entry.item_id in items:
+                raise FormatError(self.name, f"{what}: listed twice", "the metadata is damaged")
+            if entry.length and (entry.offset < fmt.METADATA_TABLE_SIZE
+                                 or entry.offset + entry.length > len(raw)):
+                raise FormatError(self.name, f"{what}: {entry.length} bytes at offset "
+                                  f"{entry.offset} lie outside the region's item area",
+                                  "the metadata is damaged")
+            items[entry.item_id] = raw[entry.offset:entry.offset + entry.length]
+
+        def item(guid: bytes, size: int) -> bytes:
+            value = items.get(guid)
+            if value is None or len(value) < size:
+                raise FormatError(self.name, f"{where}: the {fmt.KNOWN_METADATA[guid]} item is "
+                                  "missing or short", "the metadata is damaged")
+            return value
+
+        params = fmt.FILE_PARAMETERS_ITEM.parse(item(fmt.FILE_PARAMETERS, 8))
+        self.block_size = params.block_size
+        self.leave_blocks_allocated = bool(params.flags & fmt.LEAVE_BLOCKS_ALLOCATED)
+        self.has_parent = bool(params.flags & fmt.HAS_PARENT)
+        self.size = int.from_bytes(item(fmt.VIRTUAL_DISK_SIZE, 8)[:8], "little")
+        self.virtual_disk_id = item(fmt.VIRTUAL_DISK_ID, 16)[:16]
+        self.logical_sector_size = int.from_bytes(item(fmt.LOGICAL_SECTOR_SIZE, 4)[:4], "little")
+        self.physical_sector_size = int.from_bytes(item(fmt.PHYSICAL_SECTOR_SIZE, 4)[:4], "little")
+        bs = self.block_size
+        if bs < MiB or bs > 256 * MiB or bs & (bs - 1):
+            raise FormatError(self.name, f"{where}: block size {bs}; expected a power of two "
+                              "from 1 MiB to 256 MiB", "the metadata is damaged")
+        for label, value in (("logical", self.logical_sector_size),
+                             ("physical", self.physical_sector_size)):
+            if value not in (512, 4096):
+                raise FormatError(self.name, f"{where}: {label} sector size {value}; expected "
+                                  "512 or 4096", "the metadata is damaged")
+        if self.size == 0 or self.size % self.logical_sector_size or self.size > fmt.MAX_VIRTUAL_SIZE:
+            raise FormatError(self.name, f"{where}: virtual disk size {self.size}; expected a "
+                              f"multiple of {self.logical_sector_size} up to 64 TiB",
+                              "the metadata is damaged")
+        self.locator: dict[str, str] = {}
+        if self.has_parent:
+            self.locator = self._parse_parent_locator(item(fmt.PARENT_LOCATOR, 20), where)
+
+    def _parse_parent_locator(self, raw: bytes, where: str) -> dict[str, str]:
+        what = f"{where}: parent locator"
+        head = fmt.PARENT_LOCATOR_HEADER.parse(raw)
+        if head.locator_type != fmt.VHDX_PARENT_LOCATOR_TYPE:
+            raise FormatError(self.name, f"{what}: type {fmt.guid_text(head.locator_type)} is not "
+                              "the VHDX parent locator type", "vhdfs knows VHDX parents only")
+        if 20 + 12 * head.key_value_count > len(raw):
+            raise FormatError(self.name, f"{what}: {head.key_value_count} entries do not fit in "
+                              f"its {len(raw)} bytes", "the metadata is damaged")
+        values: dict[str, str] = {}
+        for index in range(head.key_value_count):
+            entry = fmt.PARENT_LOCATOR_ENTRY.parse(raw[20 + 12 * index:32 + 12 * index])
+            texts = []
+            for offset, length in ((entry.key_offset, entry.key_length),
+                                   (entry.value_offset, entry.value_length)):
+                if offset + length > len(raw) or length % 2:
+                    raise FormatError(self.name, f"{what}, entry {index}: {length} bytes at "
+                                      f"offset {offset} lie outside the locator",
+                                      "the metadata is damaged")
+                try:
+                    texts.append(raw[offset:offset + length].decode("utf-16-le"))
+                except UnicodeDecodeError:
+                    raise FormatError(self.name, f"{what}, entry {index}: not UTF-16 text",
+                                      "the metadata is damaged") from None
+            values[texts[0]] = texts[1]
+        linkage = values.get("parent_linkage")
+        if linkage is None:
+            raise FormatError(self.name, f"{what}: no parent_linkage entry", "the metadata is damaged")
+        ids = []
+        for key in ("parent_linkage", "parent_linkage2"):
+            if key in values:
+                raw_id = fmt.parse_guid_text(values[key])
+                if raw_id is None:
+                    raise FormatError(self.name, f"{what}: {key} {values[key]!r} is not a GUID",
+                                      "the metadata is damaged")
+                ids.append(raw_id)
+        self.parent_ids = tuple(ids)
+        return values
+
+    def _read_bat(self) -> None:
+        region = self.regions[fmt.BAT_REGION]
+        self.chunk_ratio = fmt.chunk_ratio(self.block_size, self.logical_sector_size)
+        self.block_count = -(-self.size // self.block_size)
+        entries = fmt.bat_entry_count(self.size, self.block_size, self.logical_sector_size,
+                                      self.has_parent)
+        if entries * 8 > region.end - region.start:
+            raise FormatError(self.name, f"BAT region at offset {region.start}: "
+                              f"{region.end - region.start} bytes, but a disk of {self.size} bytes "
+                              f"in {self.block_size}-byte blocks needs {entries} entries "
+                              f"({entries * 8} bytes)", "the region table or the metadata is damaged")
+        bat = array.array("Q", self._read(region.start, entries * 8))
+        if sys.byteorder == "big":
+            bat.byteswap()
+        self.bat = bat
+        self._check_bat()
+
+    def _check_bat(self) -> None:
+        """Mark payload blocks whose BAT entry (or sector bitmap entry) cannot be followed."""
+        ratio, bs = self.chunk_ratio, self.block_size
+        stored: list[tuple[int, int, str, int]] = []  # (start, end, what, block or -1)
+        for block in range(self.block_count):
+            entry = self.bat[fmt.payload_index(block, ratio)]
+            state, offset = entry & fmt.STATE_MASK, entry & fmt.OFFSET_MASK
+            where = f"BAT entry {fmt.payload_index(block, ratio)} (block {block})"
+            if state not in fmt.PAYLOAD_STATES:
+                self.bad_blocks[block] = f"{where} has state {state}, which is undefined"
+                continue
+            if state == fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT and not self.has_parent:
+                self.bad_blocks[block] = f"{where} is partially present in a file without a parent"
+                continue
+            if state < fmt.PAYLOAD_BLOCK_FULLY_PRESENT:
+                continue
+            length = min(bs, self.size - block * bs)
+            reason = self._storage_problem(offset, length)
+            if reason:
+                self.bad_blocks[block] = f"{where} points to file offset {offset}, {reason}"
+                continue
+            stored.append((offset, offset + length, f"block {block}", block))
+            if state == fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT:
+                sb_index = fmt.bitmap_index(block, ratio)
+                sb = self.bat[sb_index]
+                sb_offset = sb & fmt.OFFSET_MASK
+                if sb & fmt.STATE_MASK != fmt.SB_BLOCK_PRESENT:
+                    self.bad_blocks[block] = (f"{where} is partially present but its sector bitmap "
+                                              f"(BAT entry {sb_index}) is not")
+                elif reason := self._storage_problem(sb_offset, fmt.SECTOR_BITMAP_BLOCK):
+                    self.bad_blocks[block] = (f"{where}: its sector bitmap (BAT entry {sb_index}) "
+                                              f"points to file offset {sb_offset}, {reason}")
+        if self.has_parent:
+            for chunk in range(-(-self.block_count // ratio)):
+                sb = self.bat[fmt.bitmap_index(chunk * ratio, ratio)]
+                if sb & fmt.STATE_MASK == fmt.SB_BLOCK_PRESENT:
+                    start = sb & fmt.OFFSET_MASK
+                    stored.append((start, start + fmt.SECTOR_BITMAP_BLOCK,
+                                   f"the sector bitmap of chunk {chunk}", -1))
+        stored.sort()
+        previous: tuple[int, int, str, int] | None = None
+        for item in stored:
+            if previous is not None and item[0] < previous[1]:
+                for one, other in ((item, previous), (previous, item)):
+                    if one[3] >= 0:
+                        self.bad_blocks.setdefault(
+                            one[3], f"{one[2]} at file offset {one[0]} shares its storage with "
+                            f"{other[2]}")
+            if previous is None or item[1] > previous[1]:
+                previous = item
+        for block in sorted(self.bad_blocks)[:3]:
+            self._warn(f"{self.name}: {self.bad_blocks[block]}; that block cannot be read")
+        if len(self.bad_blocks) > 3:
+            self._warn(f"{self.name}: {len(self.bad_blocks) - 3} more damaged BAT entries")
+
+    def _storage_problem(self, offset: int, length: int) -> str:
+        if offset < fmt.HEADER_SECTION_SIZE:
+            return "inside the header section (the first MiB)"
+        if offset + length > self.data_size:
+            return f"past the end of the file ({self.data_size} bytes)"
+        for span in self.spans:
+            if offset < span.end and span.start < offset + length:
+                return f"inside the {span.name} [{span.start}, {span.end})"
+        return ""
+
+    # ---------------------------------------------------------------- facts
+    @property
+    def disk_type(self) -> DiskType:
+        if self.has_parent:
+            return DiskType.DIFFERENCING
+        return DiskType.FIXED if self.leave_blocks_allocated else DiskType.DYNAMIC
+
+    @property
+    def is_differencing(self) -> bool:
+        return self.has_parent
+
+    @property
+    def unique_id(self) -> bytes:
+        """What a child's parent_linkage names: the DataWriteGuid of the current header."""
+        return bytes(self.current_header.data_write_guid)
+
+    @property
+    def parent_id(self) -> bytes | None:
+        return self.parent_ids[0] if self.has_parent else None
+
+    @property
+    def parent_name(self) -> str:
+        return ""  # VHDX has no parent name field; the locator entries name the parent
+
+    @property
+    def locator_entries(self) -> list[LocatorEntry]:
+        return [LocatorEntry(index, key, self.locator[key])
+                for index, key in enumerate(PATH_KEYS) if self.locator.get(key)]
+
+    def allocated_blocks(self) -> int:
+        ratio = self.chunk_ratio
+        return sum(1 for block in range(self.block_count)
+                   if self.bat[fmt.payload_index(block, ratio)] & fmt.STATE_MASK
+                   >= fmt.PAYLOAD_BLOCK_FULLY_PRESENT)
+
+    def block_state(self, block: int) -> int:
+        return self.bat[fmt.payload_index(block, self.chunk_ratio)] & fmt.STATE_MASK
+
+    def describe(self) -> dict[str, Any]:
+        """What `vhdfs info` shows (the keys of a VHD layer's facts, plus VHDX ones)."""
+        hdr = self.current_header
+        item: dict[str, Any] = {
+            "path": self.name,
+            "format": "vhdx",
+            "disk_type": self.disk_type.name.lower(),
+            "virtual_size": self.size,
+            "current_size": self.size,
+            "chs_size": self.size,
+            "geometry": [],
+            "block_size": self.block_size,
+            "blocks": self.block_count,
+            "allocated_blocks": self.allocated_blocks(),
+            "unique_id": fmt.guid_text(hdr.data_write_guid),
+            "creator": self.creator,
+            "created": "(VHDX keeps no creation time)",
+            "file_size": self.file_size,
+            "logical_sector_size": self.logical_sector_size,
+            "physical_sector_size": self.physical_sector_size,
+            "virtual_disk_id": fmt.guid_text(self.virtual_disk_id),
+            "data_write_guid": fmt.guid_text(hdr.data_write_guid),
+            "file_write_guid": fmt.guid_text(hdr.file_write_guid),
+            "header": {"number": self.header_number, "sequence": hdr.sequence_number},
+            "log": ("clean" if self.replay is None else
+                    f"{len(self.replay.entries)} entries replayed in memory"),
+        }
+        if self.bad_blocks:
+            item["damaged_blocks"] = sorted(self.bad_blocks)
+        if self.has_parent:
+            item["parent_id"] = fmt.guid_text(self.parent_ids[0])
+            if len(self.parent_ids) > 1:
+                item["parent_id2"] = fmt.guid_text(self.parent_ids[1])
+            item["parent_name"] = ""
+            item["locators"] = [{"index": e.index, "code": e.code, "path": e.text}
+                                for e in self.locator_entries]
+        if self.warnings:
+            item["warnings"] = list(self.warnings)
+        return item
+
+    # ---------------------------------------------------------------- reading
+    def read_data(self, file_offset: int, length: int) -> bytes:
+        return self._read(file_offset, length)
+
+    def _block_bitmap(self, block: int) -> bytes:
+        with self._lock:
+            cached = self._bitmaps.get(block)
+            if cached is not None:
+                self._bitmaps.move_to_end(block)
+                return cached
+        per_block = fmt.SECTOR_BITMAP_BLOCK // self.chunk_ratio
+        sb = self.bat[fmt.bitmap_index(block, self.chunk_ratio)] & fmt.OFFSET_MASK
+        bitmap = self._read(sb + (block % self.chunk_ratio) * per_block, per_block)
+        with self._lock:
+            self._bitmaps[block] = bitmap
+            while len(self._bitmaps) > BITMAP_CACHE_BLOCKS:
+                self._bitmaps.popitem(last=False)
+        return bitmap
+
+    def block_runs(self, block: int) -> list[Run]:
+        """The runs of one whole block (clipped at the disk size)."""
+        start = block * self.block_size
+        length = min(self.block_size, self.size - start)
+        bad = self.bad_blocks.get(block)
+        if bad is not None:
+            raise FormatError(self.name, bad, "the image is damaged; that block cannot be read")
+        entry = self.bat[fmt.payload_index(block, self.chunk_ratio)]
+        state, offset = entry & fmt.STATE_MASK, entry & fmt.OFFSET_MASK
+        if state == fmt.PAYLOAD_BLOCK_NOT_PRESENT:
+            return [Run(RunKind.BELOW if self.has_parent else RunKind.ZERO, start, length)]
+        if state < fmt.PAYLOAD_BLOCK_FULLY_PRESENT:
+            return [Run(RunKind.ZERO, start, length)]
+        if state == fmt.PAYLOAD_BLOCK_FULLY_PRESENT:
+            return [Run(RunKind.HERE, start, length, offset)]
+        lss = self.logical_sector_size
+        out = []
+        for first, count, here in lsb_runs(self._block_bitmap(block), 0, -(-length // lss)):
+            inner = first * lss
+            size = min(count * lss, length - inner)
+            if here:
+                out.append(Run(RunKind.HERE, start + inner, size, offset + inner))
+            else:
+                out.append(Run(RunKind.BELOW, start + inner, size))
+        return out
+
+    def map(self, offset: int, length: int) -> list[Run]:
+        """Runs covering [offset, offset + length) of the virtual disk."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise ImageIOError(f"{self.name}: range {offset}+{length} is outside the disk "
+                               f"of {self.size} bytes", errno.EINVAL)
+        out: list[Run] = []
+        end = offset + length
+        block = offset // self.block_size
+        while block * self.block_size < end:
+            for run in self.block_runs(block):
+                lo, hi = max(run.offset, offset), min(run.offset + run.length, end)
+                if lo >= hi:
+                    continue
+                file_offset = run.file_offset + (lo - run.offset) if run.kind is RunKind.HERE else -1
+                out.append(Run(run.kind, lo, hi - lo, file_offset))
+            block += 1
+        return out
+
+    def write(self, offset: int, data: bytes) -> None:
+        raise RefusedError(f"{self.name}: VHDX images are opened read-only")
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __enter__(self) -> VhdxLayer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
