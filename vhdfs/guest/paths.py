@@ -155,8 +155,8 @@ def locate(volumes: DiskVolumes, path: GuestPath, volume_number: int | None) -> 
         raise GuestPathNotFound(f"{path.text}: not found on any volume (searched {searched})")
     if not path.parts:
         raise AmbiguousPath(f"the disk has {len(hits)} volumes with a file system "
-                            f"({', '.join(str(h.volume.number) for h in hits)}); choose one with "
-                            "--volume N")
+                            f"({', '.join(str(h.volume.number) for h in hits)}; see vhdfs "
+                            "volumes); choose one with --volume N")
     where = ", ".join(h.volume.describe() for h in hits)
     raise AmbiguousPath(f"{path.text} exists on {where}; choose one with --volume N")
 

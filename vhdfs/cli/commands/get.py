@@ -1,0 +1,44 @@
+"""vhdfs get IMAGE PATH DEST [--volume N] [--force]"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vhdfs.cli.commands.ls import add_volume_option
+from vhdfs.cli.common import add_image_options, open_image
+from vhdfs.guest.files import copy_out
+from vhdfs.guest.paths import locate, parse_guest_path
+from vhdfs.guest.volumes import open_volumes
+from vhdfs.units import human
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("get", help="copy a guest file or directory out of the image",
+                            description="Copy a file (or a directory, recursively) from inside "
+                            "the guest to DEST. When DEST is an existing folder, the file keeps "
+                            "its name inside it.")
+    parser.add_argument("image")
+    parser.add_argument("path")
+    parser.add_argument("dest")
+    add_volume_option(parser)
+    parser.add_argument("--force", action="store_true", help="replace files that exist")
+    add_image_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    with open_image(args, args.image, allow_raw=True) as chain:
+        found = locate(open_volumes(chain), parse_guest_path(args.path), args.volume)
+        dest = Path(args.dest)
+        if dest.is_dir() and found.parts:
+            dest = dest / found.parts[-1]
+        copied = copy_out(found, dest, force=args.force)
+        total = sum(local.stat().st_size for _, local in copied)
+        if len(copied) == 1 and not found.is_dir:
+            print(f"copied {found.path} from volume {found.volume.number} to {copied[0][1]} "
+                  f"({human(total)})")
+        else:
+            print(f"copied {len(copied)} file(s) from {found.path} on volume "
+                  f"{found.volume.number} to {dest} ({human(total)})")
+    return 0

@@ -1,0 +1,58 @@
+"""vhdfs ls IMAGE [PATH] [--volume N] [-l]"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from vhdfs.cli.common import add_image_options, open_image, print_json
+from vhdfs.guest.files import Entry, entry_of, list_dir
+from vhdfs.guest.paths import locate, parse_guest_path
+from vhdfs.guest.volumes import open_volumes
+
+
+def add_volume_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--volume", type=int, metavar="N",
+                        help="the volume (partition number, see vhdfs volumes); by default the "
+                        "one volume that has PATH")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("ls", help="list a directory inside the guest",
+                            description="List a directory (or show one file) inside the guest's "
+                            "file system, read through the chain without mounting. PATH takes / "
+                            "or \\, an optional drive letter, and matches case-insensitively on "
+                            "NTFS and FAT.")
+    parser.add_argument("image")
+    parser.add_argument("path", nargs="?", default="/")
+    add_volume_option(parser)
+    parser.add_argument("-l", dest="long", action="store_true",
+                        help="long listing: type, size, modification time")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_image_options(parser)
+    parser.set_defaults(func=run)
+
+
+def _line(entry: Entry, long: bool) -> str:
+    name = entry.name + ("/" if entry.kind == "dir" else "")
+    if entry.kind == "link":
+        name += f" -> {entry.link_target}"
+    if not long:
+        return name
+    stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.mtime)) if entry.mtime else "-"
+    return f"{entry.kind:<4} {entry.size:>12} {stamp}  {name}"
+
+
+def run(args: argparse.Namespace) -> int:
+    with open_image(args, args.image, allow_raw=True) as chain:
+        volumes = open_volumes(chain)
+        path = parse_guest_path(args.path)
+        found = locate(volumes, path, args.volume)
+        entries = list_dir(found) if found.is_dir else [entry_of(found)]
+        if args.json:
+            print_json({"volume": found.volume.number, "path": found.path,
+                        "entries": [vars(e) for e in entries]})
+            return 0
+        for entry in entries:
+            print(_line(entry, args.long))
+    return 0
