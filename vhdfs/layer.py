@@ -256,23 +256,26 @@ class Layer:
         another block's storage. Reading such a block fails; everything else still reads."""
         allocated = sorted((entry * SECTOR, index) for index, entry in enumerate(self.bat)
                            if entry != UNALLOCATED)
-        previous_end, previous_index = -1, -1
+        previous_end, previous_index, previous_start = -1, -1, -1
         for start, index in allocated:
             block_len = min(self.block_size, self.size - index * self.block_size)
             end = start + self.bitmap_size + block_len
             where = f"BAT entry {index} (file offset {start})"
             if end > self.footer_offset:
                 self.bad_blocks[index] = f"{where} points past the data area ending at {self.footer_offset}"
-            elif owner := next((name for m_start, m_end, name in self._metadata
-                                if start < m_end and m_start < end), None):
+                continue  # a wild entry must not make the block whose storage it hits look bad
+            if owner := next((name for m_start, m_end, name in self._metadata
+                              if start < m_end and m_start < end), None):
                 self.bad_blocks[index] = f"{where} overlaps {owner}"
-            elif start < previous_end:
+                continue
+            if start < previous_end:
                 reason = f"{where} overlaps the storage of block {previous_index}"
                 self.bad_blocks[index] = reason
-                self.bad_blocks.setdefault(previous_index, f"BAT entry {previous_index} shares "
-                                           f"its storage with block {index}")
+                self.bad_blocks.setdefault(previous_index, f"BAT entry {previous_index} (file "
+                                           f"offset {previous_start}) shares its storage with "
+                                           f"block {index}")
             if end > previous_end:
-                previous_end, previous_index = end, index
+                previous_end, previous_index, previous_start = end, index, start
         for index in sorted(self.bad_blocks)[:3]:
             self._warn(f"{self.name}: {self.bad_blocks[index]}; that block cannot be read "
                        "(vhdfs check --repair drops the entry)")

@@ -105,7 +105,7 @@ def open_chain(spec: str, options: OpenOptions | None = None, *, writable: bool 
     try:
         seen = {source.identity()}
         while layers[-1].is_differencing:
-            if len(layers) > options.max_depth:
+            if len(layers) >= options.max_depth:  # one more would exceed it
                 raise ChainTooDeep(
                     f"{top.name}: the chain is deeper than {options.max_depth} layers (at "
                     f"{layers[-1].name}); a parent loop or a runaway chain; check with vhdfs info")

@@ -8,7 +8,7 @@ from construct import Array, Bytes, Const, ConstError, Int32ub, Int64ub, Struct
 from construct import ChecksumError as ConstructChecksumError
 
 from vhdfs.errors import ChecksumError, FormatError
-from vhdfs.format.checksum import with_checksum
+from vhdfs.format.checksum import ones_complement_sum, with_checksum
 
 HEADER_SIZE = 1024
 COOKIE = b"cxsparse"
@@ -118,7 +118,7 @@ class DynamicHeader:
             ) from None
         except ConstructChecksumError:
             stored = int.from_bytes(data[36:40], "big")
-            computed = HEADER_STRUCT_UNVERIFIED.parse(data[:HEADER_SIZE]).checksum
+            computed = ones_complement_sum(data[:36] + data[40:HEADER_SIZE])
             raise ChecksumError(
                 source, f"{where}: checksum field (byte 36) is 0x{stored:08x}, contents say "
                 f"0x{computed:08x}", "the header is damaged; vhdfs check --repair can fix it",
