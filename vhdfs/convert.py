@@ -7,12 +7,16 @@ only blocks that hold something.
 
 from __future__ import annotations
 
+import ctypes
 import os
-from collections.abc import Iterator
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from vhdfs.chain import Chain
+from vhdfs.chain import Chain, Extent
 from vhdfs.create import (
     DEFAULT_BLOCK_SIZE,
     atomic_output,
@@ -28,9 +32,11 @@ from vhdfs.progress import Progress
 from vhdfs.sources.local import LocalFile
 
 TARGETS = ("raw", "fixed", "dynamic")
-READ_CHUNK = 4 * 1024 * 1024
-ZERO_GRAIN = 64 * 1024
-_ZEROS = bytes(READ_CHUNK)
+WINDOW = 4 * 1024 * 1024  # unit of reading, zero detection and writing
+ZERO_GRAIN = 64 * 1024  # all-zero pieces of this size inside data are not written
+_ZERO_GRAIN_BYTES = bytes(ZERO_GRAIN)
+WORKERS = 3  # pread/pwrite release the GIL: overlap copies on more than one core
+SYNC_EVERY = 64 * 1024 * 1024  # start writeback early so the final fsync has little left
 
 
 @dataclass
@@ -40,43 +46,111 @@ class ConvertStats:
     data_written: int = 0
 
 
-def nonzero_pieces(data: bytes, grain: int = ZERO_GRAIN) -> Iterator[tuple[int, int]]:
-    """(start, end) of the parts of `data` that are not all zeros, at `grain` resolution."""
-    if data == _ZEROS[:len(data)]:
-        return
-    view = memoryview(data)
-    start = None
-    for pos in range(0, len(data), grain):
-        piece = view[pos:pos + grain]
-        if piece == _ZEROS[:len(piece)]:
-            if start is not None:
-                yield start, pos
-                start = None
-        elif start is None:
-            start = pos
-    if start is not None:
-        yield start, len(data)
+@dataclass
+class Window:
+    """An aligned stretch of the flat disk and the extents in it that hold data."""
+
+    offset: int
+    length: int
+    extents: list[Extent]
+
+
+def data_windows(chain: Chain, progress: Progress | None = None) -> Iterator[Window]:
+    """Aligned windows of the disk that hold data, in order; all-zero windows are skipped
+    without reading (the extent map says so)."""
+    for offset in range(0, chain.size, WINDOW):
+        length = min(WINDOW, chain.size - offset)
+        extents = [e for e in chain.iter_extents(offset, length) if not e.is_zero]
+        if extents:
+            yield Window(offset, length, extents)
+        elif progress:
+            progress.advance(length)
+
+
+def nonzero_runs(buf: bytearray, window: Window) -> list[tuple[int, int]]:
+    """(start, end) within `buf` of data that is not all zeros, at ZERO_GRAIN resolution,
+    widened to whole sectors; only the window's data extents are examined."""
+    runs: list[tuple[int, int]] = []
+    for ext in window.extents:
+        pos, end = ext.offset - window.offset, ext.offset - window.offset + ext.length
+        while pos < end:
+            stop = min(end, (pos // ZERO_GRAIN + 1) * ZERO_GRAIN)
+            zero = _ZERO_GRAIN_BYTES if stop - pos == ZERO_GRAIN else bytes(stop - pos)
+            if buf[pos:stop] != zero:
+                lo, hi = pos - pos % SECTOR, -(-stop // SECTOR) * SECTOR
+                if runs and runs[-1][1] >= lo:
+                    runs[-1] = (runs[-1][0], max(runs[-1][1], hi))
+                else:
+                    runs.append((lo, hi))
+            pos = stop
+    return runs
+
+
+def read_window(chain: Chain, window: Window) -> tuple[bytearray, list[tuple[int, int]]]:
+    buf = bytearray(window.length)
+    chain.read_into(window.offset, memoryview(buf), window.extents)
+    return buf, nonzero_runs(buf, window)
 
 
 def data_pieces(chain: Chain, stats: ConvertStats,
                 progress: Progress | None = None) -> Iterator[tuple[int, bytes]]:
-    """(offset, bytes) of every non-zero piece of the flat disk, in order."""
-    for ext in chain.iter_extents():
-        if ext.is_zero:
+    """(offset, bytes) of every non-zero piece of the flat disk, in order; pieces are
+    sector aligned."""
+    for window in data_windows(chain, progress):
+        buf, runs = read_window(chain, window)
+        stats.data_read += sum(e.length for e in window.extents)
+        for lo, hi in runs:
+            yield window.offset + lo, bytes(buf[lo:hi])
+        if progress:
+            progress.advance(window.length)
+
+
+def _parallel_pieces(chain: Chain, stats: ConvertStats, progress: Progress | None,
+                     write: Callable[[int, memoryview], None]) -> None:
+    """Read, detect zeros and write every data window, WORKERS windows at a time."""
+    lock = threading.Lock()
+
+    def one(window: Window) -> None:
+        buf, runs = read_window(chain, window)
+        view = memoryview(buf)
+        written = 0
+        for lo, hi in runs:
+            write(window.offset + lo, view[lo:hi])
+            written += hi - lo
+        with lock:
+            stats.data_read += sum(e.length for e in window.extents)
+            stats.data_written += written
             if progress:
-                progress.advance(ext.length)
-            continue
-        layer = chain.layers[ext.layer]
-        done = 0
-        while done < ext.length:
-            n = min(READ_CHUNK, ext.length - done)
-            data = layer.read_data(ext.file_offset + done, n)
-            stats.data_read += n
-            for lo, hi in nonzero_pieces(data):
-                yield ext.offset + done + lo, data[lo:hi]
-            done += n
-            if progress:
-                progress.advance(n)
+                progress.advance(window.length)
+
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        pending: deque[Future] = deque()
+        for window in data_windows(chain, progress):
+            pending.append(pool.submit(one, window))
+            if len(pending) >= 2 * WORKERS:  # bounded: memory stays at a few windows
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
+
+
+class _SyncAhead:
+    """Ask the kernel to start writing back every SYNC_EVERY bytes (sync_file_range), so
+    the final fsync of a large output does not start from scratch."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending = 0
+        self.lock = threading.Lock()
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.call = getattr(libc, "sync_file_range", None)
+
+    def wrote(self, amount: int) -> None:
+        with self.lock:
+            self.pending += amount
+            if self.pending < SYNC_EVERY or self.call is None:
+                return
+            self.pending = 0
+        self.call(self.fd, ctypes.c_longlong(0), ctypes.c_longlong(0), 2)  # WRITE, no wait
 
 
 def _write_flat(chain: Chain, path: Path, stats: ConvertStats, progress: Progress | None,
@@ -84,16 +158,20 @@ def _write_flat(chain: Chain, path: Path, stats: ConvertStats, progress: Progres
     fd = os.open(path, os.O_WRONLY)
     try:
         os.ftruncate(fd, chain.size + len(footer))
-        for offset, data in data_pieces(chain, stats, progress):
+        ahead = _SyncAhead(fd)
+
+        def write(offset: int, data: memoryview) -> None:
             _pwrite_all(fd, data, offset, path)
-            stats.data_written += len(data)
+            ahead.wrote(len(data))
+
+        _parallel_pieces(chain, stats, progress, write)
         if footer:
             _pwrite_all(fd, footer, chain.size, path)
     finally:
         os.close(fd)
 
 
-def _pwrite_all(fd: int, data: bytes, offset: int, path: Path) -> None:
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int, path: Path) -> None:
     view = memoryview(data)
     try:
         while view:
@@ -107,13 +185,7 @@ def _write_dynamic(chain: Chain, path: Path, block_size: int, stats: ConvertStat
                    progress: Progress | None) -> None:
     write_sparse(path, chain.size, block_size, DiskType.DYNAMIC)
     with Layer(LocalFile(path, writable=True), writable=True) as out:
-        for offset, data in data_pieces(chain, stats, progress):
-            start = offset - offset % SECTOR
-            end = -(-(offset + len(data)) // SECTOR) * SECTOR
-            if start != offset or end != offset + len(data):
-                data = chain.read(start, end - start)  # a piece ending mid-sector (raw input)
-            out.write(start, data)
-            stats.data_written += len(data)
+        _parallel_pieces(chain, stats, progress, out.write)
         out.flush()
 
 
