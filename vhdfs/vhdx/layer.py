@@ -470,6 +470,14 @@ class VhdxLayer:
     def read_data(self, file_offset: int, length: int) -> bytes:
         return self._read(file_offset, length)
 
+    def read_into(self, file_offset: int, view: memoryview) -> None:
+        end = file_offset + len(view)
+        if self.replay is None or (end <= self.file_size and (
+                end <= self.replay.low or file_offset >= self.replay.high)):
+            self.source.read_into(file_offset, view)  # no copy where the log changed nothing
+        else:
+            view[:] = self._read(file_offset, len(view))
+
     def _block_bitmap(self, block: int) -> bytes:
         with self._lock:
             cached = self._bitmaps.get(block)

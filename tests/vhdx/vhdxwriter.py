@@ -1,0 +1,257 @@
+"""A small VHDX writer for test fixtures: dynamic and differencing files, any block state.
+
+qemu-img writes dynamic and fixed VHDX but no differencing ones, and no tool here writes
+PARTIALLY_PRESENT blocks, ZERO/UNMAPPED/UNDEFINED states, 4 KiB logical sectors or log
+entries on demand. This writer lays out:
+
+  0        file identifier            1 MiB    log (1 MiB)
+  64 KiB   header 1                   2 MiB    metadata region (1 MiB)
+  128 KiB  header 2                   3 MiB    BAT region (whole MiB)
+  192 KiB  region table 1             then     payload blocks and sector bitmap blocks
+  256 KiB  region table 2
+
+Structures are built with the declarations in vhdfs.vhdx.format, so the CRC-32C fields are
+computed by the same structs the reader checks; damage is applied afterwards by tests.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vhdfs.vhdx import format as fmt
+from vhdfs.vhdx.bitmap import set_lsb_bits
+
+MiB = fmt.MiB
+LOG_OFFSET = 1 * MiB
+LOG_LENGTH = 1 * MiB
+METADATA_OFFSET = 2 * MiB
+METADATA_LENGTH = 1 * MiB
+BAT_OFFSET = 3 * MiB
+
+
+@dataclass
+class Block:
+    state: int
+    data: bytes = b""  # block_size bytes for present blocks (zeros when empty)
+    present: set[int] = field(default_factory=set)  # sectors in the block, PARTIALLY_PRESENT
+
+
+@dataclass
+class LogWrite:
+    file_offset: int  # 4 KiB aligned
+    data: bytes | None = None  # 4096 bytes, or None for a zero descriptor
+    zero_length: int = 0
+
+
+@dataclass
+class Vhdx:
+    size: int
+    block_size: int = 1 * MiB
+    logical_sector_size: int = 512
+    physical_sector_size: int = 4096
+    blocks: dict[int, Block] = field(default_factory=dict)
+    parent_locator: dict[str, str] | None = None  # set: a differencing file
+    data_write_guid: bytes = field(default_factory=lambda: uuid.uuid4().bytes_le)
+    header_guids: tuple[bytes, bytes] | None = None  # per-header data write guids (tests)
+    sequence_numbers: tuple[int, int] = (1, 2)
+    leave_allocated: bool = False
+    log_entries: list[list[LogWrite]] = field(default_factory=list)
+    log_first_sequence: int = 10
+    log_start: int = 0  # position of the first entry inside the log
+    creator: str = "vhdfs test writer"
+
+    @property
+    def sectors_per_block(self) -> int:
+        return self.block_size // self.logical_sector_size
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Store `data` (whole logical sectors) in this file, partially present blocks."""
+        lss = self.logical_sector_size
+        assert offset % lss == 0 and len(data) % lss == 0
+        done = 0
+        while done < len(data):
+            block, inner = divmod(offset + done, self.block_size)
+            count = min(self.block_size - inner, len(data) - done)
+            current = self.blocks.get(block)
+            if current is None or current.state < fmt.PAYLOAD_BLOCK_FULLY_PRESENT:
+                state = (fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT if self.parent_locator is not None
+                         else fmt.PAYLOAD_BLOCK_FULLY_PRESENT)
+                current = self.blocks[block] = Block(state, bytes(self.block_size))
+            buf = bytearray(current.data)
+            buf[inner:inner + count] = data[done:done + count]
+            current.data = bytes(buf)
+            current.present.update(range(inner // lss, (inner + count) // lss))
+            done += count
+
+
+def parent_locator_for(parent_data_write_guid: bytes, *, upper: bool = False,
+                       **paths: str) -> dict[str, str]:
+    """Locator entries naming a parent by its DataWriteGuid, as '{guid}' text.
+
+    Lower case by default: libvhdi 20210425 parses only lower-case GUID text here.
+    """
+    text = fmt.guid_text(parent_data_write_guid)
+    values = {"parent_linkage": "{" + (text if upper else text.lower()) + "}"}
+    values.update(paths)
+    return values
+
+
+def _header(seq: int, data_write_guid: bytes, log_guid: bytes) -> bytes:
+    body = dict(sequence_number=seq, file_write_guid=uuid.uuid4().bytes_le,
+                data_write_guid=data_write_guid, log_guid=log_guid, log_version=0, version=1,
+                log_length=LOG_LENGTH, log_offset=LOG_OFFSET, reserved=bytes(fmt.HEADER_SIZE - 80))
+    return fmt.HEADER.build(dict(head=dict(value=None), tail=dict(value=body), checksum=None))
+
+
+def region_table(entries: list[tuple[bytes, int, int]]) -> bytes:
+    rows = [dict(guid=g, file_offset=o, length=n, required=1) for g, o, n in entries]
+    body = dict(entry_count=len(rows), reserved=0, entries=rows,
+                rest=bytes(fmt.REGION_TABLE_SIZE - 16 - 32 * len(rows)))
+    return fmt.REGION_TABLE.build(dict(head=dict(value=None), tail=dict(value=body), checksum=None))
+
+
+def _metadata(image: Vhdx) -> bytes:
+    items: list[tuple[bytes, bytes, int]] = [
+        (fmt.FILE_PARAMETERS, fmt.FILE_PARAMETERS_ITEM.build(dict(
+            block_size=image.block_size,
+            flags=(fmt.LEAVE_BLOCKS_ALLOCATED if image.leave_allocated else 0)
+            | (fmt.HAS_PARENT if image.parent_locator is not None else 0))), 4),
+        (fmt.VIRTUAL_DISK_SIZE, image.size.to_bytes(8, "little"), 6),
+        (fmt.VIRTUAL_DISK_ID, uuid.uuid4().bytes_le, 6),
+        (fmt.LOGICAL_SECTOR_SIZE, image.logical_sector_size.to_bytes(4, "little"), 6),
+        (fmt.PHYSICAL_SECTOR_SIZE, image.physical_sector_size.to_bytes(4, "little"), 6),
+    ]
+    if image.parent_locator is not None:
+        items.append((fmt.PARENT_LOCATOR, _parent_locator(image.parent_locator), 6))
+    table = bytearray(fmt.METADATA_TABLE_SIZE)
+    table[:32] = fmt.METADATA_TABLE_HEADER.build(dict(reserved=0, entry_count=len(items),
+                                                      reserved2=bytes(20)))
+    area = bytearray()
+    for index, (item_id, value, flags) in enumerate(items):
+        offset = fmt.METADATA_TABLE_SIZE + len(area)
+        table[32 + 32 * index:64 + 32 * index] = fmt.METADATA_ENTRY.build(dict(
+            item_id=item_id, offset=offset, length=len(value), flags=flags, reserved=0))
+        area += value + bytes(-len(value) % 8)
+    return bytes(table + area).ljust(METADATA_LENGTH, b"\0")
+
+
+def _parent_locator(values: dict[str, str]) -> bytes:
+    head = fmt.PARENT_LOCATOR_HEADER.build(dict(locator_type=fmt.VHDX_PARENT_LOCATOR_TYPE,
+                                                reserved=0, key_value_count=len(values)))
+    entries, strings = b"", b""
+    base = len(head) + 12 * len(values)
+    for key, value in values.items():
+        k, v = key.encode("utf-16-le"), value.encode("utf-16-le")
+        entries += fmt.PARENT_LOCATOR_ENTRY.build(dict(
+            key_offset=base + len(strings), value_offset=base + len(strings) + len(k),
+            key_length=len(k), value_length=len(v)))
+        strings += k + v
+    return head + entries + strings
+
+
+def _log(image: Vhdx, log_guid: bytes, file_size: int) -> bytes:
+    """The log region holding `image.log_entries` as consecutive entries from log_start."""
+    log = bytearray(LOG_LENGTH)
+    position = image.log_start
+    tail = position
+    for number, writes in enumerate(image.log_entries):
+        seq = image.log_first_sequence + number
+        desc_sectors = fmt.descriptor_sectors(len(writes))
+        datas = [w for w in writes if w.data is not None]
+        length = (desc_sectors + len(datas)) * fmt.LOG_SECTOR
+        entry = bytearray(length)
+        entry[:64] = fmt.LOG_ENTRY_HEADER.build(dict(
+            checksum=0, entry_length=length, tail=tail, sequence_number=seq,
+            descriptor_count=len(writes), reserved=0, log_guid=log_guid,
+            flushed_file_offset=file_size, last_file_offset=file_size))
+        data_at = desc_sectors * fmt.LOG_SECTOR
+        for i, w in enumerate(writes):
+            if w.data is None:
+                desc = dict(signature=b"zero", trailing_bytes=bytes(4),
+                            leading_bytes=w.zero_length.to_bytes(8, "little"),
+                            file_offset=w.file_offset, sequence_number=seq)
+            else:
+                assert len(w.data) == fmt.LOG_SECTOR
+                desc = dict(signature=b"desc", trailing_bytes=w.data[-4:],
+                            leading_bytes=w.data[:8], file_offset=w.file_offset,
+                            sequence_number=seq)
+                entry[data_at:data_at + fmt.LOG_SECTOR] = fmt.LOG_DATA_SECTOR.build(dict(
+                    sequence_high=seq >> 32, data=w.data[8:-4], sequence_low=seq & 0xFFFFFFFF))
+                data_at += fmt.LOG_SECTOR
+            entry[64 + 32 * i:96 + 32 * i] = fmt.LOG_DESCRIPTOR.build(desc)
+        entry[4:8] = fmt.crc32c_of(bytes(entry)).to_bytes(4, "little")
+        for i in range(0, length, fmt.LOG_SECTOR):  # circular: an entry may wrap
+            at = (position + i) % LOG_LENGTH
+            log[at:at + fmt.LOG_SECTOR] = entry[i:i + fmt.LOG_SECTOR]
+        position = (position + length) % LOG_LENGTH
+    return bytes(log)
+
+
+def write_vhdx(path: str | os.PathLike[str], image: Vhdx) -> Path:
+    path = Path(path)
+    ratio = fmt.chunk_ratio(image.block_size, image.logical_sector_size)
+    differencing = image.parent_locator is not None
+    entries = fmt.bat_entry_count(image.size, image.block_size, image.logical_sector_size,
+                                  differencing)
+    bat_length = -(-entries * 8 // MiB) * MiB
+    bat = [0] * entries
+    next_free = BAT_OFFSET + bat_length
+    placed: list[tuple[int, bytes]] = []
+    bitmaps: dict[int, bytearray] = {}
+    for block, spec in sorted(image.blocks.items()):
+        offset = 0
+        if spec.state >= fmt.PAYLOAD_BLOCK_FULLY_PRESENT:
+            offset = next_free
+            next_free += image.block_size
+            placed.append((offset, spec.data.ljust(image.block_size, b"\0")))
+        bat[fmt.payload_index(block, ratio)] = fmt.bat_entry(spec.state, offset)
+        if spec.state == fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT:
+            chunk = block // ratio
+            bitmap = bitmaps.setdefault(chunk, bytearray(fmt.SECTOR_BITMAP_BLOCK))
+            base = (block % ratio) * image.sectors_per_block
+            for sector in spec.present:
+                set_lsb_bits(bitmap, base + sector, 1)
+    for chunk, bitmap in sorted(bitmaps.items()):
+        bat[fmt.bitmap_index(chunk * ratio, ratio)] = fmt.bat_entry(fmt.SB_BLOCK_PRESENT, next_free)
+        placed.append((next_free, bytes(bitmap)))
+        next_free += fmt.SECTOR_BITMAP_BLOCK
+    log_guid = uuid.uuid4().bytes_le if image.log_entries else fmt.ZERO_GUID
+    guids = image.header_guids or (image.data_write_guid, image.data_write_guid)
+    regions = region_table([(fmt.BAT_REGION, BAT_OFFSET, bat_length),
+                            (fmt.METADATA_REGION, METADATA_OFFSET, METADATA_LENGTH)])
+    ident = fmt.FILE_IDENTIFIER.build(dict(creator=image.creator.encode("utf-16-le").ljust(512, b"\0")))
+    bat_raw = b"".join(e.to_bytes(8, "little") for e in bat)
+    with open(path, "wb") as out:
+        out.truncate(next_free)
+        for offset, data in [
+            (0, ident),
+            (fmt.HEADER_OFFSETS[0], _header(image.sequence_numbers[0], guids[0], log_guid)),
+            (fmt.HEADER_OFFSETS[1], _header(image.sequence_numbers[1], guids[1], log_guid)),
+            (fmt.REGION_TABLE_OFFSETS[0], regions),
+            (fmt.REGION_TABLE_OFFSETS[1], regions),
+            (METADATA_OFFSET, _metadata(image)),
+            (BAT_OFFSET, bat_raw),
+            *placed,
+        ]:
+            out.seek(offset)
+            out.write(data)
+        if image.log_entries:
+            out.seek(LOG_OFFSET)
+            out.write(_log(image, log_guid, next_free))
+    return path
+
+
+def patch(path: str | os.PathLike[str], offset: int, data: bytes) -> None:
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+
+
+def bat_bytes_of(image: Vhdx, block: int, state: int, offset: int) -> tuple[int, bytes]:
+    """(file offset, 8 bytes) of a BAT entry of `image` as the writer lays it out."""
+    ratio = fmt.chunk_ratio(image.block_size, image.logical_sector_size)
+    entry = fmt.bat_entry(state, offset).to_bytes(8, "little")
+    return BAT_OFFSET + 8 * fmt.payload_index(block, ratio), entry
