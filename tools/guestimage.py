@@ -46,6 +46,10 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make the `tools` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tools.bcdstore import build_mbr_bcd  # noqa: E402
+
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
@@ -714,9 +718,11 @@ def build_windows_disk(
     """Build a Windows-style MBR disk image at ``out`` (sparse raw file).
 
     Partition 1: NTFS "System Reserved", active, type 0x07, ``system_size``
-    bytes at 1 MiB, holding ``bootmgr`` and ``Boot/BCD`` (content ``bcd`` or
-    a placeholder).  Partition 2: NTFS "Windows", type 0x07, the rest of the
-    disk, holding ``Windows/System32/winload.exe`` (pip's t64.exe),
+    bytes at 1 MiB, holding ``bootmgr`` and ``Boot/BCD`` (content ``bcd``, by
+    default a real BCD registry hive whose default entry boots partition 2 of
+    this disk, by disk signature and offset, see tools/bcdstore.py).
+    Partition 2: NTFS "Windows", type 0x07, the rest of the disk, holding
+    ``Windows/System32/winload.exe`` (pip's t64.exe),
     ``Windows/System32/config/SYSTEM`` (``system_hive`` or a placeholder),
     ``inetpub/wwwroot/Welcome.png`` and ``iisstart.htm`` and, if ``agent``,
     ``WindowsAzure/GuestAgent_2.7.41491.1010_2023-01-01_000000/
@@ -743,7 +749,7 @@ def build_windows_disk(
         welcome_png = make_png(320, 200, seed=2012)
     system_files: dict[str, bytes] = {
         "bootmgr": _placeholder("bootmgr", 16 * KiB),
-        "Boot/BCD": bcd if bcd is not None else _placeholder("Boot/BCD", 8 * KiB),
+        "Boot/BCD": bcd if bcd is not None else build_mbr_bcd(disk_signature, p2_start),
     }
     windows_files: dict[str, bytes] = {
         "Windows/System32/winload.exe": launcher,
