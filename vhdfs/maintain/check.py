@@ -1,0 +1,193 @@
+"""vhdfs check: the structure of an image and every link of its chain; --repair mends the
+named image (its parents are reported with the command that mends them).
+
+Exit codes, as fsck: 0 clean, 1 problems found and all repaired, 4 problems left,
+8 the image could not be checked at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vhdfs.errors import ChainError, FormatError, VhdfsError
+from vhdfs.format.footer import DiskType
+from vhdfs.layer import Layer
+from vhdfs.maintain.faults import Faults, FaultySource
+from vhdfs.maintain.files import read_only_reason
+from vhdfs.maintain.findings import ERROR, CannotCheck, FileScan, Finding
+from vhdfs.maintain.scan import scan_file
+from vhdfs.resolve import OpenOptions, find_parent
+from vhdfs.sources.local import LocalFile
+
+EXIT_CLEAN = 0
+EXIT_REPAIRED = 1
+EXIT_PROBLEMS = 4
+EXIT_UNCHECKED = 8
+MAX_REPAIR_PASSES = 12
+
+
+@dataclass
+class LayerReport:
+    path: str
+    role: str  # "image" (the one named) or "parent"
+    findings: list[Finding] = field(default_factory=list)
+    found_by: str = ""  # how the parent was found
+    unchecked: str = ""  # why the file could not be checked
+    disk_type: str = ""
+
+    @property
+    def problems(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == ERROR and not f.repaired]
+
+    @property
+    def repaired(self) -> list[Finding]:
+        return [f for f in self.findings if f.repaired]
+
+    def as_dict(self) -> dict:
+        item = {"path": self.path, "role": self.role, "disk_type": self.disk_type or None,
+                "findings": [f.as_dict() for f in self.findings]}
+        if self.found_by:
+            item["found_by"] = self.found_by
+        if self.unchecked:
+            item["unchecked"] = self.unchecked
+        return item
+
+
+@dataclass
+class CheckReport:
+    image: str
+    repair: bool
+    dry_run: bool
+    layers: list[LayerReport] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if not self.layers or self.layers[0].unchecked:
+            return EXIT_UNCHECKED
+        if any(layer.problems or layer.unchecked for layer in self.layers):
+            return EXIT_PROBLEMS
+        if any(layer.repaired for layer in self.layers):
+            return EXIT_REPAIRED
+        return EXIT_CLEAN
+
+    @property
+    def status(self) -> str:
+        return {EXIT_CLEAN: "clean", EXIT_REPAIRED: "repaired", EXIT_PROBLEMS: "problems",
+                EXIT_UNCHECKED: "unchecked"}[self.exit_code]
+
+    def as_dict(self) -> dict:
+        return {"image": self.image, "status": self.status, "exit_code": self.exit_code,
+                "repair": self.repair, "dry_run": self.dry_run,
+                "layers": [layer.as_dict() for layer in self.layers]}
+
+
+def _scan(path: str, options: OpenOptions) -> FileScan:
+    try:
+        source = LocalFile(path)
+    except VhdfsError as exc:
+        raise CannotCheck(str(exc)) from None
+    with source:
+        return scan_file(source, size_rule=options.size_rule, search=list(options.search))
+
+
+def _opens(path: str, options: OpenOptions) -> str:
+    """Layer's own verdict, a safety net behind the scan: "" when the file opens."""
+    try:
+        with Layer(LocalFile(path), size_rule=options.size_rule):
+            return ""
+    except FormatError as exc:
+        return str(exc)
+
+
+def _key(finding: Finding) -> tuple[str, str]:
+    return finding.code, finding.message
+
+
+def check_file(path: str, options: OpenOptions, role: str = "image", *, repair: bool = False,
+               dry_run: bool = False, faults: Faults | None = None) -> LayerReport:
+    report = LayerReport(path, role)
+    try:
+        scan = _scan(path, options)
+    except CannotCheck as exc:
+        report.unchecked = str(exc)
+        return report
+    done: list[Finding] = []
+    if repair and not dry_run and any(f.fix for f in scan.errors):
+        reason = read_only_reason(Path(path))
+        if reason is not None:
+            report.findings.append(Finding("read-only", ERROR, f"{path}: cannot repair: {reason}"))
+        else:
+            scan = _repair(path, options, scan, done, faults or Faults.from_env())
+    report.findings = report.findings + done + scan.findings
+    if scan.disk_type is not None:
+        report.disk_type = DiskType(scan.disk_type).name.lower()
+    if not scan.errors and not scan.fatal:
+        verdict = _opens(path, options)
+        if verdict:
+            report.findings.append(Finding("open-failed", ERROR, verdict))
+    return report
+
+
+def _repair(path: str, options: OpenOptions, scan: FileScan, done: list[Finding],
+            faults: Faults) -> FileScan:
+    applied: set[tuple[str, str]] = set()
+    for _ in range(MAX_REPAIR_PASSES):
+        fixes = [f for f in scan.errors if f.fix and _key(f) not in applied]
+        if not fixes:
+            break
+        rank = min(f.fix.rank for f in fixes)
+        with FaultySource(LocalFile(path, writable=True), faults) as source:
+            for finding in fixes:
+                if finding.fix.rank != rank:
+                    continue
+                applied.add(_key(finding))
+                try:
+                    finding.fix.apply(source)
+                except VhdfsError as exc:
+                    done.append(Finding("repair-failed", ERROR, f"{path}: could not "
+                                        f"{finding.fix.action}: {exc}"))
+                    continue
+                finding.repaired = True
+                done.append(finding)
+        scan = _scan(path, options)
+    return scan
+
+
+def check_image(spec: str, options: OpenOptions | None = None, *, repair: bool = False,
+                dry_run: bool = False, faults: Faults | None = None) -> CheckReport:
+    """Check `spec` and the links of its chain; with `repair`, mend `spec` itself."""
+    options = options or OpenOptions()
+    report = CheckReport(spec, repair, dry_run)
+    first = check_file(spec, options, repair=repair, dry_run=dry_run, faults=faults)
+    report.layers.append(first)
+    if first.unchecked or first.disk_type != "differencing":
+        return report
+    try:
+        layer = Layer(LocalFile(spec), size_rule=options.size_rule)
+    except VhdfsError:
+        return report  # the scan said why; the links are checked once it opens
+    current = first
+    seen = {layer.source.identity()}
+    try:
+        while layer.is_differencing:
+            if len(seen) > options.max_depth:
+                current.findings.append(Finding("chain-depth", ERROR, f"{spec}: the chain is "
+                                                f"deeper than {options.max_depth} layers"))
+                break
+            try:
+                parent, link = find_parent(layer, options, seen)
+            except ChainError as exc:
+                current.findings.append(Finding(
+                    "parent-link", ERROR, str(exc), hint=f"vhdfs set-parent {layer.name} PARENT "
+                    "re-links it; --parent PATH or --search DIR point at it for one command"))
+                break
+            layer.source.close()
+            layer = parent
+            seen.add(parent.source.identity())
+            current = check_file(link.path, options, "parent")
+            current.found_by = link.found_by
+            report.layers.append(current)
+    finally:
+        layer.source.close()
+    return report

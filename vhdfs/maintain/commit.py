@@ -1,0 +1,320 @@
+"""Commit a differencing child into its immediate parent.
+
+Only the sector runs the child's bitmaps mark are copied (the child's HERE runs), so the
+work grows with the child's data, not with the disk. The data goes through the parent's
+`Layer` opened writable, which allocates blocks and sets bitmap bits in a dynamic or
+differencing parent, and orders data before metadata on every flush.
+
+Crash safety rests on two facts:
+- copying is idempotent: writing the child's sectors into the parent twice gives the same
+  parent, so a killed commit is finished by running it again from any earlier point;
+- the child is never written, and is deleted (`--delete-child`) only after the parent holds
+  all of its data durably. Through the child, the chain reads the same at every moment.
+
+While the parent holds part of the child, it carries the marks of vhdfs.maintain.marker (a
+journal next to it and a mark in its footer); `vhdfs info` and `vhdfs check` report them.
+
+The sequence (each step durable before the next):
+  1. journal "prepared" (new commit) -> 2. mark in the parent's footers -> 3. unused space
+  after the last block trimmed (left by a killed run's allocations, so the resumed result is
+  byte-identical to an uninterrupted one) -> 4. journal "copying" -> 5. copy blocks, with a
+  checkpoint (flush, journal's next block) every CHECKPOINT_BYTES -> 6. final flush ->
+  7. mark cleared -> 8. journal deleted -> 9. child deleted if asked.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vhdfs.errors import RefusedError, UsageError
+from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
+from vhdfs.layer import UNALLOCATED, Layer, RunKind
+from vhdfs.maintain.faults import Faults, FaultySource
+from vhdfs.maintain.files import remove_durably, require_folder_writable, require_writable
+from vhdfs.maintain.findings import ERROR
+from vhdfs.maintain.marker import (
+    PHASE_COPYING,
+    PHASE_PREPARED,
+    CommitJournal,
+    DamagedJournal,
+    marker_area_free,
+    marker_child_id,
+    read_journal,
+    remove_journal,
+    with_marker,
+    without_marker,
+    write_footers,
+    write_journal,
+)
+from vhdfs.maintain.scan import scan_file
+from vhdfs.maintain.siblings import find_children
+from vhdfs.progress import Progress
+from vhdfs.resolve import OpenOptions, find_parent
+from vhdfs.sources.local import LocalFile
+
+log = logging.getLogger("vhdfs")
+
+CHECKPOINT_BYTES = 256 << 20
+COPY_CHUNK = 4 << 20
+# Problems of the parent a resumed commit mends itself: its own marks, half written.
+OWN_MARK_CODES = {"mid-commit", "footer-copy-mark"}
+
+
+@dataclass
+class CommitResult:
+    child: str
+    parent: str
+    found_by: str
+    bytes_copied: int = 0
+    runs: int = 0
+    blocks: int = 0
+    resumed_at: int | None = None  # the child block a previous, interrupted run had reached
+    other_children: list[str] = field(default_factory=list)
+    searched: list[str] = field(default_factory=list)
+    child_deleted: bool = False
+
+
+def _now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _damage(path: str, size_rule: str, ignore: set[str] = frozenset()) -> list[str]:
+    with LocalFile(path) as source:
+        found = scan_file(source, size_rule=size_rule)
+    return [f.message for f in found.errors if f.code not in ignore]
+
+
+def _refuse_damage(path: str, role: str, problems: list[str]) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise RefusedError(f"{path}: the {role} has unrepaired damage: {problems[0]}{more}; run "
+                           f"vhdfs check --repair {path} first")
+
+
+class _Commit:
+    def __init__(self, child_spec: str, options: OpenOptions, faults: Faults, quiet: bool,
+                 warn: Callable[[str], None], checkpoint_bytes: int) -> None:
+        self.child_path = Path(child_spec)
+        self.options = options
+        self.faults = faults
+        self.quiet = quiet
+        self.warn = warn
+        self.checkpoint_bytes = checkpoint_bytes
+
+    # ---------------------------------------------------------------- preparing
+    def open_child(self) -> Layer:
+        child = Layer(LocalFile(self.child_path), size_rule=self.options.size_rule)
+        if not child.is_differencing:
+            child.close()
+            raise UsageError(f"{self.child_path}: is a {child.disk_type.name.lower()} disk, not a "
+                             "differencing child: it has no parent to commit into")
+        return child
+
+    def refuse_unfinished_commit_into_child(self, child: Layer) -> None:
+        try:
+            journal = read_journal(self.child_path)
+        except DamagedJournal:
+            journal = None
+            marked = True
+        else:
+            marked = journal is not None or marker_child_id(child.footer) is not None
+        if marked:
+            raise RefusedError(f"{self.child_path}: a commit of its own child into it is unfinished, "
+                               "so its data is a mix; finish that commit first (vhdfs check "
+                               f"{self.child_path} says how)")
+
+    def journal_state(self, parent: Layer, parent_path: Path, child: Layer) -> int | None:
+        """The child block to resume from, or None for a new commit."""
+        try:
+            journal = read_journal(parent_path)
+        except DamagedJournal:
+            journal = None
+            if marker_child_id(parent.footer) != child.unique_id:
+                raise
+        marked = marker_child_id(parent.footer)
+        if journal is not None:
+            if journal.child_unique_id != format_unique_id(child.unique_id):
+                raise RefusedError(f"{parent_path}: a commit of {journal.child} into it is unfinished; "
+                                   f"finish that first (vhdfs commit {journal.child})")
+            if journal.parent_unique_id != format_unique_id(parent.unique_id):
+                raise RefusedError(f"{parent_path}: its commit journal names a parent with unique id "
+                                   f"{journal.parent_unique_id}, but the file has "
+                                   f"{format_unique_id(parent.unique_id)}; the journal does not "
+                                   "belong to it (was the file replaced?)")
+            return journal.next_block if journal.phase == PHASE_COPYING else 0
+        if marked is not None:
+            if marked != child.unique_id:
+                raise RefusedError(f"{parent_path}: a commit of the child with unique id "
+                                   f"{format_unique_id(marked)} into it is unfinished; finish that "
+                                   "first (vhdfs check --repair PARENT --search DIR finds it)")
+            return 0
+        return None
+
+    def warn_siblings(self, parent: Layer, parent_path: Path, result: CommitResult) -> None:
+        folders = [parent_path.parent, self.child_path.parent] + [Path(s) for s in self.options.search]
+        result.searched = list(dict.fromkeys(str(f) for f in folders))
+        others = find_children(parent.unique_id, folders, exclude=[self.child_path])
+        result.other_children = [str(p) for p in others]
+        if others:
+            self.warn(f"{parent_path} has other children that become invalid after this commit "
+                      f"(they would read changed data under their own): "
+                      f"{', '.join(map(str, others))}; delete or re-create them")
+        else:
+            self.warn(f"committing changes {parent_path}: any other child of it becomes invalid; "
+                      f"none found in {', '.join(result.searched)} (--search DIR looks further)")
+
+    # ---------------------------------------------------------------- the job
+    def run(self, delete_child: bool) -> CommitResult:
+        child = self.open_child()
+        try:
+            _refuse_damage(str(self.child_path), "child",
+                           _damage(str(self.child_path), self.options.size_rule))
+            self.refuse_unfinished_commit_into_child(child)
+            parent, link = find_parent(child, self.options, {child.source.identity()})
+            try:
+                parent_path = Path(link.path)
+                if not isinstance(parent.source, LocalFile):
+                    raise RefusedError(f"{link.path}: commit writes only into local parent files")
+                result = CommitResult(str(self.child_path), str(parent_path), link.found_by)
+                require_writable(parent_path, "the parent", "commit writes the child's data into "
+                                 "it; make it writable if you mean to change it")
+                if delete_child:
+                    require_folder_writable(self.child_path.parent, "--delete-child cannot delete "
+                                            "the child there")
+                resume = self.journal_state(parent, parent_path, child)
+                ignore = OWN_MARK_CODES if resume is not None else set()
+                _refuse_damage(str(parent_path), "parent",
+                               _damage(str(parent_path), self.options.size_rule, ignore))
+                result.resumed_at = resume
+                self.warn_siblings(parent, parent_path, result)
+                parent_id = parent.unique_id
+            finally:
+                parent.close()
+            self.copy(child, parent_path, parent_id, resume, result)
+        finally:
+            child.close()
+        if delete_child:
+            remove_durably(self.child_path, self.faults)
+            result.child_deleted = True
+        return result
+
+    def copy(self, child: Layer, parent_path: Path, parent_id: bytes, resume: int | None,
+             result: CommitResult) -> None:
+        first = resume or 0
+        journal = CommitJournal(
+            parent=parent_path.name, parent_unique_id=format_unique_id(parent_id),
+            child=str(self.child_path.resolve()), child_unique_id=format_unique_id(child.unique_id),
+            phase=PHASE_PREPARED, next_block=first, blocks=child.block_count, started=_now_iso())
+        if resume is None:
+            write_journal(parent_path, journal, self.faults)
+        source = FaultySource(LocalFile(parent_path, writable=True), self.faults)
+        try:
+            self.mark(source, child.unique_id)
+            self.trim_unused_tail(source)
+        except BaseException:
+            source.close()
+            raise
+        journal.phase = PHASE_COPYING
+        write_journal(parent_path, journal, self.faults)
+
+        total = self.bytes_to_copy(child, first)
+        progress = Progress(f"commit {self.child_path.name}", total, quiet=self.quiet)
+        parent = Layer(source, size_rule=self.options.size_rule, writable=True)
+        try:
+            since_checkpoint = 0
+            for index in range(first, child.block_count):
+                if child.bat[index] == UNALLOCATED:
+                    continue
+                copied = self.copy_block(child, parent, index, result, progress)
+                since_checkpoint += copied
+                if since_checkpoint >= self.checkpoint_bytes:
+                    parent.flush()
+                    journal.next_block = index + 1
+                    write_journal(parent_path, journal, self.faults)
+                    since_checkpoint = 0
+            parent.flush()
+        finally:
+            parent.source.close()
+        progress.finish()
+        with FaultySource(LocalFile(parent_path, writable=True), self.faults) as source:
+            end = source.size() - FOOTER_SIZE
+            footer = Footer.parse(source.read_at(end, FOOTER_SIZE), source.name, end)
+            if marker_child_id(footer) is not None:
+                write_footers(source, without_marker(footer), self.faults)
+        remove_journal(parent_path, self.faults)
+
+    def mark(self, source: FaultySource, child_id: bytes) -> None:
+        """Put the mark into both footers (a resumed run also mends a half-written mark)."""
+        end = source.size() - FOOTER_SIZE
+        footer = Footer.parse(source.read_at(end, FOOTER_SIZE), source.name, end)
+        if not marker_area_free(footer):
+            log.info("%s: footer bytes 480-511 are in use; only the journal marks the commit",
+                     source.name)
+            return
+        marked = with_marker(footer, child_id)
+        if footer.disk_type != DiskType.FIXED:
+            same_copy = source.read_at(0, FOOTER_SIZE) == marked.build()
+            if marker_child_id(footer) == child_id and same_copy:
+                return
+        elif marker_child_id(footer) == child_id:
+            return
+        write_footers(source, marked, self.faults)
+
+    def trim_unused_tail(self, source: FaultySource) -> None:
+        """Give back the space after the last block (allocations a killed run never
+        recorded): the footer moves down over it, then the file is cut after the footer."""
+        scan = scan_file(source.inner, size_rule=self.options.size_rule)
+        if scan.disk_type == DiskType.FIXED or scan.footer_offset is None:
+            return
+        if any(f.severity == ERROR and f.code not in OWN_MARK_CODES for f in scan.findings):
+            return  # checked before; a file that changed under us is left as it is
+        end = scan.data_end
+        footer_at = scan.footer_offset
+        if footer_at <= end:
+            return
+        raw = source.read_at(footer_at, FOOTER_SIZE)
+        source.write_at(end, raw)
+        source.sync()
+        source.truncate(end + FOOTER_SIZE)
+        source.sync()
+
+    @staticmethod
+    def bytes_to_copy(child: Layer, first: int) -> int:
+        total = 0
+        for index in range(first, child.block_count):
+            if child.bat[index] != UNALLOCATED:
+                total += sum(r.length for r in child.block_runs(index) if r.kind is RunKind.HERE)
+        return total
+
+    @staticmethod
+    def copy_block(child: Layer, parent: Layer, index: int, result: CommitResult,
+                   progress: Progress) -> int:
+        copied = 0
+        for run in child.block_runs(index):
+            if run.kind is not RunKind.HERE:
+                continue
+            done = 0
+            while done < run.length:
+                count = min(COPY_CHUNK, run.length - done)
+                parent.write(run.offset + done, child.read_data(run.file_offset + done, count))
+                done += count
+                progress.advance(count)
+            copied += run.length
+            result.runs += 1
+        result.bytes_copied += copied
+        result.blocks += 1
+        return copied
+
+
+def commit(child: str, options: OpenOptions | None = None, *, delete_child: bool = False,
+           faults: Faults | None = None, quiet: bool = False,
+           warn: Callable[[str], None] | None = None,
+           checkpoint_bytes: int = CHECKPOINT_BYTES) -> CommitResult:
+    """Merge `child` into its parent (see the module text). Restartable after any crash."""
+    job = _Commit(child, options or OpenOptions(), faults or Faults.from_env(), quiet,
+                  warn or log.warning, checkpoint_bytes)
+    return job.run(delete_child)

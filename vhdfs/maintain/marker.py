@@ -1,0 +1,168 @@
+"""How a parent says "a commit into me is not finished".
+
+Two marks, set before the first byte of the child is written into the parent and cleared
+after the last one is durable:
+
+1. A journal file next to the parent, `<parent>.vhdfs-commit` (JSON): which child (path
+   and unique id), the parent's unique id, the phase and the first child block not yet
+   known to be durable in the parent. It is what lets `vhdfs commit` resume and
+   `vhdfs check --repair` finish the job.
+2. A mark inside the parent itself, so a parent copied or uploaded without its journal
+   still says so: the last 32 bytes of the footer's reserved area (footer bytes 480-511)
+   hold `vhdfs-commit`, a version and the child's unique id. The checksum covers them, so
+   the footer stays valid; qemu, libvhdi and Windows ignore the reserved area (tapdisk's
+   flag lives at byte 85, far from it). When those bytes are not zero to begin with, they
+   belong to someone else and only the journal is used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vhdfs.errors import ImageIOError
+from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
+from vhdfs.maintain.faults import Faults
+from vhdfs.maintain.files import remove_durably, write_atomic
+from vhdfs.sources.base import Source
+
+JOURNAL_SUFFIX = ".vhdfs-commit"
+JOURNAL_FORMAT = "vhdfs-commit-journal"
+MARKER_MAGIC = b"vhdfs-commit"
+MARKER_VERSION = b"\0\0\0\x01"
+MARKER_FOOTER_BYTE = 480
+_AT = MARKER_FOOTER_BYTE - 85  # index into Footer.reserved (which starts at footer byte 85)
+_LEN = len(MARKER_MAGIC) + len(MARKER_VERSION) + 16
+
+PHASE_PREPARED = "prepared"  # marks set, nothing written into the parent yet
+PHASE_COPYING = "copying"  # the parent may hold any part of the child's data
+
+
+def journal_path(parent: str | Path) -> Path:
+    path = Path(parent)
+    return path.with_name(path.name + JOURNAL_SUFFIX)
+
+
+@dataclass
+class CommitJournal:
+    parent: str  # the parent's file name when the commit started
+    parent_unique_id: str
+    child: str  # absolute path of the child
+    child_unique_id: str
+    phase: str
+    next_block: int  # child blocks before this one are durable in the parent
+    blocks: int
+    started: str
+
+    def dump(self) -> bytes:
+        return json.dumps({"format": JOURNAL_FORMAT, "version": 1, **asdict(self)},
+                          indent=1).encode() + b"\n"
+
+
+class DamagedJournal(ImageIOError):
+    pass
+
+
+def read_journal(parent: str | Path) -> CommitJournal | None:
+    path = journal_path(parent)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DamagedJournal(f"{path}: cannot read the commit journal: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+        if data.get("format") != JOURNAL_FORMAT:
+            raise ValueError("not a vhdfs commit journal")
+        fields = {k: data[k] for k in CommitJournal.__dataclass_fields__}
+        journal = CommitJournal(**fields)
+        if not isinstance(journal.next_block, int) or journal.phase not in (PHASE_PREPARED,
+                                                                            PHASE_COPYING):
+            raise ValueError("bad phase or block number")
+        return journal
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DamagedJournal(f"{path}: the commit journal is damaged ({exc}); the commit it "
+                             "recorded is unfinished: run vhdfs commit CHILD again") from None
+
+
+def write_journal(parent: str | Path, journal: CommitJournal, faults: Faults) -> None:
+    write_atomic(journal_path(parent), journal.dump(), faults)
+
+
+def remove_journal(parent: str | Path, faults: Faults) -> None:
+    remove_durably(journal_path(parent), faults)
+
+
+# ---------------------------------------------------------------- the mark in the footer
+def marker_child_id(footer: Footer) -> bytes | None:
+    """The unique id of the child whose commit into this file is unfinished, if marked."""
+    area = footer.reserved[_AT:_AT + _LEN]
+    if area[:len(MARKER_MAGIC)] != MARKER_MAGIC:
+        return None
+    return bytes(area[-16:])
+
+
+def marker_area_free(footer: Footer) -> bool:
+    area = footer.reserved[_AT:_AT + _LEN]
+    return area == bytes(_LEN) or marker_child_id(footer) is not None
+
+
+def with_marker(footer: Footer, child_id: bytes) -> Footer:
+    mark = MARKER_MAGIC + MARKER_VERSION + child_id
+    return footer.copy(reserved=footer.reserved[:_AT] + mark + footer.reserved[_AT + _LEN:])
+
+
+def without_marker(footer: Footer) -> Footer:
+    if marker_child_id(footer) is None:
+        return footer
+    return footer.copy(reserved=footer.reserved[:_AT] + bytes(_LEN) + footer.reserved[_AT + _LEN:])
+
+
+def write_footers(source: Source, footer: Footer, faults: Faults) -> None:
+    """Write `footer` at the end of the file, then (dynamic and differencing disks) its copy
+    at offset 0, then sync. A crash in between leaves two valid footers that differ only in
+    the mark; `vhdfs commit` and `vhdfs check --repair` make them agree again."""
+    raw = footer.build()
+    end = source.size() - FOOTER_SIZE
+    faults.point("write trailing footer")
+    source.write_at(end, raw)
+    if footer.disk_type != DiskType.FIXED:
+        faults.point("write footer copy")
+        source.write_at(0, raw)
+    faults.point("sync footers")
+    source.sync()
+
+
+def commit_state(path: str, footer: Footer) -> dict | None:
+    """What `vhdfs info` and `vhdfs check` say about an unfinished commit into `path`."""
+    marked = marker_child_id(footer)
+    try:
+        journal = read_journal(path)
+        damaged = ""
+    except DamagedJournal as exc:
+        journal, damaged = None, str(exc)
+    if marked is None and journal is None and not damaged:
+        return None
+    state: dict = {"journal": str(journal_path(path)) if (journal or damaged) else None}
+    if journal is not None:
+        state.update(child=journal.child, child_unique_id=journal.child_unique_id,
+                     phase=journal.phase, next_block=journal.next_block, blocks=journal.blocks)
+        state["finish"] = f"vhdfs commit {journal.child}"
+    else:
+        state.update(child=None, child_unique_id=format_unique_id(marked) if marked else None)
+        state["finish"] = ("vhdfs commit CHILD (the child with unique id "
+                           f"{state['child_unique_id']}), or vhdfs check --repair "
+                           f"{path} --search DIR to find it")
+    if damaged:
+        state["journal_problem"] = damaged
+    return state
+
+
+def describe_state(path: str, state: dict) -> str:
+    who = state.get("child") or f"a child with unique id {state.get('child_unique_id')}"
+    text = f"{path}: a commit of {who} into it is unfinished"
+    if state.get("phase") == PHASE_PREPARED:
+        text += " (nothing was written yet)"
+    return f"{text}; its data is a mix of old and new until it is finished: run {state['finish']}"

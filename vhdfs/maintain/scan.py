@@ -1,0 +1,598 @@
+"""Structure checks of one VHD file, read directly with vhdfs.format.
+
+`Layer` refuses files it cannot use; a check has to look at exactly those, so this module
+parses the footer, its copy, the dynamic header, the BAT, the locators and the bitmaps
+itself, and says for each problem what it is, where, and how (or whether) it can be mended
+without guessing at data.
+"""
+
+from __future__ import annotations
+
+import array
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vhdfs.errors import ChecksumError, FormatError, ImageIOError
+from vhdfs.format.bitmap import bitmap_bytes, bitmap_runs
+from vhdfs.format.dynheader import (
+    HEADER_SIZE,
+    HEADER_VERSION,
+    NO_OFFSET,
+    PLATFORM_MAC,
+    PLATFORM_MACX,
+    PLATFORM_NONE,
+    PLATFORM_W2KU,
+    PLATFORM_W2RU,
+    PLATFORM_WI2K,
+    PLATFORM_WI2R,
+    DynamicHeader,
+)
+from vhdfs.format.footer import (
+    COOKIE,
+    FEATURES_RESERVED,
+    FOOTER_SIZE,
+    NO_DATA_OFFSET,
+    VERSION_1_0,
+    DiskType,
+    Footer,
+    format_unique_id,
+)
+from vhdfs.format.timestamp import vhd_now, vhd_to_iso
+from vhdfs.layer import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, SECTOR, UNALLOCATED
+from vhdfs.maintain import repairs
+from vhdfs.maintain.findings import (
+    ERROR,
+    NOTE,
+    RANK_BAT,
+    RANK_FOOTER,
+    RANK_HEADER,
+    RANK_LOCATOR,
+    RANK_TRUNCATE,
+    WARNING,
+    CannotCheck,
+    FileScan,
+    Finding,
+    Fix,
+    Region,
+)
+from vhdfs.maintain.marker import _AT, _LEN, commit_state, describe_state
+from vhdfs.sources.base import Source
+
+KNOWN_CODES = (PLATFORM_W2RU, PLATFORM_W2KU, PLATFORM_MACX, PLATFORM_MAC, PLATFORM_WI2R,
+               PLATFORM_WI2K)
+PATH_CODES = (PLATFORM_W2RU, PLATFORM_W2KU, PLATFORM_MACX, PLATFORM_WI2R, PLATFORM_WI2K)
+MAX_LOCATOR_BYTES = 64 * 1024
+# How far back from the end a fixed disk's footer is looked for behind trailing garbage.
+FIXED_FOOTER_SEARCH = 1 << 30
+SEARCH_CHUNK = 4 << 20
+FUTURE_SLACK = 300  # seconds of clock difference tolerated before a timestamp is "future"
+_FOOTER_FIELDS = ("features", "version", "data_offset", "timestamp", "creator_app",
+                  "creator_version", "creator_os", "original_size", "current_size", "cylinders",
+                  "heads", "sectors_per_track", "disk_type", "unique_id", "saved_state")
+
+
+@dataclass
+class FooterSlot:
+    """What sits at one footer position."""
+
+    offset: int
+    raw: bytes
+    footer: Footer | None  # parsed (even with a wrong checksum), None without the cookie
+    checksum_ok: bool
+    error: str  # why it is not usable, "" when it is
+
+    @property
+    def usable(self) -> bool:
+        return self.footer is not None and self.checksum_ok and not self.error
+
+    @property
+    def fixable(self) -> bool:
+        """Only the checksum is wrong: the fields make sense."""
+        return self.footer is not None and not self.checksum_ok and not self.error
+
+
+def read_slot(source: Source, offset: int, file_size: int) -> FooterSlot:
+    raw = source.read_at(offset, FOOTER_SIZE)
+    try:
+        footer = Footer.parse(raw, source.name, offset)
+        return FooterSlot(offset, raw, footer, True, footer_problem(footer, offset, file_size))
+    except ChecksumError as exc:
+        footer = Footer.parse(raw, source.name, offset, verify=False)
+        problem = footer_problem(footer, offset, file_size)
+        return FooterSlot(offset, raw, footer, False, problem or exc.what)
+    except FormatError as exc:
+        return FooterSlot(offset, raw, None, False, exc.what)
+
+
+def footer_problem(footer: Footer, offset: int, file_size: int) -> str:
+    """Fields that make a footer unusable (beyond its checksum)."""
+    where = f"footer at offset {offset}"
+    if footer.disk_type not in (DiskType.FIXED, DiskType.DYNAMIC, DiskType.DIFFERENCING):
+        return f"{where}: disk type (byte 60) is {footer.disk_type}; expected 2, 3 or 4"
+    if footer.disk_type != DiskType.FIXED:
+        if footer.data_offset % SECTOR or footer.data_offset < FOOTER_SIZE or \
+                footer.data_offset + HEADER_SIZE > file_size:
+            return (f"{where}: data offset (byte 16) is {footer.data_offset}, unaligned or "
+                    "outside the file")
+    return ""
+
+
+def differing_fields(a: Footer, b: Footer) -> list[str]:
+    names = [name for name in _FOOTER_FIELDS if getattr(a, name) != getattr(b, name)]
+    if a.reserved[:_AT] != b.reserved[:_AT] or a.reserved[_AT + _LEN:] != b.reserved[_AT + _LEN:]:
+        names.append("reserved")
+    if a.reserved[_AT:_AT + _LEN] != b.reserved[_AT:_AT + _LEN]:
+        names.append("commit mark")
+    return names
+
+
+def _round_up(value: int) -> int:
+    return -(-value // SECTOR) * SECTOR
+
+
+class Scanner:
+    """One pass over one file. `scan()` returns a FileScan; it raises CannotCheck only when
+    the file is not recognisable as a VHD at all."""
+
+    def __init__(self, source: Source, *, size_rule: str = "auto", now: int | None = None,
+                 search: list[str] | None = None) -> None:
+        self.src = source
+        self.name = source.name
+        self.rule = size_rule
+        self.now = vhd_now() if now is None else now
+        self.search = search or []
+        self.result = FileScan(path=source.name)
+        self.regions: list[Region] = []
+
+    def add(self, code: str, severity: str, message: str, fix: Fix | None = None,
+            hint: str = "") -> None:
+        self.result.findings.append(Finding(code, severity, message, fix, hint))
+
+    def fatal(self, code: str, message: str, hint: str = "") -> FileScan:
+        self.add(code, ERROR, message, hint=hint or "not repairable without guessing; restore "
+                 "the file from a backup or re-create it")
+        self.result.fatal = True
+        return self.result
+
+    # ---------------------------------------------------------------- the whole file
+    def scan(self) -> FileScan:
+        try:
+            return self._scan()
+        except ImageIOError as exc:
+            raise CannotCheck(f"{self.name}: reading failed: {exc}") from None
+
+    def _scan(self) -> FileScan:
+        size = self.src.size()
+        self.result.file_size = size
+        if size < FOOTER_SIZE:
+            raise CannotCheck(f"{self.name}: the file is {size} bytes, too small to hold a "
+                              "512-byte VHD footer; it is not a VHD image (or truncated to nothing)")
+        self.size = size
+        self.aligned = size - size % SECTOR
+        trail = read_slot(self.src, self.aligned - FOOTER_SIZE, size)
+        copy = read_slot(self.src, 0, size) if self.aligned - FOOTER_SIZE > 0 else None
+        self.trail, self.copy = trail, copy
+        sparse_copy = copy is not None and copy.footer is not None and \
+            copy.footer.disk_type in (DiskType.DYNAMIC, DiskType.DIFFERENCING)
+
+        footer_at: int | None
+        if trail.usable:
+            footer, footer_at = trail.footer, trail.offset
+            if size != self.aligned:
+                self._garbage(footer_at, "after the footer (the file size is not a multiple of 512)")
+        elif copy is not None and copy.usable and sparse_copy:
+            footer, footer_at = copy.footer, None  # the trailing footer is placed after the BAT is read
+        elif found := self._search_fixed():
+            footer_at, footer = found
+            self._garbage(footer_at, "after the fixed disk's footer")
+        elif trail.fixable:
+            footer, footer_at = trail.footer, trail.offset
+            fixed = footer.copy()
+            where = [trail.offset] + ([0] if footer.disk_type != DiskType.FIXED else [])
+            self.add("footer-checksum", ERROR, f"{trail.error}",
+                     Fix(RANK_FOOTER, f"rewrite the footer at offset {trail.offset} with its "
+                         "checksum recomputed" + (" (and its copy at 0)" if len(where) > 1 else ""),
+                         repairs.write_footer(fixed.build(), where)))
+            if size != self.aligned:
+                self._garbage(footer_at, "after the footer")
+        elif copy is not None and copy.fixable and sparse_copy:
+            footer, footer_at = copy.footer, None
+        else:
+            reasons = f"at the end: {trail.error}"
+            if copy is not None:
+                reasons += f"; at offset 0: {copy.error}"
+            raise CannotCheck(f"{self.name}: no usable VHD footer ({reasons}); not a VHD file, "
+                              "or one whose footers are both destroyed")
+        self.footer = footer
+        self.result.disk_type = footer.disk_type
+        self.result.unique_id = footer.unique_id
+        self._footer_fields(footer)
+        if footer.disk_type == DiskType.FIXED:
+            self._fixed(footer, footer_at)
+        else:
+            self._sparse(footer, footer_at)
+        if not self.result.fatal:
+            self._commit_state()
+        return self.result
+
+    def _garbage(self, footer_at: int, what: str) -> None:
+        extra = self.size - footer_at - FOOTER_SIZE
+        self.add("trailing-garbage", ERROR, f"{self.name}: {extra} bytes {what} at offset "
+                 f"{footer_at}", Fix(RANK_TRUNCATE, f"truncate the file to {footer_at + FOOTER_SIZE} "
+                                     f"bytes (drop {extra} bytes after the footer)",
+                                     repairs.truncate(footer_at + FOOTER_SIZE)))
+
+    def _search_fixed(self) -> tuple[int, Footer] | None:
+        """A fixed disk's footer followed by garbage: the last sector-aligned footer whose
+        disk size says it belongs exactly where it is."""
+        def fits(offset: int, footer: Footer) -> bool:
+            return footer.disk_type == DiskType.FIXED and offset in (
+                footer.current_size, footer.chs_size)
+        low = max(0, self.aligned - FOOTER_SIZE - FIXED_FOOTER_SEARCH)
+        return self.search_footer(low, self.aligned - 2 * FOOTER_SIZE, fits)
+
+    def search_footer(self, low: int, high: int, accept: Callable[[int, Footer], bool]
+                      ) -> tuple[int, Footer] | None:
+        """The highest sector-aligned offset in [low, high] with a valid footer `accept`ed."""
+        if high < low:
+            return None
+        end = high + FOOTER_SIZE
+        while end > low:
+            start = max(low, end - SEARCH_CHUNK)
+            start -= start % SECTOR
+            data = self.src.read_at(start, min(end + FOOTER_SIZE, self.size) - start)
+            hits = [m.start() for m in re.finditer(re.escape(COOKIE), data)]
+            for index in reversed(hits):
+                offset = start + index
+                if offset % SECTOR or offset > high or offset < low:
+                    continue
+                try:
+                    footer = Footer.parse(data[index:index + FOOTER_SIZE], self.name, offset)
+                except FormatError:
+                    continue
+                if accept(offset, footer):
+                    return offset, footer
+            end = start
+        return None
+
+    def _footer_fields(self, footer: Footer) -> None:
+        if not footer.features & FEATURES_RESERVED:
+            self.add("footer-features", WARNING, f"{self.name}: footer features (byte 8) are "
+                     f"0x{footer.features:08x}; bit 0x2 should always be set")
+        if footer.version != VERSION_1_0:
+            self.add("footer-version", WARNING, f"{self.name}: footer version (byte 12) is "
+                     f"0x{footer.version:08x}; expected 0x00010000")
+        if footer.timestamp > self.now + FUTURE_SLACK:
+            self.add("footer-timestamp", WARNING, f"{self.name}: footer timestamp (byte 24) is "
+                     f"{vhd_to_iso(footer.timestamp)}, in the future (a wrong clock where it "
+                     "was made); readers do not use it")
+
+    # ---------------------------------------------------------------- fixed disks
+    def _fixed(self, footer: Footer, footer_at: int) -> None:
+        self.result.footer_offset = footer_at
+        self.result.data_end = footer_at
+        size = footer.virtual_size(self.rule)
+        self.result.virtual_size = size
+        if size % SECTOR:
+            self.fatal("disk-size", f"{self.name}: disk size {size} (footer byte 48) is not a "
+                       "multiple of 512")
+            return
+        if footer.data_offset != NO_DATA_OFFSET:
+            self.add("footer-data-offset", WARNING, f"{self.name}: fixed disk with data offset "
+                     f"(byte 16) {footer.data_offset}; expected all ones (readers ignore it)")
+        if size > footer_at:
+            self.fatal("fixed-truncated", f"{self.name}: fixed disk of {size} bytes but only "
+                       f"{footer_at} bytes of data before the footer: the file is truncated and "
+                       f"{size - footer_at} bytes of the disk are missing")
+        elif size < footer_at:
+            self.add("fixed-extra-data", NOTE, f"{self.name}: {footer_at - size} bytes between "
+                     f"the end of the disk ({size}) and the footer are not part of the disk")
+
+    # ---------------------------------------------------------------- dynamic and differencing
+    def _sparse(self, footer: Footer, footer_at: int | None) -> None:
+        limit = footer_at if footer_at is not None else self.aligned
+        header = self._header(footer, limit)
+        if header is None:
+            return
+        self.header = header
+        size = footer.virtual_size(self.rule)
+        self.result.virtual_size = size
+        if size % SECTOR or size <= 0:
+            self.fatal("disk-size", f"{self.name}: disk size {size} (footer byte 48) is not a "
+                       "positive multiple of 512")
+            return
+        where = f"{self.name}: dynamic header at offset {footer.data_offset}"
+        bs = header.block_size
+        if bs < MIN_BLOCK_SIZE or bs > MAX_BLOCK_SIZE or bs & (bs - 1):
+            self.fatal("block-size", f"{where}: block size (byte 32) is {bs}; expected a power "
+                       "of two from 512 bytes to 256 MiB")
+            return
+        self.block_size = bs
+        self.bitmap_size = bitmap_bytes(bs)
+        needed = -(-size // bs)
+        entries = header.max_table_entries
+        if entries < needed:
+            self.fatal("bat-entries", f"{where}: max table entries (byte 28) is {entries}, but a "
+                       f"disk of {size} bytes in {bs}-byte blocks needs {needed}")
+            return
+        bat_at = header.table_offset
+        bat_len = _round_up(entries * 4)
+        if bat_at % SECTOR:
+            self.fatal("bat-offset", f"{where}: BAT offset (byte 16) is {bat_at}, not a multiple "
+                       "of 512")
+            return
+        if bat_at < FOOTER_SIZE or bat_at + bat_len > limit:
+            self.fatal("bat-offset", f"{where}: BAT at offset {bat_at} with {entries} entries "
+                       f"({bat_len} bytes) ends past the data area ending at {limit}")
+            return
+        if bat_at < footer.data_offset + HEADER_SIZE and footer.data_offset < bat_at + bat_len:
+            self.fatal("bat-offset", f"{where}: BAT at offset {bat_at} overlaps the header")
+            return
+        self.bat_at = bat_at
+        self.regions = [Region(0, FOOTER_SIZE, "the footer copy"),
+                        Region(footer.data_offset, footer.data_offset + HEADER_SIZE,
+                               "the dynamic header"),
+                        Region(bat_at, bat_at + bat_len, "the BAT")]
+        bat = array.array("I", self.src.read_at(bat_at, entries * 4))
+        if sys.byteorder == "little":
+            bat.byteswap()
+        stray = sum(1 for entry in bat[needed:] if entry != UNALLOCATED)
+        if stray:
+            self.add("bat-spare-entries", WARNING, f"{self.name}: {stray} BAT entries past the "
+                     f"last block ({needed}) are not 0xFFFFFFFF (readers ignore them)")
+        self.bat = bat[:needed]
+        self.size_v = size
+        self._locators(header, footer, limit)
+        if footer_at is None:
+            footer_at = self._place_trailing_footer(footer)
+        self.result.footer_offset = footer_at
+        if footer_at is not None and self.trail.usable:
+            self._footer_copy(footer)
+        self._blocks(footer_at)
+        if header.parent_timestamp > self.now + FUTURE_SLACK and \
+                footer.disk_type == DiskType.DIFFERENCING:
+            self.add("parent-timestamp", WARNING, f"{where}: parent timestamp (byte 56) is "
+                     f"{vhd_to_iso(header.parent_timestamp)}, in the future (advisory only)")
+        if header.data_offset != NO_OFFSET:
+            self.add("header-data-offset", WARNING, f"{where}: data offset (byte 8) is "
+                     f"{header.data_offset}; expected all ones (readers ignore it)")
+        if header.header_version != HEADER_VERSION:
+            self.add("header-version", WARNING, f"{where}: header version (byte 24) is "
+                     f"0x{header.header_version:08x}; expected 0x00010000")
+
+    def _header(self, footer: Footer, limit: int) -> DynamicHeader | None:
+        at = footer.data_offset
+        if at + HEADER_SIZE > limit:
+            self.fatal("header-offset", f"{self.name}: the dynamic header at offset {at} (footer "
+                       f"data offset) runs past the data area ending at {limit}")
+            return None
+        raw = self.src.read_at(at, HEADER_SIZE)
+        from vhdfs.maintain.setparent import pending_header  # set-parent's journal, if any
+
+        pending = pending_header(Path(self.name))
+        try:
+            header = DynamicHeader.parse(raw, self.name, at)
+        except ChecksumError as exc:
+            header = DynamicHeader.parse(raw, self.name, at, verify=False)
+            if pending is None:
+                self.add("header-checksum", ERROR, str(exc).split("; ")[0],
+                         Fix(RANK_HEADER, f"rewrite the dynamic header at offset {at} with its "
+                             "checksum recomputed", repairs.write_header(at, header.build())))
+        except FormatError as exc:
+            self.fatal("header-cookie", f"{exc.source}: {exc.what}")
+            return None
+        if pending is not None:
+            self._pending_set_parent(pending, header, raw, at)
+        return header
+
+    def _pending_set_parent(self, pending, header: DynamicHeader, raw: bytes, at: int) -> None:
+        from vhdfs.maintain.setparent import journal_of
+
+        new = pending.new_header
+        if raw == new:
+            self.add("set-parent-journal", WARNING, f"{self.name}: a finished set-parent left "
+                     f"its journal {journal_of(Path(self.name))}",
+                     Fix(RANK_HEADER, "delete the set-parent journal",
+                         repairs.remove_file(journal_of(Path(self.name)))))
+            return
+        try:
+            parsed = DynamicHeader.parse(new, self.name, at)
+            same_layout = (parsed.table_offset, parsed.block_size, parsed.max_table_entries) == (
+                header.table_offset, header.block_size, header.max_table_entries)
+        except FormatError:
+            same_layout = False
+        if not same_layout or pending.header_offset != at:
+            self.add("set-parent-journal", WARNING, f"{self.name}: the set-parent journal "
+                     f"{journal_of(Path(self.name))} does not belong to this header",
+                     Fix(RANK_HEADER, "delete the stale set-parent journal",
+                         repairs.remove_file(journal_of(Path(self.name)))))
+            return
+        self.add("set-parent-unfinished", ERROR, f"{self.name}: a set-parent was interrupted "
+                 "before its new header was written (the header may be torn between old and new)",
+                 Fix(RANK_HEADER, f"write the new header from {journal_of(Path(self.name))} at "
+                     f"offset {at} and delete the journal",
+                     repairs.write_header(at, new, journal_of(Path(self.name)))))
+
+    def _locators(self, header: DynamicHeader, footer: Footer, limit: int) -> None:
+        differencing = footer.disk_type == DiskType.DIFFERENCING
+        for index, loc in enumerate(header.locators):
+            field_at = 576 + 24 * index
+            what = f"{self.name}: parent locator {index} ({loc.code_text!r}, header byte {field_at})"
+            if loc.platform_code == PLATFORM_NONE:
+                if loc.data_length or loc.data_offset or loc.data_space:
+                    self.add("locator-stray", NOTE, f"{what}: empty entry with data fields set")
+                continue
+            if not differencing:
+                self.add("locator-on-dynamic", WARNING, f"{what}: a dynamic disk with a parent "
+                         "locator (readers ignore it)")
+                continue
+            if loc.platform_code not in KNOWN_CODES:
+                self.add("locator-code", WARNING, f"{what}: unknown platform code (ignored)")
+                continue
+            if loc.data_length == 0:
+                continue
+            start, length = loc.data_offset, loc.data_length
+            end = start + max(loc.space_bytes, length)
+            problem = ""
+            if length > loc.space_bytes:
+                problem = f"data length {length} exceeds its data space {loc.space_bytes}"
+            elif start % SECTOR or start < FOOTER_SIZE or start + length > limit:
+                problem = f"data at offset {start} ({length} bytes) is outside the file or unaligned"
+            elif length > MAX_LOCATOR_BYTES:
+                problem = f"data length {length} is absurd for a path"
+            else:
+                clash = next((r for r in self.regions if r.overlaps(start, start + length)), None)
+                if clash is not None:
+                    problem = f"data at offset {start} ({length} bytes) overlaps {clash.what}"
+            if problem:
+                severity = ERROR if loc.platform_code in PATH_CODES else WARNING
+                self.add("locator-bad", severity, f"{what}: {problem}",
+                         Fix(RANK_LOCATOR, f"clear parent locator {index} ({loc.code_text}); "
+                             "vhdfs set-parent writes fresh locators",
+                             repairs.clear_locator(footer.data_offset, index))
+                         if severity == ERROR else None)
+                continue
+            self.regions.append(Region(start, min(end, limit), f"parent locator {index}"))
+            if loc.platform_code in (PLATFORM_W2RU, PLATFORM_W2KU) and length % 2:
+                self.add("locator-text", WARNING, f"{what}: UTF-16 path of odd length {length}")
+
+    def _place_trailing_footer(self, footer: Footer) -> int:
+        """The trailing footer is unusable but the copy at offset 0 is: where does it go?"""
+        ends = [r.end for r in self.regions]
+        for index, entry in enumerate(self.bat):
+            if entry != UNALLOCATED:
+                end = entry * SECTOR + self.bitmap_size + self._block_len(index)
+                if end <= self.aligned:
+                    ends.append(end)
+        low = max(ends)
+        copy_raw = self.copy.raw
+
+        def same_disk(offset: int, candidate: Footer) -> bool:
+            return candidate.unique_id == footer.unique_id and candidate.disk_type == footer.disk_type
+
+        found = self.search_footer(low, self.aligned - FOOTER_SIZE, same_disk)
+        if found is not None:
+            offset, _ = found
+            self._garbage(offset, "after the footer")
+            return offset
+        restore = footer.build() if not self.copy.usable else copy_raw
+        where = [0] if not self.copy.usable else []
+        trail_error = self.trail.error or "unreadable"
+        if self.size == self.aligned and self.aligned - FOOTER_SIZE >= low:
+            at = self.aligned - FOOTER_SIZE
+            self.add("footer-damaged", ERROR, f"{self.name}: the trailing footer at offset {at} is "
+                     f"damaged ({trail_error})",
+                     Fix(RANK_FOOTER, f"restore the trailing footer at offset {at} from the copy "
+                         "at offset 0", repairs.write_footer(restore, [at] + where)))
+            return at
+        at = _round_up(self.size)
+        self.add("footer-missing", ERROR, f"{self.name}: the file ends at {self.size} bytes without "
+                 "a trailing footer, inside the data of its blocks or metadata: it looks truncated",
+                 Fix(RANK_FOOTER, f"write the footer (from the copy at offset 0) at offset {at}, "
+                     "the end of the file", repairs.write_footer(restore, [at] + where)))
+        return at
+
+    def _footer_copy(self, footer: Footer) -> None:
+        copy = self.copy
+        if copy.raw == self.trail.raw:
+            return
+        if copy.usable:
+            names = differing_fields(copy.footer, footer)
+            code = "footer-copy-mark" if names == ["commit mark"] else "footer-copy-differs"
+            message = (f"{self.name}: the footer copy at offset 0 differs from the trailing footer "
+                       f"in: {', '.join(names) or 'checksum'}")
+        else:
+            code = "footer-copy-damaged"
+            message = f"{self.name}: the footer copy at offset 0 is damaged ({copy.error})"
+        self.add(code, ERROR, message,
+                 Fix(RANK_FOOTER, "copy the trailing footer to offset 0",
+                     repairs.write_footer(self.trail.raw, [0])))
+
+    def _block_len(self, index: int) -> int:
+        return min(self.block_size, self.size_v - index * self.block_size)
+
+    def _blocks(self, footer_at: int) -> None:
+        differencing = self.footer.disk_type == DiskType.DIFFERENCING
+        below = "from the parent" if differencing else "as zeros"
+        spans = []
+        bad: dict[int, str] = {}
+        for index, entry in enumerate(self.bat):
+            if entry == UNALLOCATED:
+                continue
+            start = entry * SECTOR
+            end = start + self.bitmap_size + self._block_len(index)
+            where = f"BAT entry {index} (file offset {start})"
+            if end > footer_at:
+                bad[index] = f"{where}: the block runs past the data area ending at {footer_at}"
+                continue
+            clash = next((r for r in self.regions if r.overlaps(start, end)), None)
+            if clash is not None:
+                bad[index] = f"{where}: the block overlaps {clash.what}"
+                continue
+            spans.append((start, end, index))
+        spans.sort()
+        good = []
+        previous: tuple[int, int, int] | None = None
+        for span in spans:
+            if previous is not None and span[0] < previous[1]:
+                bad.setdefault(previous[2], f"BAT entry {previous[2]} (file offset {previous[0]}): "
+                               f"the block shares its storage with block {span[2]}")
+                bad[span[2]] = (f"BAT entry {span[2]} (file offset {span[0]}): the block shares its "
+                                f"storage with block {previous[2]}")
+            if previous is None or span[1] > previous[1]:
+                previous = span
+        good = [span for span in spans if span[2] not in bad]
+        for index in sorted(bad):
+            first = index * self.block_size
+            last = first + self._block_len(index) - 1
+            self.add("bat-bad-entry", ERROR, f"{self.name}: {bad[index]}",
+                     Fix(RANK_BAT, f"drop BAT entry {index}: block {index} (disk bytes {first}-{last}) "
+                         f"then reads {below}", repairs.drop_bat_entry(self.bat_at, index)))
+        ends = [r.end for r in self.regions] + [end for _, end, _ in good]
+        self.result.data_end = max(ends)
+        if footer_at > self.result.data_end:
+            self.add("unused-tail", NOTE, f"{self.name}: {footer_at - self.result.data_end} bytes "
+                     f"before the footer (from offset {self.result.data_end}) belong to no block "
+                     "(an interrupted allocation, or a gap as Windows leaves; harmless)")
+        if differencing:
+            self._bitmaps(good)
+
+    def _bitmaps(self, blocks: list[tuple[int, int, int]]) -> None:
+        sectors_per_block = self.block_size // SECTOR
+        empty = []
+        for start, _, index in blocks:
+            bitmap = self.src.read_at(start, self.bitmap_size)
+            used = -(-self._block_len(index) // SECTOR)
+            runs = bitmap_runs(bitmap, 0, used)
+            if not any(is_set for _, _, is_set in runs):
+                empty.append(index)
+            if used < sectors_per_block:
+                tail = bitmap_runs(bitmap, used, sectors_per_block - used)
+                if any(is_set for _, _, is_set in tail):
+                    self.add("bitmap-past-end", WARNING, f"{self.name}: the bitmap of block "
+                             f"{index} marks sectors past the end of the disk (ignored)")
+        if empty:
+            shown = ", ".join(map(str, empty[:8])) + (" ..." if len(empty) > 8 else "")
+            self.add("bitmap-empty", NOTE, f"{self.name}: {len(empty)} allocated block(s) mark "
+                     f"no sector in their bitmap (space without data): {shown}")
+
+    # ---------------------------------------------------------------- unfinished jobs
+    def _commit_state(self) -> None:
+        state = commit_state(self.name, self.footer)
+        if state is None:
+            return
+        self.result.commit_state = state
+        fix = repairs.finish_commit(self.name, state, self.footer, self.search)
+        self.add("mid-commit", ERROR, describe_state(self.name, state), fix,
+                 hint="" if fix else state["finish"])
+
+
+def scan_file(source: Source, *, size_rule: str = "auto", now: int | None = None,
+              search: list[str] | None = None) -> FileScan:
+    return Scanner(source, size_rule=size_rule, now=now, search=search).scan()
+
+
+__all__ = ["scan_file", "Scanner", "FooterSlot", "read_slot", "format_unique_id"]

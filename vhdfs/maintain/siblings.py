@@ -1,0 +1,74 @@
+"""Find the other differencing children of a parent: committing into the parent changes
+what they read, so they become invalid."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from vhdfs.errors import FormatError, VhdfsError
+from vhdfs.format.dynheader import HEADER_SIZE, DynamicHeader
+from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer
+from vhdfs.resolve import IMAGE_SUFFIXES
+from vhdfs.sources.local import LocalFile
+
+
+def read_ids(path: Path) -> tuple[bytes, bytes | None] | None:
+    """(unique id, parent unique id or None) of a VHD file, or None when it is not one."""
+    try:
+        with LocalFile(path) as source:
+            size = source.size()
+            if size < 2 * FOOTER_SIZE:
+                return None
+            footer = Footer.parse(source.read_at(size - FOOTER_SIZE, FOOTER_SIZE), source.name,
+                                  size - FOOTER_SIZE, verify=False)
+            if footer.disk_type != DiskType.DIFFERENCING or footer.data_offset + HEADER_SIZE > size:
+                return footer.unique_id, None
+            header = DynamicHeader.parse(source.read_at(footer.data_offset, HEADER_SIZE),
+                                         source.name, footer.data_offset, verify=False)
+            return footer.unique_id, header.parent_unique_id
+    except (VhdfsError, FormatError, OSError):
+        return None
+
+
+def unique_id_of(path: Path) -> bytes | None:
+    ids = read_ids(path)
+    return ids[0] if ids else None
+
+
+def parent_id_of(path: Path) -> bytes | None:
+    """The parent unique id a differencing disk expects, or None for anything else."""
+    ids = read_ids(path)
+    return ids[1] if ids else None
+
+
+def find_children(parent_id: bytes, folders: list[Path], exclude: list[Path]) -> list[Path]:
+    """Image files directly in `folders` whose parent id is `parent_id` (not recursive)."""
+    skip = set()
+    for path in exclude:
+        try:
+            info = path.stat()
+            skip.add((info.st_dev, info.st_ino))
+        except OSError:
+            pass
+    found: list[Path] = []
+    seen_folders: set[str] = set()
+    for folder in folders:
+        key = os.path.realpath(folder)
+        if key in seen_folders:
+            continue
+        seen_folders.add(key)
+        try:
+            entries = sorted(Path(folder).iterdir())
+        except OSError:
+            continue
+        for path in entries:
+            if not path.name.lower().endswith(IMAGE_SUFFIXES) or not path.is_file():
+                continue
+            info = path.stat()
+            if (info.st_dev, info.st_ino) in skip:
+                continue
+            if parent_id_of(path) == parent_id:
+                skip.add((info.st_dev, info.st_ino))
+                found.append(path)
+    return found
