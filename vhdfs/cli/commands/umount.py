@@ -1,0 +1,25 @@
+"""vhdfs umount MOUNTPOINT [--lazy]"""
+
+from __future__ import annotations
+
+import argparse
+
+from vhdfs.fuse.unmount import unmount
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "umount", help="unmount a vhdfs mount and wait until the image is complete",
+        description="Flush and unmount MOUNTPOINT, then wait for its daemon to finish writing, "
+        "so the image can be used as soon as this returns.")
+    parser.add_argument("mountpoint")
+    parser.add_argument("--lazy", action="store_true",
+                        help="detach now even if files are open; the daemon ends when they close")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="how long to wait for the daemon to exit (default 60)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    print(unmount(args.mountpoint, lazy=args.lazy, timeout=args.timeout))
+    return 0
