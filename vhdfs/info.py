@@ -7,6 +7,7 @@ from typing import Any
 from vhdfs.chain import Chain
 from vhdfs.format.footer import format_unique_id
 from vhdfs.format.timestamp import vhd_to_iso
+from vhdfs.maintain.marker import commit_state
 from vhdfs.rawlayer import RawLayer
 
 
@@ -55,5 +56,8 @@ def layer_facts(chain: Chain) -> list[dict[str, Any]]:
                 item["parent_found"] = {"path": link.path, "by": link.found_by, "hint": link.hint}
         if layer.warnings:
             item["warnings"] = list(layer.warnings)
+        unfinished = commit_state(layer.name, footer)  # an interrupted vhdfs commit into it
+        if unfinished:
+            item["commit_in_progress"] = unfinished
         facts.append(item)
     return facts

@@ -6,6 +6,7 @@ import argparse
 
 from vhdfs.cli.common import add_image_options, open_image, print_json
 from vhdfs.info import layer_facts
+from vhdfs.maintain.marker import describe_state
 from vhdfs.units import human
 
 
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
                 if item.get("damaged_blocks"):
                     rows.append(("damaged", f"{len(item['damaged_blocks'])} block(s): "
                                  "run vhdfs check"))
+                if item.get("commit_in_progress"):
+                    rows.append(("mid-commit", describe_state(item["path"], item["commit_in_progress"])))
             for key, value in rows:
                 print(f"  {key:<14} {value}")
     return 0
