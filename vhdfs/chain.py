@@ -58,6 +58,7 @@ class Chain:
         self.unit = max(sizes) if sizes else DEFAULT_UNIT
         self._cache: OrderedDict[int, tuple[list[int], list[Extent]]] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._cache_generation = 0  # bumped by every invalidation
         self._write_lock = threading.Lock()
 
     @property
@@ -104,10 +105,15 @@ class Chain:
             if hit is not None:
                 self._cache.move_to_end(unit)
                 return hit
+            generation = self._cache_generation
         start = unit * self.unit
         extents = self._resolve(start, min(self.unit, self.size - start))
         entry = ([e.offset for e in extents], extents)
         with self._cache_lock:
+            if generation != self._cache_generation:
+                # A write landed while this was resolved (another thread): the result may
+                # predate it, so it answers this read but is not cached.
+                return entry
             self._cache[unit] = entry
             if len(self._cache) > EXTENT_CACHE_UNITS:
                 self._cache.popitem(last=False)
@@ -116,6 +122,7 @@ class Chain:
     def _invalidate(self, offset: int, length: int) -> None:
         first, last = offset // self.unit, (offset + length - 1) // self.unit
         with self._cache_lock:
+            self._cache_generation += 1
             for unit in range(first, last + 1):
                 self._cache.pop(unit, None)
 
