@@ -13,6 +13,7 @@ import os
 import pkgutil
 import sys
 
+import vhdfs.sources.blob  # noqa: F401 - registers the opener of page blob specs
 from vhdfs import __version__
 from vhdfs.errors import VhdfsError
 
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = _OneLineWarnings()
     log.addHandler(handler)
     log.propagate = False
+    args: argparse.Namespace | None = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -68,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
               "VHDFS_DEBUG=1 for details and report it)", file=sys.stderr)
         return INTERNAL_ERROR_EXIT
     finally:
+        if args is not None:
+            from vhdfs.cli.common import print_stats
+
+            print_stats(args)
         log.removeHandler(handler)
 
 

@@ -23,6 +23,9 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
                        help="virtual size from the footer's current size or its CHS geometry "
                        "(auto: geometry for Virtual PC and old qemu disks, current size for "
                        "all others, as qemu does)")
+    group.add_argument("--stats", action="store_true",
+                       help="at the end, print the bytes and requests fetched from blob storage "
+                       "(on standard error)")
 
 
 def open_options(args: argparse.Namespace) -> OpenOptions:
@@ -33,6 +36,14 @@ def open_options(args: argparse.Namespace) -> OpenOptions:
 def open_image(args: argparse.Namespace, spec: str, *, writable: bool = False,
                allow_raw: bool = False) -> Chain:
     return open_chain(spec, open_options(args), writable=writable, allow_raw=allow_raw)
+
+
+def print_stats(args: argparse.Namespace) -> None:
+    """--stats: what the command fetched from (and sent to) blob storage, on stderr."""
+    if getattr(args, "stats", False):
+        from vhdfs.azure.stats import TRANSFER
+
+        print(f"vhdfs: stats: {TRANSFER.summary()}", file=sys.stderr)
 
 
 def print_json(value: Any) -> None:

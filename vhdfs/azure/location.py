@@ -1,0 +1,168 @@
+"""Where a page blob lives: parse the blob forms users write, and keep secrets out of text.
+
+Accepted forms:
+  https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB[?SAS]   (any ACCOUNT.blob.SUFFIX host)
+  http://127.0.0.1:10000/devstoreaccount1/CONTAINER/BLOB[?SAS] (path style: Azurite, IP hosts)
+  az://CONTAINER/BLOB                                          (account from the environment)
+
+Nothing here talks to the network or imports the Azure SDK: the command line parses every
+image argument through `parse_blob_spec`, and most arguments are local files.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass, replace
+
+from vhdfs.errors import UsageError
+
+SCHEMES = ("https://", "http://", "az://")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+REDACTED = "REDACTED"
+# Query parameters of a SAS that are a secret (the signature) or that we never need to show.
+_SAS_SECRET = re.compile(r"(?i)\b(sig|signature)=[^&\s'\"<>]+")
+_KEY_IN_TEXT = re.compile(r"(?i)\b(AccountKey|SharedAccessSignature)=[^;\s'\"<>]+")
+_SHAREDKEY_HEADER = re.compile(r"(?i)\b(SharedKey(?:Lite)?\s+[^:\s]+:)[A-Za-z0-9+/=]+")
+_BEARER = re.compile(r"(?i)\b(Bearer\s+)[A-Za-z0-9._~+/=-]+")
+# Azure echoes the request's signature in some 403 answers ("The MAC signature found in the
+# HTTP request '...' is not the same as any computed signature").
+_ECHOED_SIGNATURE = re.compile(r"(?i)(signature found in the HTTP request ')[^']*(')")
+
+
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`text` without SAS signatures, account keys, bearer tokens or any of `secrets`."""
+    for secret in secrets:
+        if secret and len(secret) >= 8:
+            text = text.replace(secret, REDACTED)
+            quoted = urllib.parse.quote(secret, safe="")
+            if quoted != secret:
+                text = text.replace(quoted, REDACTED)
+    text = _SAS_SECRET.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+    text = _KEY_IN_TEXT.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+    text = _SHAREDKEY_HEADER.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    text = _BEARER.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
+    return _ECHOED_SIGNATURE.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(2)}", text)
+
+
+def looks_remote(spec: str) -> bool:
+    return spec.lower().startswith(SCHEMES)
+
+
+def is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+    return name.lower() in LOOPBACK_HOSTS
+
+
+def _virtual_host_account(host: str) -> str | None:
+    """ACCOUNT of an `ACCOUNT.blob.<suffix>` host name (no port), else None."""
+    name = host.split(":")[0].lower()
+    labels = name.split(".")
+    if len(labels) >= 3 and labels[1] == "blob" and labels[0]:
+        return labels[0]
+    return None
+
+
+@dataclass(frozen=True)
+class BlobLocation:
+    """One blob (or, with blob == "", a container or folder) on one endpoint of one account."""
+
+    scheme: str  # "https" or "http"
+    host: str  # host[:port] as written
+    account: str
+    container: str
+    blob: str  # may contain "/" (virtual folders); "" for a container or folder
+    path_style: bool  # the account is the first path segment (Azurite, IP hosts)
+    sas: str = ""  # the query string of a SAS URL, without "?"
+    via_az: bool = False  # written as az://CONTAINER/BLOB
+
+    @property
+    def account_url(self) -> str:
+        base = f"{self.scheme}://{self.host}"
+        return f"{base}/{self.account}" if self.path_style else base
+
+    @property
+    def url(self) -> str:
+        """The blob's URL without any SAS: safe to show, store and log."""
+        path = urllib.parse.quote(f"{self.container}/{self.blob}" if self.blob else self.container)
+        return f"{self.account_url}/{path}"
+
+    @property
+    def url_with_sas(self) -> str:
+        return f"{self.url}?{self.sas}" if self.sas else self.url
+
+    @property
+    def display(self) -> str:
+        """How messages name the blob: the form the user wrote, never with a SAS."""
+        if self.via_az:
+            return f"az://{self.container}/{self.blob}" if self.blob else f"az://{self.container}"
+        return self.url
+
+    @property
+    def endpoint(self) -> tuple[str, str, str]:
+        """What credentials are bound to: scheme, host (with port) and account."""
+        return (self.scheme, self.host.lower(), self.account.lower())
+
+    def identity(self) -> tuple:
+        return ("blob",) + self.endpoint + (self.container, self.blob)
+
+    def same_account(self, other: BlobLocation) -> bool:
+        return self.endpoint == other.endpoint
+
+    def folder(self) -> str:
+        """The blob's virtual folder inside its container ("" or "a/b/")."""
+        return self.blob.rsplit("/", 1)[0] + "/" if "/" in self.blob else ""
+
+    def sibling(self, blob: str, container: str | None = None) -> BlobLocation:
+        """Another blob of the same account, reached with the same credentials (and SAS)."""
+        return replace(self, blob=blob, container=container or self.container)
+
+    def without_sas(self) -> BlobLocation:
+        return replace(self, sas="")
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def parse_blob_url(spec: str, *, want_blob: bool = True) -> BlobLocation:
+    """An http(s) URL of a blob (or of a container or folder when not `want_blob`)."""
+    parts = urllib.parse.urlsplit(spec)
+    scheme = parts.scheme.lower()
+    host = parts.netloc
+    shown = scrub(spec)
+    if "@" in host:
+        raise UsageError(f"{shown}: user names or passwords in blob URLs are not supported; give "
+                         "a SAS in the query or set AZURE_STORAGE_CONNECTION_STRING")
+    if not host:
+        raise UsageError(f"{shown}: no host in the blob URL")
+    segments = [urllib.parse.unquote(s) for s in parts.path.split("/")[1:]]
+    account = _virtual_host_account(host)
+    path_style = account is None
+    if path_style:
+        if not segments or not segments[0]:
+            raise UsageError(f"{shown}: expected http(s)://HOST/ACCOUNT/CONTAINER/BLOB (path "
+                             "style, as Azurite serves) or https://ACCOUNT.blob.core.windows.net/"
+                             "CONTAINER/BLOB")
+        account, segments = segments[0], segments[1:]
+    container = segments[0] if segments else ""
+    blob = "/".join(segments[1:])
+    if not container or (want_blob and (not blob or blob.endswith("/"))):
+        form = "CONTAINER/BLOB" if want_blob else "CONTAINER[/FOLDER]"
+        raise UsageError(f"{shown}: no {'blob name' if container else 'container'} in the URL; "
+                         f"expected .../{form}")
+    return BlobLocation(scheme=scheme, host=host, account=account, container=container,
+                        blob=blob, path_style=path_style, sas=parts.query)
+
+
+def split_az(spec: str, *, want_blob: bool = True) -> tuple[str, str]:
+    """CONTAINER and BLOB of `az://CONTAINER/BLOB`."""
+    rest = spec[len("az://"):]
+    container, _, blob = rest.partition("/")
+    if not container or (want_blob and (not blob or blob.endswith("/"))):
+        raise UsageError(f"{spec}: expected az://CONTAINER/BLOB (the account comes from "
+                         "AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT)")
+    if "?" in blob:
+        raise UsageError(f"{scrub(spec)}: az:// names take no query; put a SAS in "
+                         "AZURE_STORAGE_SAS_TOKEN or use the https:// URL")
+    return container, blob

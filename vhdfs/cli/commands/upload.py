@@ -1,0 +1,56 @@
+"""vhdfs upload SOURCE DEST [--concurrency N] [--resume] [--overwrite] [--verify] [--as-is]
+[--patch-base BLOB]"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vhdfs.cli.common import add_image_options, open_options
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "upload", help="upload a disk (or chain) to an Azure page blob: sparse, parallel, resumable",
+        description="Upload SOURCE to the page blob DEST. A VHD chain (or raw image) goes up "
+        "flattened as a fixed VHD: only ranges that hold data are sent, then the footer. "
+        "DEST is https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB[?SAS], an Azurite URL, "
+        "or az://CONTAINER/BLOB with the account from AZURE_STORAGE_CONNECTION_STRING (or "
+        "AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY; else azure-identity's default "
+        "credential). The source's size, time and digest are recorded in the blob's metadata "
+        "last, as the mark of a complete upload.")
+    parser.add_argument("source", help="a VHD (the chain is followed), a raw image, or any file")
+    parser.add_argument("dest", help="the page blob to write")
+    parser.add_argument("--concurrency", type=int, default=8, metavar="N",
+                        help="parallel write requests (default 8)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted upload of the same source")
+    parser.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    parser.add_argument("--verify", action="store_true",
+                        help="read every written range back and compare digests")
+    parser.add_argument("--as-is", action="store_true",
+                        help="upload the file itself (a dynamic or differencing VHD stays one)")
+    parser.add_argument("--patch-base", metavar="BLOB",
+                        help="DEST becomes a server-side copy of BLOB (the fixed-VHD blob of "
+                        "SOURCE's parent) plus only the sectors SOURCE holds")
+    add_image_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vhdfs.azure.upload import UploadOptions, describe, upload
+
+    options = UploadOptions(concurrency=args.concurrency, resume=args.resume,
+                            overwrite=args.overwrite, verify=args.verify, as_is=args.as_is,
+                            patch_base=args.patch_base, open_options=open_options(args),
+                            quiet=args.quiet)
+
+    def note(text: str) -> None:
+        if not args.quiet:
+            print(f"vhdfs: {text}", file=sys.stderr)
+
+    report = upload(args.source, args.dest, options, on_note=note)
+    for text in report.notes:
+        note(text)
+    print(describe(report))
+    return 0
