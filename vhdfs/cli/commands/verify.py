@@ -1,0 +1,44 @@
+"""vhdfs verify IMAGE [--profile NAME] [--profile-file FILE] [--json]"""
+
+from __future__ import annotations
+
+import argparse
+
+from vhdfs.cli.common import add_image_options, open_image, print_json
+from vhdfs.guest.verify import verify
+
+LABELS = {"pass": "ok", "fail": "FAIL", "warn": "warn", "info": "info"}
+PASSED = "Successfully passed the verification tests."
+FAILED = "Failed the verification tests."
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "verify", help="check an image is ready for Azure (chain, agent, boot volume, size)",
+        description="Check that an image is ready to upload to Azure: the chain is intact, an "
+        "Azure agent is installed (and which version) on the volume the disk boots, and the disk "
+        "as vhdfs upload sends it (a fixed VHD) meets Azure's size rules. Exit status 0 when "
+        "every check passes, 1 when one fails.")
+    parser.add_argument("image")
+    parser.add_argument("--profile", action="append", metavar="NAME",
+                        help="only this agent profile (repeatable): windows-guest-agent, "
+                        "vm-role-agent, linux-agent, or one from --profile-file")
+    parser.add_argument("--profile-file", action="append", default=[], metavar="FILE",
+                        help="more agent profiles (TOML, same format as the packaged "
+                        "vhdfs/data/agents.toml; same ids replace packaged ones)")
+    parser.add_argument("--json", action="store_true", help="every finding, machine-readable")
+    add_image_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = verify(lambda: open_image(args, args.image, allow_raw=True), args.image,
+                    profiles=args.profile, profile_files=args.profile_file)
+    if args.json:
+        print_json(report.to_json())
+    else:
+        print(f"verify {args.image}")
+        for finding in report.findings:
+            print(f"  {LABELS[finding.status]:<4}  {finding.check}: {finding.message}")
+        print(PASSED if report.passed else FAILED)
+    return 0 if report.passed else 1

@@ -1,0 +1,220 @@
+"""`vhdfs verify`: is this image ready to upload and boot in Azure?
+
+What the old SDK's VHD verification did before an upload, and what Azure needs today:
+  chain      every parent found, identities match, structures sane
+  agent      which volume carries an Azure agent (profiles: vhdfs/data/agents.toml) and its version
+  boot       whether that volume is the one the disk boots (Windows BCD, Linux grub/fstab)
+  size       the disk as `vhdfs upload` sends it (the flattened chain as a fixed VHD) against
+             Azure's rules (vhdfs/data/azure_disks.toml)
+  vm-sizes   which VM sizes it fits (vhdfs/data/vm_sizes.toml), for information
+Each finding is pass, fail, warn or info; any fail fails the verification.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vhdfs.chain import Chain
+from vhdfs.errors import UsageError, VhdfsError
+from vhdfs.guest.agents import AgentFound, find_agents, load_profiles, select_profiles
+from vhdfs.guest.azure_rules import check_size, disk_rules, fitting_vm_sizes
+from vhdfs.guest.boot import BootInfo, find_boot
+from vhdfs.guest.volumes import DiskVolumes, open_volumes
+from vhdfs.rawlayer import RawLayer
+from vhdfs.units import human
+
+PASS, FAIL, WARN, INFO = "pass", "fail", "warn", "info"
+
+
+@dataclass
+class Finding:
+    check: str
+    status: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"check": self.check, "status": self.status, "message": self.message,
+                **({"details": self.details} if self.details else {})}
+
+
+@dataclass
+class Report:
+    image: str
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not any(f.status == FAIL for f in self.findings)
+
+    def add(self, check: str, status: str, message: str, **details: Any) -> None:
+        self.findings.append(Finding(check, status, message, details))
+
+    def to_json(self) -> dict:
+        return {"image": self.image, "passed": self.passed,
+                "findings": [f.to_json() for f in self.findings]}
+
+
+def _layer_kind(layer: Any) -> str:
+    if isinstance(layer, RawLayer):
+        return "raw"
+    kind = getattr(layer, "disk_type", None)
+    name = getattr(kind, "name", None)
+    prefix = "VHDX " if type(layer).__name__.lower().startswith("vhdx") else ""
+    return prefix + (name.lower() if name else type(layer).__name__)
+
+
+def _check_chain(report: Report, chain: Chain) -> None:
+    names = [os.path.basename(layer.name) for layer in chain.layers]
+    how = [f"{os.path.basename(link.path)} found by {link.found_by}" for link in chain.links]
+    if how:
+        message = (f"intact, every parent found and identities match: {' -> '.join(names)} "
+                   f"({'; '.join(how)})")
+    else:
+        message = f"one layer, no parents: {names[0]}"
+    report.add("chain", PASS, message, layers=[layer.name for layer in chain.layers],
+               links=[{"path": link.path, "found_by": link.found_by, "hint": link.hint}
+                      for link in chain.links])
+    for layer in chain.layers:
+        bad = getattr(layer, "bad_blocks", None) or {}
+        if bad:
+            first = sorted(bad)[0]
+            report.add("structure", FAIL, f"{os.path.basename(layer.name)}: {len(bad)} damaged "
+                       f"block(s), for example block {first}: {bad[first]}; run vhdfs check",
+                       layer=layer.name, blocks=sorted(bad))
+        for warning in getattr(layer, "warnings", None) or []:
+            report.add("structure", WARN, warning, layer=layer.name)
+    if not any(f.check == "structure" and f.status == FAIL for f in report.findings):
+        report.add("structure", PASS, "layer structures sane (footers, headers, BATs, "
+                   "identities)")
+
+
+def _check_upload(report: Report, chain: Chain, image: str, scheme: str) -> None:
+    kinds = [_layer_kind(layer) for layer in chain.layers]
+    if kinds == ["fixed"]:
+        how = "it is already a fixed VHD"
+    else:
+        how = f"the source is {' over '.join(kinds)}: upload flattens and converts it"
+    report.add("upload", INFO, f"vhdfs upload sends a fixed VHD of {chain.size} + 512 bytes; "
+               f"{how}", layer_kinds=kinds, virtual_size=chain.size)
+    for item in check_size(chain.size, image, scheme):
+        report.add("size", item.status, item.message, virtual_size=chain.size)
+
+
+def _check_vm_sizes(report: Report, size: int) -> None:
+    rules = disk_rules()
+    fits, listed = fitting_vm_sizes(size, rules)
+    report.add("vm-sizes", INFO, f"as a persistent OS disk it fits every VM size (Azure's OS "
+               f"disk limit is {human(rules.os_max)})", os_disk_max=rules.os_max)
+    if fits:
+        names = ", ".join(s.name if len(p) > 1 else f"{s.name} ({p[0]} only)" for s, p in fits)
+        message = (f"as an ephemeral OS disk ({-(-size // (1 << 30))} GiB) it fits {len(fits)} of "
+                   f"the {listed} VM sizes in vhdfs's table (cache or temp disk at least that "
+                   f"large): {names}")
+    else:
+        message = (f"as an ephemeral OS disk it fits none of the {listed} VM sizes in vhdfs's "
+                   "table (it must fit the size's cache or temp disk)")
+    report.add("vm-sizes", INFO, message,
+               ephemeral=[{"name": s.name, "placements": p} for s, p in fits])
+
+
+def _check_agents(report: Report, disk: DiskVolumes, found: list[AgentFound],
+                  boots: list[BootInfo], asked: list[str]) -> None:
+    boot_by_os = {b.os: b for b in boots}
+    good = [a for a in found if a.profile.os in boot_by_os
+            and boot_by_os[a.profile.os].boot_volume == a.volume.number]
+    for agent in found:
+        details = agent.to_json()
+        if agent.version:
+            source = "its PE version resource" if agent.version_from.endswith(agent.path) \
+                and agent.version_from.startswith("PE") else agent.version_from
+            report.add("agent", PASS, f"found {agent.describe()} ({agent.path}; version from "
+                       f"{source})", **details)
+        else:
+            report.add("agent", WARN, f"found {agent.describe()} ({agent.path}), but not its "
+                       f"version: {agent.version_error}", **details)
+        if agent.profile.note:
+            report.add("agent", INFO, f"{agent.profile.name}: {agent.profile.note}")
+    if not found:
+        profiles = ", ".join(asked)
+        searched = ", ".join(v.describe() for v in disk.with_fs()) or "no readable volume"
+        report.add("agent", FAIL, f"no Azure agent found (profiles: {profiles}; searched "
+                   f"{searched}); install the agent in the guest before uploading")
+        return
+    for agent in found:
+        boot = boot_by_os.get(agent.profile.os)
+        if agent in good:
+            report.add("boot", PASS, f"volume {agent.volume.number} with the "
+                       f"{agent.profile.name} is the boot volume ({boot.how})",
+                       **boot.to_json())
+        elif good:
+            report.add("boot", WARN, f"{agent.describe()} is not on the boot volume; the agent on "
+                       f"volume {good[0].volume.number} is the one that runs")
+        elif boot is None:
+            report.add("boot", FAIL, f"found {agent.describe()}, but no volume of this disk holds "
+                       f"a bootable {agent.profile.os.capitalize()}: make sure volume "
+                       f"{agent.volume.number} is the boot volume")
+        elif boot.boot_volume is None:
+            report.add("boot", FAIL, f"found {agent.describe()}, but which volume boots cannot "
+                       f"be told (see above): make sure volume {agent.volume.number} is the boot "
+                       "volume", **boot.to_json())
+        else:
+            report.add("boot", FAIL, f"found {agent.describe()}, but volume {boot.boot_volume} is "
+                       f"the boot volume ({boot.how}): make sure volume {agent.volume.number} is "
+                       "the boot volume", **boot.to_json())
+
+
+def _check_boot(report: Report, boots: list[BootInfo]) -> None:
+    if not boots:
+        report.add("boot", FAIL, "no volume holds Windows (Windows\\System32\\winload.exe) or a "
+                   "Linux root file system (/etc/fstab): nothing on this disk boots")
+    for boot in boots:
+        for problem in boot.problems:
+            report.add("boot", FAIL, f"{boot.os.capitalize()}: {problem}", **boot.to_json())
+        for warning in boot.warnings:
+            report.add("boot", WARN, f"{boot.os.capitalize()}: {warning}")
+
+
+def verify(open_chain: Callable[[], Chain], image: str, *, profiles: list[str] | None = None,
+           profile_files: list[str] | None = None) -> Report:
+    """Run every check; chain problems become failures, not exceptions."""
+    report = Report(image)
+    available = load_profiles(profile_files)
+    selected = select_profiles(available, profiles)
+    try:
+        chain = open_chain()
+    except UsageError:
+        raise
+    except VhdfsError as exc:
+        report.add("chain", FAIL, str(exc), error=type(exc).__name__)
+        report.add("chain", INFO, "the guest checks need the whole chain; fix the chain and "
+                   "run vhdfs verify again")
+        return report
+    with chain:
+        _check_chain(report, chain)
+        try:
+            disk = open_volumes(chain)
+        except VhdfsError as exc:
+            report.add("partitions", FAIL, str(exc))
+            _check_upload(report, chain, image, "none")
+            return report
+        volumes = ", ".join(f"{v.number}: {v.fs_type or 'no file system'}"
+                            + (f' "{v.label}"' if v.label else "") for v in disk.volumes)
+        report.add("partitions", PASS if disk.with_fs() else FAIL,
+                   f"{disk.table.scheme.upper() if disk.table.scheme != 'none' else 'no'} "
+                   f"partition table; volumes {volumes or 'none'}",
+                   scheme=disk.table.scheme, volumes=[v.number for v in disk.volumes])
+        for warning in disk.table.warnings:
+            report.add("partitions", WARN, warning)
+        boots = find_boot(disk)
+        found = find_agents(disk, selected)
+        if profiles:  # an agent of a profile not asked for does not count
+            found = [a for a in found if a.profile.id in profiles]
+        _check_boot(report, boots)
+        _check_agents(report, disk, found, boots, [p.id for p in selected])
+        _check_upload(report, chain, image, disk.table.scheme)
+        _check_vm_sizes(report, chain.size)
+    return report
