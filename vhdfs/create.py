@@ -208,6 +208,11 @@ def create_differencing(out: str | os.PathLike[str], parent: ParentInfo,
 
 def parent_info_of(path: str | os.PathLike[str], layer) -> ParentInfo:
     """ParentInfo for an opened local layer (the top of the chain a child will extend)."""
+    if getattr(layer, "image_format", "VHD") != "VHD":
+        # Hyper-V links a VHD differencing disk to a VHD parent only.
+        raise RefusedError(f"{path}: is a {layer.image_format} image; a VHD differencing disk "
+                           f"can only have a VHD parent; convert it first: vhdfs convert {path} "
+                           "base.vhd --to dynamic")
     where = Path(path).resolve()
     mtime = int(where.stat().st_mtime) - _EPOCH_2000
     return ParentInfo(path=where, unique_id=layer.unique_id, size=layer.size,

@@ -77,7 +77,11 @@ class Vhdx:
             count = min(self.block_size - inner, len(data) - done)
             current = self.blocks.get(block)
             if current is None or current.state < fmt.PAYLOAD_BLOCK_FULLY_PRESENT:
-                state = (fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT if self.parent_locator is not None
+                # Only a not-present block of a differencing file leaves sectors to the
+                # parent; zero, unmapped and undefined blocks read as zeros here already.
+                partial = self.parent_locator is not None and (
+                    current is None or current.state == fmt.PAYLOAD_BLOCK_NOT_PRESENT)
+                state = (fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT if partial
                          else fmt.PAYLOAD_BLOCK_FULLY_PRESENT)
                 current = self.blocks[block] = Block(state, bytes(self.block_size))
             buf = bytearray(current.data)
