@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from vhdxwriter import Block, Vhdx, parent_locator_for, write_vhdx
 
-from vhdfs.convert import convert
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
 from vhdfs.errors import ParentMismatch, ParentNotFound, RefusedError
 from vhdfs.resolve import OpenOptions, open_chain
