@@ -196,7 +196,8 @@ def relink(child: Path, *, parent_id: bytes | None = None, locators: list[tuple[
     if parent_id is not None:
         changes["parent_unique_id"] = parent_id
     if parent_name is not None:
-        changes["parent_name_raw"] = DynamicHeader.encode_parent_name(parent_name)
+        # surrogatepass: hostile cases store unpaired surrogates, which no encoder accepts.
+        changes["parent_name_raw"] = parent_name.encode("utf-16-be", errors="surrogatepass").ljust(512, b"\0")
     if locators is not None:
         slots = [loc for loc in header.locators if loc.data_offset]
         new = [ParentLocator() for _ in header.locators]
@@ -655,6 +656,168 @@ def _parent_device(folder: Path) -> Built:
     return Built(child, watch=(base,))
 
 
+# ---- hostile parent locators: paths from inside an image are only followed to regular files
+# named as images. Where it proves the guard, the forbidden target IS the right parent (a valid
+# VHD with the expected unique id): without the guard the chain would open.
+CHILD_WRITES = ((1024, 1536),)
+CHAIN_EXPECT = ((0, pattern(0, 1024)), (1024, pattern(1024, 1536, 2)), (2560, pattern(2560, 4096 - 2560)),
+                (2 * BLOCK_SIZE, pattern(2 * BLOCK_SIZE, 4096)), (64 * KIB, bytes(512)))
+
+
+def _decoy_parent(at: Path, child: Path) -> Path:
+    """A copy of the child's parent at `at`: same unique id, any name."""
+    at.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(child.parent / "base.vhd", at)
+    return at
+
+
+@case("locators-disagree", "locator", "the relative locator names a valid VHD with another "
+      "unique id, the absolute one the right parent: the right one is used, the other reported",
+      warns("decoy.vhd has unique id", "found by W2ku"))
+def _locators_disagree(folder: Path) -> Built:
+    base, child = _chain(folder)
+    real = folder / "real"
+    real.mkdir()
+    base = base.rename(real / "base.vhd")
+    make_dynamic(folder / "decoy.vhd")
+    relink(child, locators=[w2ru(".\\decoy.vhd"), w2ku(str(base))], parent_name="base.vhd")
+    return Built(child, expect=CHAIN_EXPECT)
+
+
+@case("locator-dotdot-etc-shadow", "locator", "relative locator `..\\..\\etc\\shadow`: not an "
+      "image file name, never opened (even though a matching parent sits there)",
+      fails(ParentNotFound, "not an image file name, not opened"))
+def _dotdot_shadow(folder: Path) -> Built:
+    _, child = _chain(folder)
+    deep = folder / "a" / "b"
+    deep.mkdir(parents=True)
+    child = child.rename(deep / "child.vhd")
+    target = _decoy_parent(folder / "etc" / "shadow", child.parent.parent.parent / "child.vhd")
+    relink(child, locators=[w2ru("..\\..\\etc\\shadow")], parent_name="shadow")
+    return Built(child, watch=(target,))
+
+
+@case("locator-absolute-etc-shadow", "locator", "absolute locators `/etc/shadow` (W2ku, MacX "
+      "file URL): never opened, nor a matching `shadow` next to the child",
+      fails(ParentNotFound, "/etc/shadow", "not an image file name, not opened"))
+def _abs_shadow(folder: Path) -> Built:
+    _, child = _chain(folder)
+    target = _decoy_parent(folder / "shadow", child)
+    relink(child, locators=[w2ku("/etc/shadow"), macx("file:///etc/shadow")], parent_name="\\etc\\shadow")
+    return Built(child, watch=(Path("/etc/shadow"), target))
+
+
+@case("locator-windows-dotdot", "locator", "absolute locator `C:\\..\\x`: its file name `x` is "
+      "not an image name, never opened",
+      fails(ParentNotFound, "not an image file name, not opened"))
+def _windows_dotdot(folder: Path) -> Built:
+    _, child = _chain(folder)
+    target = _decoy_parent(folder / "x", child)
+    relink(child, locators=[w2ku("C:\\..\\x")], parent_name="C:\\..\\x")
+    return Built(child, watch=(target,))
+
+
+@case("locator-symlink-out-to-non-image", "locator", "the parent named `base.vhd` is a symlink "
+      "leaving the folder to a file not named as an image: not opened",
+      fails(ParentNotFound, "a link to", "not an image file name, not opened"))
+def _symlink_non_image(folder: Path) -> Built:
+    base, child = _chain(folder)
+    target = base.rename(folder / "secret")
+    inner = folder / "inner"
+    inner.mkdir()
+    child = child.rename(inner / "child.vhd")
+    link = inner / "base.vhd"
+    link.symlink_to(os.path.relpath(target, inner))
+    relink(child, locators=[w2ru(".\\base.vhd")], parent_name="base.vhd")
+    return Built(child, watch=(link, target))
+
+
+@case("locator-symlink-out-to-image", "locator", "the parent `base.vhd` is a symlink leaving "
+      "the folder to a regular image file (a shared base): followed", OK)
+def _symlink_image(folder: Path) -> Built:
+    base, child = _chain(folder)
+    shared = folder / "shared"
+    shared.mkdir()
+    base.rename(shared / "golden.vhd")
+    inner = folder / "inner"
+    inner.mkdir()
+    child = child.rename(inner / "child.vhd")
+    (inner / "base.vhd").symlink_to("../shared/golden.vhd")
+    relink(child, locators=[w2ru(".\\base.vhd")], parent_name="base.vhd")
+    return Built(child, expect=CHAIN_EXPECT)
+
+
+def url_locators(folder: Path, port: int = 9) -> Built:
+    """Locators that are URLs (http, https): never fetched, not mapped to local names."""
+    _, child = _chain(folder)
+    relink(child, locators=[macx(f"http://127.0.0.1:{port}/base.vhd"),
+                            w2ku(f"https://127.0.0.1:{port}/base.vhd")], parent_name="")
+    return Built(child)
+
+
+@case("locator-url", "locator", "locators that are http/https URLs: never fetched",
+      fails(ParentNotFound, "not found"))
+def _url(folder: Path) -> Built:
+    return url_locators(folder)
+
+
+@case("locator-unpaired-surrogates", "locator", "locator and parent name text with unpaired "
+      "UTF-16 surrogates: decoded as U+FFFD, one clean message line",
+      fails(ParentNotFound, "\ufffd", "not found"))
+def _surrogates(folder: Path) -> Built:
+    _, child = _chain(folder)
+    relink(child, locators=[w2ru(".\\ba\ud800se.vhd"), w2ku("C:\\x\udc00.vhd"),
+                            macx("file:///tmp/\udcff.vhd")], parent_name="pa\udbffrent.vhd")
+    return Built(child)
+
+
+@case("locator-control-characters", "locator", "locator text with a newline and a terminal "
+      "escape: shown as U+FFFD, the message stays one line",
+      fails(ParentNotFound, "ba\ufffdse\ufffd[2J.vhd"))
+def _control(folder: Path) -> Built:
+    _, child = _chain(folder)
+    relink(child, locators=[w2ru(".\\ba\nse\x1b[2J.vhd"), macx("file:///x/%0A%1b.vhd")],
+           parent_name="a\r\nb.vhd")
+    return Built(child)
+
+
+@case("user-parent-is-fifo", "chain", "`--parent` names a FIFO: stat shows it, never opened",
+      fails(ParentNotFound, "a FIFO, not opened"))
+def _user_fifo(folder: Path) -> Built:
+    base, child = _chain(folder)
+    base.unlink()
+    fifo = folder / "pipe.vhd"
+    os.mkfifo(fifo)
+    return Built(child, args=("--parent", str(fifo)), watch=(fifo,))
+
+
+@case("parent-not-a-vhd", "chain", "the file the locators name is not a VHD",
+      fails(ParentNotFound, "not a usable VHD", "cookie"))
+def _parent_garbage(folder: Path) -> Path:
+    base, child = _chain(folder)
+    base.write_bytes(b"\x5a" * 8192)
+    return child
+
+
+@case("parent-bad-checksum", "chain", "the parent's footer checksum is wrong: reading warns; "
+      "writing the child is allowed (the parent is only read)",
+      warns("base.vhd", "checksum"), write=warns("base.vhd", "checksum"))
+def _parent_checksum(folder: Path) -> Built:
+    base, child = _chain(folder)
+    _bad_checksum(base, FOOTER_CHECKSUM_AT, footer_offset(base), True)
+    return Built(child, expect=CHAIN_EXPECT)
+
+
+@case("parent-bad-block", "chain", "a parent block the child reads through has a wild BAT "
+      "entry: opening warns, reading fails naming the parent's entry, the child stays writable",
+      warns("base.vhd", "BAT entry 2"), read=fails(FormatError, "base.vhd", "BAT entry 2"),
+      write=warns("base.vhd", "BAT entry 2"))
+def _parent_block(folder: Path) -> Built:
+    base, child = _chain(folder)
+    set_bat_entry(base, 2, 1)
+    return Built(child, expect=CHAIN_EXPECT[:3])
+
+
 # ---- corpus on disk
 def case_by_name(name: str) -> Case:
     for item in CASES:
@@ -669,10 +832,10 @@ def describe(outcome: Outcome) -> dict[str, object]:
             "warnings": list(outcome.warnings)}
 
 
-def build_corpus(out: Path) -> list[dict[str, object]]:
+def build_corpus(out: Path, only: set[str] | None = None) -> list[dict[str, object]]:
     manifest = []
     for item in CASES:
-        if item.needs_root and os.geteuid() != 0:
+        if item.needs_root and os.geteuid() != 0 or (only and item.name not in only):
             continue
         folder = out / item.name
         if folder.exists():
@@ -720,9 +883,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("out", type=Path, help="folder for the corpus (one subfolder per case)")
     parser.add_argument("--check", action="store_true", help="run vhdfs info on every case")
+    parser.add_argument("--only", help="comma-separated case names (default: all)")
     args = parser.parse_args(argv)
+    only = set(args.only.split(",")) if args.only else None
+    unknown = (only or set()) - {item.name for item in CASES}
+    if unknown:
+        parser.error(f"unknown case(s): {', '.join(sorted(unknown))}")
     args.out.mkdir(parents=True, exist_ok=True)
-    manifest = build_corpus(args.out)
+    manifest = build_corpus(args.out, only)
     print(f"{len(manifest)} cases in {args.out}")
     if args.check:
         return 1 if check_corpus(args.out, manifest) else 0

@@ -14,7 +14,9 @@ suffix: a locator naming `/etc/shadow`, a FIFO or a device is never opened.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import stat
 import urllib.parse
 from collections.abc import Callable
@@ -30,12 +32,15 @@ from vhdfs.errors import (
     ParentNotFound,
     VhdfsError,
 )
+from vhdfs.format.dynheader import printable
 from vhdfs.format.footer import COOKIE, FOOTER_SIZE, format_unique_id
 from vhdfs.layer import Layer
 from vhdfs.rawlayer import RawLayer
 from vhdfs.sources.base import Source
 from vhdfs.sources.local import LocalFile, describe_mode
 from vhdfs.vhdx.layer import VhdxLayer, is_vhdx
+
+log = logging.getLogger("vhdfs")
 
 MAX_CHAIN_DEPTH = 64
 IMAGE_SUFFIXES = (".vhd", ".avhd", ".vhdx", ".avhdx")
@@ -128,6 +133,10 @@ class _Candidate:
     from_image: bool  # named by the image itself (locator or parent name), not by the user
 
 
+# scheme://... with a scheme of two letters or more (one letter is a drive: C:\\...)
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")
+
+
 def _windows_parts(text: str) -> list[str]:
     return [p for p in text.replace("\\", "/").split("/") if p not in ("", ".")]
 
@@ -144,6 +153,8 @@ def _candidates(child: Layer, options: OpenOptions) -> list[_Candidate]:
     entries = child.locator_entries
     for entry in sorted(entries, key=lambda e: e.code not in RELATIVE_CODES):
         text = entry.text
+        if _URL.match(text) and not text.lower().startswith("file:"):
+            continue  # a URL (http, https, smb...) is never fetched, nor mapped to a local name
         if entry.code in RELATIVE_CODES:
             parts = _windows_parts(text)
             if parts and not PureWindowsPath(text).drive and not text.startswith(("/", "\\")):
@@ -153,7 +164,7 @@ def _candidates(child: Layer, options: OpenOptions) -> list[_Candidate]:
                 parsed = urllib.parse.urlsplit(text)
                 if parsed.scheme not in ("file", ""):
                     continue  # a URL of another kind is never fetched from a locator
-                text = urllib.parse.unquote(parsed.path) if parsed.scheme else text
+                text = printable(urllib.parse.unquote(parsed.path)) if parsed.scheme else text
             if text.startswith("/") and not text.startswith("//"):
                 out.append(_Candidate(Path(PurePosixPath(text)), entry.code, entry.text, True))
         name = _basename(text)
@@ -192,6 +203,13 @@ def find_parent(child: Layer, options: OpenOptions, seen: set) -> tuple[Layer, P
         if cand.from_image and not cand.path.name.lower().endswith(IMAGE_SUFFIXES):
             tried.append(f"{shown} (from {cand.found_by}: not an image file name, not opened)")
             continue
+        if cand.from_image and cand.path.is_symlink():
+            # A link may lead anywhere (shared bases often live elsewhere), but only to a file
+            # named as an image: `base.vhd -> /etc/shadow` is not opened.
+            target = Path(os.path.realpath(cand.path))
+            if not target.name.lower().endswith(IMAGE_SUFFIXES):
+                tried.append(f"{shown} (a link to {target}: not an image file name, not opened)")
+                continue
         try:
             info = cand.path.stat()
         except OSError:
@@ -233,7 +251,13 @@ def find_parent(child: Layer, options: OpenOptions, seen: set) -> tuple[Layer, P
             raise ParentMismatch(
                 f"{child.name}: parent {shown} is {parent.size} bytes but the child is "
                 f"{child.size} bytes; the sizes must agree (was the parent resized?)")
-        others = tuple(t for t in tried)
+        others = tuple(tried) + tuple(mismatches)
+        if mismatches:  # e.g. the relative and the absolute locator name different files
+            note = (f"{child.name}: parent {shown} (found by {cand.found_by}) has the expected "
+                    "unique id, but " + "; ".join(mismatches) + "; vhdfs set-parent rewrites "
+                    "the locators")
+            child.warnings.append(note)
+            log.warning("%s", note)
         return parent, ParentLink(cand.found_by, cand.hint, shown, others)
     wanted = child.parent_name or (child.locator_entries[0].text if child.locator_entries else "")
     if cycle and not mismatches:
@@ -250,5 +274,5 @@ def find_parent(child: Layer, options: OpenOptions, seen: set) -> tuple[Layer, P
             f"(parent id {_id_text(child, expected)}); give the parent with --parent PATH")
     raise ParentNotFound(
         f"{child.name}: parent {wanted or _id_text(child, expected)} not found (looked in: "
-        + ", ".join(tried) + "); use --parent PATH or --search DIR, or re-link with "
-        "vhdfs set-parent")
+        + (", ".join(tried) or "nothing: no locator names a local file") + "); use --parent "
+        "PATH or --search DIR, or re-link with vhdfs set-parent")

@@ -79,6 +79,9 @@ def check_cli(outcome: hostile.Outcome, built: hostile.Built, folder: Path, code
     lines of convert; an error line may follow the warnings opening the image gave."""
     assert code == outcome.exit_code, err
     assert "Traceback" not in err and "internal error" not in err
+    # No control character reaches the terminal: a newline would split the one-line message,
+    # an escape sequence would drive the terminal (locator text comes from the image).
+    assert not [c for c in err if (ord(c) < 32 and c != "\n") or 0x7F <= ord(c) < 0xA0], repr(err)
     lines = [line for line in err.splitlines() if line.startswith("vhdfs")]
     if outcome.error is not None:
         assert lines and lines[-1].startswith("vhdfs: error: "), err
@@ -173,11 +176,19 @@ def test_open_allocates_little(case: hostile.Case, tmp_path: Path, time_limit) -
     assert peak < OPEN_ALLOCATION_CAP, f"opening allocated {peak} bytes"
 
 
-def test_corpus_tool_checks_every_case_in_a_subprocess(tmp_path: Path) -> None:
-    """The generator's own check: `vhdfs info` per case in a real process (no traceback at
-    interpreter level either), every case as declared."""
-    done = subprocess.run([sys.executable, "-m", "tools.hostile", str(tmp_path), "--check"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+# Cases that could hang or print badly at process level (each subprocess costs ~0.4 s, so
+# not all of them: the in-process tests above cover every case through vhdfs.cli.main).
+SUBPROCESS_CASES = ("image-is-fifo", "parent-is-fifo", "user-parent-is-fifo", "parent-is-directory",
+                    "file-empty", "footer-bad-checksum", "bat-entries-shared",
+                    "locator-control-characters", "locator-unpaired-surrogates", "parent-cycle-2")
+
+
+def test_corpus_tool_checks_cases_in_a_subprocess(tmp_path: Path) -> None:
+    """The generator's own check: `vhdfs info` in a real process per case (no traceback at
+    interpreter level either, output encodable), every case as declared."""
+    done = subprocess.run([sys.executable, "-m", "tools.hostile", str(tmp_path), "--check",
+                           "--only", ",".join(SUBPROCESS_CASES)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"{len(hostile.CASES)} cases" in done.stdout or os.geteuid() != 0
-    assert "FAIL" not in done.stdout
+    assert f"{len(SUBPROCESS_CASES)} cases" in done.stdout
+    assert done.stdout.count("\nok ") + done.stdout.startswith("ok ") == len(SUBPROCESS_CASES), done.stdout

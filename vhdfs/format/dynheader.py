@@ -53,6 +53,16 @@ HEADER_STRUCT = with_checksum(_HEADER_HEAD, 36, _HEADER_TAIL, verify=True)
 HEADER_STRUCT_UNVERIFIED = with_checksum(_HEADER_HEAD, 36, _HEADER_TAIL, verify=False)
 
 
+# Windows file names cannot hold control characters: in a locator or parent name they are
+# damage, and printed as they are they would split one-line messages or drive the terminal.
+_CONTROL_CHARACTERS = dict.fromkeys((*range(0x20), *range(0x7F, 0xA0)), "\ufffd")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character (C0, DEL, C1) replaced by U+FFFD."""
+    return text.translate(_CONTROL_CHARACTERS)
+
+
 @dataclass
 class ParentLocator:
     platform_code: bytes = PLATFORM_NONE
@@ -79,12 +89,13 @@ class ParentLocator:
         return self.platform_code.decode("latin-1")
 
     def decode(self, data: bytes) -> str:
-        """The path or URL text of this locator (undecodable bytes become U+FFFD)."""
+        """The path or URL text of this locator (undecodable bytes and control characters
+        become U+FFFD)."""
         if self.platform_code in (PLATFORM_W2RU, PLATFORM_W2KU):
             text = data.decode("utf-16-le", errors="replace")
         else:
             text = data.decode("utf-8", errors="replace")
-        return text.rstrip("\0")
+        return printable(text.rstrip("\0"))
 
 
 @dataclass
@@ -157,7 +168,7 @@ class DynamicHeader:
         """The parent's name (UTF-16 big-endian, NUL-padded; may be a full Windows path)."""
         raw = self.parent_name_raw
         end = next((i for i in range(0, len(raw) - 1, 2) if raw[i:i + 2] == b"\0\0"), len(raw))
-        return raw[:end].decode("utf-16-be", errors="replace")
+        return printable(raw[:end].decode("utf-16-be", errors="replace"))
 
     @staticmethod
     def encode_parent_name(name: str) -> bytes:
