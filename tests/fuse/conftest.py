@@ -1,0 +1,187 @@
+"""Real FUSE mounts: chains to mount, a mount helper that always unmounts, vhdimount."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vhdfs.create import create_differencing, create_dynamic, parent_info_of
+from vhdfs.layer import Layer
+from vhdfs.sources.local import LocalFile
+
+KiB = 1024
+MiB = 1024 * KiB
+SECTOR = 512
+TIMEOUT = 30.0
+
+
+@pytest.fixture(autouse=True)
+def _need_fuse() -> None:
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse is missing: FUSE mounts cannot run on this machine")
+
+
+def vhdfs(*args: str | os.PathLike[str], check: bool = True,
+          timeout: float = 120.0) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "vhdfs", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout)
+    if check and done.returncode:
+        raise AssertionError(f"vhdfs {' '.join(map(str, args))} exited {done.returncode}:\n"
+                             f"{done.stdout}{done.stderr}")
+    return done
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def force_unmount(path: Path) -> None:
+    for args in (["fusermount3", "-u"], ["fusermount3", "-u", "-z"], ["umount", "-l"]):
+        if not os.path.ismount(path):
+            return
+        subprocess.run([*args, str(path)], capture_output=True)
+
+
+# ---------------------------------------------------------------------------- chains
+def fill_layer(path: Path, rng: random.Random, *, whole_blocks: float = 0.0,
+               sector_runs: int = 0) -> None:
+    """Write random data: a fraction of whole blocks, then `sector_runs` runs of 1-40 sectors
+    at any sector (so bitmap bytes end up partly set, as Windows leaves them)."""
+    with Layer(LocalFile(path, writable=True), writable=True) as layer:
+        blocks = layer.size // layer.block_size
+        for index in rng.sample(range(blocks), int(blocks * whole_blocks)):
+            layer.write(index * layer.block_size, rng.randbytes(layer.block_size))
+        sectors = layer.size // SECTOR
+        for _ in range(sector_runs):
+            count = rng.randint(1, 40)
+            first = rng.randrange(sectors - count)
+            layer.write(first * SECTOR, rng.randbytes(count * SECTOR))
+
+
+def add_child(parent: Path, child: Path) -> Path:
+    with Layer(LocalFile(parent)) as layer:
+        create_differencing(child, parent_info_of(parent, layer))
+    return child
+
+
+def make_chain(folder: Path, depth: int, *, size: int = 8 * MiB, block_size: int = 256 * KiB,
+               seed: int = 7) -> list[Path]:
+    """A chain of `depth` layers with random data in every layer; paths base first."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = folder / "base.vhd"
+    create_dynamic(base, size, block_size)
+    fill_layer(base, rng, whole_blocks=0.6)
+    paths = [base]
+    for level in range(1, depth):
+        child = add_child(paths[-1], folder / f"child{level}.vhd")
+        fill_layer(child, rng, whole_blocks=0.1, sector_runs=60)
+        paths.append(child)
+    return paths
+
+
+def flat_reference(image: Path, out: Path) -> bytes:
+    vhdfs("convert", image, out, "--to", "raw", "--force")
+    return out.read_bytes()
+
+
+# ---------------------------------------------------------------------------- mounts
+class Mount:
+    """`vhdfs mount IMAGE DIR --foreground ...` in a subprocess."""
+
+    def __init__(self, image: Path, mountpoint: Path, *args: str) -> None:
+        self.image, self.mountpoint, self.args = image, mountpoint, args
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        self.out_path = mountpoint.parent / f".{mountpoint.name}.out"
+        self.err_path = mountpoint.parent / f".{mountpoint.name}.err"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Mount:
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "vhdfs", "mount", str(self.image), str(self.mountpoint),
+                 "--foreground", *self.args], stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + TIMEOUT
+        while "mounted" not in self.out_path.read_text():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"vhdfs mount exited {self.proc.returncode}: {self.stderr}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"vhdfs mount did not become ready: {self.stderr}")
+            time.sleep(0.05)
+        assert os.path.ismount(self.mountpoint)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def file(self, name: str = "disk.raw") -> Path:
+        return self.mountpoint / name
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Signal the daemon, wait for it; returns its exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signum)
+        try:
+            return self.proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(TIMEOUT)
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
+        force_unmount(self.mountpoint)
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator:
+    """mount(image, *args) starts a foreground mount at a new folder; all are unmounted after."""
+    started: list[Mount] = []
+
+    def start(image: Path, *args: str, at: Path | None = None) -> Mount:
+        point = at or tmp_path / f"mnt{len(started)}"
+        handle = Mount(image, point, *args)
+        started.append(handle)
+        return handle.start()
+
+    yield start
+    for handle in reversed(started):
+        handle.cleanup()
+
+
+@contextlib.contextmanager
+def vhdimount(image: Path, mountpoint: Path) -> Iterator[Path]:
+    """libvhdi's view of a chain: the file of the top layer (vhdiN, N = depth)."""
+    mountpoint.mkdir(exist_ok=True)
+    subprocess.run(["vhdimount", str(image), str(mountpoint)], check=True, capture_output=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        files: list[Path] = []
+        while not files and time.monotonic() < deadline:
+            files = sorted(mountpoint.glob("vhdi*"), key=lambda p: int(p.name[4:]))
+            time.sleep(0.05)
+        assert files, "vhdimount showed no files"
+        yield files[-1]
+    finally:
+        force_unmount(mountpoint)
