@@ -55,9 +55,9 @@ def write_differences(chain: Chain, start: int, before: Path, after: Path) -> in
     return written
 
 
-def replace_ntfs_files(chain: Chain, volume: int, files: dict[str, bytes]) -> int:
-    """Write `files` ({"inetpub/wwwroot/Welcome.png": bytes}) into NTFS partition `volume` of a
-    writable chain; returns how many sectors the top layer received."""
+def replace_ntfs_files(chain: Chain, volume: int, files: dict[str, bytes | None]) -> int:
+    """Write `files` ({"inetpub/wwwroot/Welcome.png": bytes}, None deletes) into NTFS partition
+    `volume` of a writable chain; returns how many sectors the top layer received."""
     part = next((p for p in list_partitions(chain) if p.number == volume), None)
     if part is None:
         raise ValueError(f"the disk has no partition {volume}")
@@ -73,6 +73,9 @@ def replace_ntfs_files(chain: Chain, volume: int, files: dict[str, bytes]) -> in
         with _ntfs3g_mount(after, Path(tmp) / "mnt") as mnt:
             for rel, data in files.items():
                 target = mnt.joinpath(*rel.strip("/").split("/"))
+                if data is None:
+                    target.unlink()
+                    continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
         return write_differences(chain, part.start, before, after)

@@ -86,9 +86,30 @@ def nonzero_runs(buf: bytearray, window: Window) -> list[tuple[int, int]]:
     return runs
 
 
-def read_window(chain: Chain, window: Window) -> tuple[bytearray, list[tuple[int, int]]]:
-    buf = bytearray(window.length)
-    chain.read_into(window.offset, memoryview(buf), window.extents)
+_ZERO_WINDOW = memoryview(bytes(WINDOW))
+_buffers = threading.local()
+
+
+def read_window(chain: Chain, window: Window, *, reuse: bool = False
+                ) -> tuple[bytearray, list[tuple[int, int]]]:
+    """The window's bytes and its non-zero runs. With `reuse`, the buffer is this thread's
+    own and is overwritten by its next call (no fresh pages to fault in per window)."""
+    if not reuse:
+        buf = bytearray(window.length)
+    else:
+        buf = getattr(_buffers, "window", None)
+        if buf is None:
+            buf = _buffers.window = bytearray(WINDOW)
+        view = memoryview(buf)
+        pos = 0
+        for ext in window.extents:  # zero what the data extents will not overwrite
+            start = ext.offset - window.offset
+            if start > pos:
+                view[pos:start] = _ZERO_WINDOW[:start - pos]
+            pos = start + ext.length
+        if pos < window.length:
+            view[pos:window.length] = _ZERO_WINDOW[:window.length - pos]
+    chain.read_into(window.offset, memoryview(buf)[:window.length], window.extents)
     return buf, nonzero_runs(buf, window)
 
 
@@ -111,7 +132,7 @@ def _parallel_pieces(chain: Chain, stats: ConvertStats, progress: Progress | Non
     lock = threading.Lock()
 
     def one(window: Window) -> None:
-        buf, runs = read_window(chain, window)
+        buf, runs = read_window(chain, window, reuse=True)
         view = memoryview(buf)
         written = 0
         for lo, hi in runs:

@@ -106,21 +106,36 @@ _transport: CountingTransport | None = None
 _transport_lock = threading.Lock()
 
 
+def _new_session() -> Session:
+    session = Session()
+    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE,
+                          max_retries=Retry(total=False, redirect=False, raise_on_status=False))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 def shared_transport() -> CountingTransport:
     """One connection pool for the process, large enough for parallel uploads and reads."""
     global _transport
     with _transport_lock:
         if _transport is None:
-            session = Session()
-            adapter = HTTPAdapter(pool_connections=8, pool_maxsize=POOL_SIZE,
-                                  max_retries=Retry(total=False, redirect=False,
-                                                    raise_on_status=False))
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
             _transport = CountingTransport(
-                session=session, session_owner=False, connection_timeout=CONNECT_TIMEOUT,
+                session=_new_session(), session_owner=False, connection_timeout=CONNECT_TIMEOUT,
                 read_timeout=_env_number("VHDFS_BLOB_TIMEOUT", 60))
         return _transport
+
+
+def _after_fork_in_child() -> None:
+    """`vhdfs mount` opens the chain, then forks its daemon: the child must not share the
+    parent's connections (nor locks some thread held at the fork)."""
+    global _transport_lock
+    _transport_lock = threading.Lock()
+    if _transport is not None:
+        _transport.session = _new_session()  # clients keep this transport object
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _client_options() -> dict[str, Any]:

@@ -6,6 +6,7 @@ counted here by a pipeline policy, whatever command made it.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 
@@ -58,3 +59,10 @@ class TransferStats:
 
 
 TRANSFER = TransferStats()
+
+
+def _after_fork_in_child() -> None:
+    TRANSFER._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

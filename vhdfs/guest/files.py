@@ -6,6 +6,7 @@ large file never sits in memory whole.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from vhdfs.guest.paths import (
 )
 
 CHUNK = 1024 * 1024
+log = logging.getLogger("vhdfs")
 KIND_NAMES = {META_DIR: "dir", META_VIRT_DIR: "dir", META_REG: "file", META_LINK: "link"}
 
 
@@ -62,9 +64,14 @@ def list_dir(directory: Found) -> list[Entry]:
     for item in opened:
         name = item.info.name
         meta = item.info.meta
-        if name is None or meta is None or not int(name.flags) & int(pytsk3.TSK_FS_NAME_FLAG_ALLOC):
+        if name is None or not int(name.flags) & int(pytsk3.TSK_FS_NAME_FLAG_ALLOC):
             continue
         text = name.name.decode("utf-8", errors="surrogateescape")
+        if meta is None:  # the name is there but its metadata (MFT record, inode) is unreadable
+            if text not in (".", ".."):
+                entries[text] = Entry(text, "/".join((directory.path.rstrip("/"), text)),
+                                      "damaged", 0, 0, int(name.meta_addr))
+            continue
         # "." and "..", and TSK's virtual entries ($OrphanFiles, FAT's $MBR, $FAT1, $FAT2), are
         # not files of the guest
         if text in (".", "..") or int(meta.type) in (META_VIRT_DIR, META_VIRT):
@@ -104,10 +111,12 @@ def read_text(found: Found, limit: int = 4 * 1024 * 1024) -> str:
     return read_all(found, limit).decode("utf-8", errors="replace")
 
 
-def copy_out(found: Found, dest: Path, *, force: bool = False) -> list[tuple[str, Path]]:
+def copy_out(found: Found, dest: Path, *, force: bool = False,
+             skipped: list[str] | None = None) -> list[tuple[str, Path]]:
     """Copy a file (or a directory, recursively) to `dest`; returns (guest path, local path) pairs.
 
     Each file is written to a temporary name and renamed, so no half-written file is left.
+    Entries whose metadata is unreadable are left out, with a warning, and added to `skipped`.
     """
     copied: list[tuple[str, Path]] = []
     if found.is_dir:
@@ -115,11 +124,16 @@ def copy_out(found: Found, dest: Path, *, force: bool = False) -> list[tuple[str
             raise RefusedError(f"{dest}: exists and is not a folder")
         dest.mkdir(parents=True, exist_ok=True)
         for entry in list_dir(found):
+            if entry.kind == "damaged":
+                log.warning(f"{found.volume.describe()}: {entry.path}: its metadata is "
+                            "unreadable (damaged file system); not copied")
+                if skipped is not None:
+                    skipped.append(entry.path)
             if entry.kind not in ("file", "dir"):
                 continue
             child = resolve(found.volume, entry.path, follow_last=False)
             if child is not None:
-                copied += copy_out(child, dest / entry.name, force=force)
+                copied += copy_out(child, dest / entry.name, force=force, skipped=skipped)
         return copied
     if dest.exists() and not force:
         raise RefusedError(f"{dest}: exists; use --force to replace it")

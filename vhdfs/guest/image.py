@@ -59,10 +59,10 @@ _TSK_LOCATION = re.compile(r"^\w+: \([\w.]+:\d+\) ")
 
 
 def tsk_message(exc: BaseException) -> str:
-    """TSK's error text without the C++ source location, on one line."""
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    text = lines[-1] if lines else type(exc).__name__
-    return _TSK_LOCATION.sub("", text).strip()
+    """TSK's error text on one line, without the C++ source locations."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = _TSK_LOCATION.sub("", text)
+    return re.sub(r"\s*\(- \w+\)$", "", text).strip() or type(exc).__name__
 
 
 def tsk_call(image: VolumeImage, what: str, call: Callable[..., T], *args, **kwargs) -> T:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytsk3
 
 from vhdfs.guest.errors import AmbiguousPath, FileSystemError, GuestPathNotFound
-from vhdfs.guest.image import tsk_call
+from vhdfs.guest.image import tsk_call, tsk_message
 from vhdfs.guest.volumes import DiskVolumes, Volume
 
 MAX_SYMLINKS = 40
@@ -77,15 +77,19 @@ class Found:
 
 
 def _open(volume: Volume, parts: list[str]) -> pytsk3.File | None:
+    """The file at `parts`, None when it does not exist; a damaged entry is an error."""
     fs = volume.require_fs()
     path = "/" + "/".join(parts)
     volume.image.failure = None
     try:
         return fs.open(path)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError) as exc:
         if volume.image.failure is not None:  # the chain failed, not the lookup
             tsk_call(volume.image, f"{volume.describe()}: {path}", fs.open, path)
-        return None
+        message = tsk_message(exc)
+        if "path not found" in message:
+            return None
+        raise FileSystemError(f"{volume.describe()}: {path}: {message}") from None
 
 
 def read_link(file: pytsk3.File, volume: Volume) -> str:

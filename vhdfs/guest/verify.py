@@ -27,6 +27,9 @@ from vhdfs.rawlayer import RawLayer
 from vhdfs.units import human
 
 PASS, FAIL, WARN, INFO = "pass", "fail", "warn", "info"
+# partition types that hold no file system, so that is no finding
+NO_FILE_SYSTEM_EXPECTED = frozenset({"Microsoft reserved", "BIOS boot", "Linux swap", "Linux LVM",
+                                     "Linux RAID", "Windows LDM metadata", "Windows LDM data"})
 
 
 @dataclass
@@ -209,12 +212,18 @@ def verify(open_chain: Callable[[], Chain], image: str, *, profiles: list[str] |
                    scheme=disk.table.scheme, volumes=[v.number for v in disk.volumes])
         for warning in disk.table.warnings:
             report.add("partitions", WARN, warning)
-        boots = find_boot(disk)
-        found = find_agents(disk, selected)
-        if profiles:  # an agent of a profile not asked for does not count
-            found = [a for a in found if a.profile.id in profiles]
-        _check_boot(report, boots)
-        _check_agents(report, disk, found, boots, [p.id for p in selected])
+        for volume in disk.volumes:
+            if volume.fs is None and volume.type_name not in NO_FILE_SYSTEM_EXPECTED:
+                report.add("partitions", WARN, f"volume {volume.number} ({volume.type_name}): "
+                           f"{volume.error}")
+        try:
+            boots = find_boot(disk)
+            found = find_agents(disk, selected)
+        except VhdfsError as exc:  # a damaged guest file system
+            report.add("guest", FAIL, f"reading the guest files failed: {exc}")
+        else:
+            _check_boot(report, boots)
+            _check_agents(report, disk, found, boots, [p.id for p in selected])
         _check_upload(report, chain, image, disk.table.scheme)
         _check_vm_sizes(report, chain.size)
     return report

@@ -15,7 +15,9 @@ opened.
 from __future__ import annotations
 
 import errno
+import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -65,6 +67,7 @@ class RangeCache:
         self.fetches = 0  # GETs made (for tests)
         self.bytes_fetched = 0
         self._closed = False
+        _caches.add(self)
 
     # ------------------------------------------------------------------ reading
     def read(self, offset: int, length: int) -> bytes:
@@ -207,6 +210,33 @@ class RangeCache:
             self._blocks.clear()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+_caches: weakref.WeakSet[RangeCache] = weakref.WeakSet()
+FORK_WAIT = 30.0
+
+
+def _before_fork() -> None:
+    """Let running fetches finish: a thread inside a request at the fork would leave the
+    child with a lock held forever (`vhdfs mount` forks its daemon after opening a chain)."""
+    for cache in list(_caches):
+        with cache._lock:
+            pending = list(cache._inflight.values())
+        for future in pending:
+            try:
+                future.result(timeout=FORK_WAIT)
+            except BaseException:  # the reader that wants these blocks sees the error
+                pass
+
+
+def _after_fork_in_child() -> None:
+    for cache in list(_caches):
+        cache._lock = threading.Lock()
+        cache._pool = None  # its threads stayed in the parent
+        cache._inflight = {}
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 class BlobSource(Source):

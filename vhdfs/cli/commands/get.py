@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("get", help="copy a guest file or directory out of the image",
                             description="Copy a file (or a directory, recursively) from inside "
                             "the guest to DEST. When DEST is an existing folder, the file keeps "
-                            "its name inside it.")
+                            "its name inside it. Entries a damaged file system cannot describe are "
+                            "left out with a warning, and the exit status is then 1.")
     parser.add_argument("image")
     parser.add_argument("path")
     parser.add_argument("dest")
@@ -33,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         dest = Path(args.dest)
         if dest.is_dir() and found.parts:
             dest = dest / found.parts[-1]
-        copied = copy_out(found, dest, force=args.force)
+        skipped: list[str] = []
+        copied = copy_out(found, dest, force=args.force, skipped=skipped)
         total = sum(local.stat().st_size for _, local in copied)
         if len(copied) == 1 and not found.is_dir:
             print(f"copied {found.path} from volume {found.volume.number} to {copied[0][1]} "
@@ -41,4 +43,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"copied {len(copied)} file(s) from {found.path} on volume "
                   f"{found.volume.number} to {dest} ({human(total)})")
+        if skipped:
+            print(f"left out {len(skipped)} damaged entr{'y' if len(skipped) == 1 else 'ies'} "
+                  "(see the warnings above)")
+            return 1
     return 0

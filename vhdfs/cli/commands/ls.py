@@ -37,10 +37,12 @@ def _line(entry: Entry, long: bool) -> str:
     name = entry.name + ("/" if entry.kind == "dir" else "")
     if entry.kind == "link":
         name += f" -> {entry.link_target}"
+    if entry.kind == "damaged":
+        name += "  (damaged: its metadata cannot be read)"
     if not long:
         return name
     stamp = time.strftime("%Y-%m-%d %H:%M", time.gmtime(entry.mtime)) if entry.mtime else "-"
-    return f"{entry.kind:<4} {entry.size:>12} {stamp}  {name}"
+    return f"{entry.kind:<7} {entry.size:>12} {stamp}  {name}"
 
 
 def run(args: argparse.Namespace) -> int:
