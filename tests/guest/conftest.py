@@ -75,10 +75,11 @@ def convert(raw: Path, out: Path) -> None:
     assert main(["-q", "convert", str(raw), str(out), "--to", "dynamic"]) == 0
 
 
-def add_child(parent: Path, child: Path, files: dict[str, bytes | None]) -> int:
+def add_child(parent: Path, child: Path, files: dict[str, bytes | None], volume: int = 2) -> int:
+    """A differencing child of `parent` in which ntfs-3g wrote `files` (None deletes)."""
     assert main(["-q", "create", str(child), "--parent", str(parent)]) == 0
     with open_chain(str(child), OpenOptions(), writable=True) as chain:
-        return replace_ntfs_files(chain, 2, files)
+        return replace_ntfs_files(chain, volume, files)
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +97,8 @@ def windows_chain(tmp_path_factory, windows_raw) -> WindowsChain:
 
 @pytest.fixture
 def chain_copy(tmp_path, windows_chain) -> Path:
-    """A private copy of base.vhd + child.vhd (tests may add to it or break it)."""
-    for name in ("base.vhd", "child.vhd"):
-        shutil.copyfile(windows_chain.folder / name, tmp_path / name)
+    """A private base.vhd (a copy) + child.vhd (made anew, so that none of its locators leads to
+    the shared chain): tests may add to it or break it."""
+    shutil.copyfile(windows_chain.folder / "base.vhd", tmp_path / "base.vhd")
+    add_child(tmp_path / "base.vhd", tmp_path / "child.vhd", {WELCOME: windows_chain.pngs[1]})
     return tmp_path

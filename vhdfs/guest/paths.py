@@ -23,6 +23,7 @@ META_DIR = int(pytsk3.TSK_FS_META_TYPE_DIR)
 META_LINK = int(pytsk3.TSK_FS_META_TYPE_LNK)
 META_REG = int(pytsk3.TSK_FS_META_TYPE_REG)
 META_VIRT = int(pytsk3.TSK_FS_META_TYPE_VIRT)
+META_ALLOC = int(pytsk3.TSK_FS_META_FLAG_ALLOC)
 META_VIRT_DIR = int(pytsk3.TSK_FS_META_TYPE_VIRT_DIR)
 
 
@@ -119,8 +120,8 @@ def resolve(volume: Volume, path: GuestPath | str, *, follow_last: bool = True) 
             current = _open(volume, done) if done else fs.open("/")
             continue
         found = _open(volume, [*done, name])
-        if found is None or found.info.meta is None:
-            return None
+        if found is None or found.info.meta is None or not int(found.info.meta.flags) & META_ALLOC:
+            return None  # absent, or a stale directory entry naming a freed record
         stored = found.info.name.name.decode("utf-8", errors="surrogateescape") \
             if found.info.name is not None else name
         if int(found.info.meta.type) == META_LINK and (pending or follow_last):
