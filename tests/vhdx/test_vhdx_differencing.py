@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import need, run, vhdimount
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from vhdxtools import need, run, vhdimount
 from vhdxwriter import Block, Vhdx, parent_locator_for, write_vhdx
 
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of

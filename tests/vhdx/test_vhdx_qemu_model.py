@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import need, qemu_compare, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from vhdxtools import need, qemu_compare, run
 
 from vhdfs.convert import convert
 from vhdfs.resolve import open_chain

@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 
 import pytest
-from conftest import need, qemu_compare, run
+from vhdxtools import differences_from_raw, qemu_raw, run
 
-from vhdfs.chain import Chain
 from vhdfs.convert import convert
 from vhdfs.resolve import open_chain
+from vhdfs.sources.local import LocalFile
 from vhdfs.vhdx import layer as vhdx_layer
 from vhdfs.vhdx.layer import VhdxLayer
 
@@ -24,72 +23,67 @@ def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_dynamic_sample_reads_as_qemu(samples, tmp_path):
-    image = samples(DYNAMIC)
-    with open_chain(str(image)) as chain:
+@pytest.fixture(scope="module")
+def qemu_reading(samples, tmp_path_factory):
+    """qemu-img's raw reading of each sample; a dirty one is first replayed by qemu on a copy
+    (qemu refuses to open it read-only: `qemu-img check -r all` replays the log)."""
+    folder = tmp_path_factory.mktemp("qemu-reading")
+    cache: dict[str, object] = {}
+
+    def get(name: str):
+        if name not in cache:
+            copy = folder / name
+            shutil.copyfile(samples(name), copy)
+            run("qemu-img", "check", "-r", "all", copy)
+            cache[name] = qemu_raw(copy, folder / f"{name}.raw")
+        return cache[name]
+
+    return get
+
+
+def test_dynamic_sample_reads_as_qemu(samples, qemu_reading):
+    with open_chain(str(samples(DYNAMIC))) as chain:
         layer = chain.top
         assert isinstance(layer, VhdxLayer)
         assert (chain.size, layer.block_size, layer.logical_sector_size) == (1 << 30, 32 << 20, 512)
         assert layer.replay is None and not layer.warnings
-        convert(chain, tmp_path / "ours.raw", "raw")
-    verdict = qemu_compare(image, tmp_path / "ours.raw")
-    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+        assert differences_from_raw(chain, qemu_reading(DYNAMIC)) == []
 
 
-def test_dirty_log_sample_is_replayed_in_memory(samples, tmp_path):
-    need("qemu-img")
+def test_dirty_log_sample_is_replayed_in_memory(samples, qemu_reading):
     image = samples(DIRTY)
     before = _digest(image)
-    # qemu refuses to open the dirty image read-only; a repaired copy is its reference.
-    reference = tmp_path / "replayed-by-qemu.vhdx"
-    shutil.copyfile(image, reference)
-    run("qemu-img", "check", "-r", "all", reference)
     with open_chain(str(image)) as chain:
         layer = chain.top
         assert layer.replay is not None and len(layer.replay.entries) == 1
         assert any("not yet replayed" in w for w in layer.warnings)
-        convert(chain, tmp_path / "ours.raw", "raw")
-    verdict = qemu_compare(reference, tmp_path / "ours.raw")
-    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
+        assert differences_from_raw(chain, qemu_reading(DIRTY)) == []
     assert _digest(image) == before, "reading must not change the file"
 
 
-def test_dirty_log_sample_without_replay_reads_differently(samples, tmp_path, monkeypatch):
+def test_dirty_log_sample_without_replay_reads_differently(samples, qemu_reading, monkeypatch):
     """The replay matters: with it switched off the image reads differently from qemu."""
-    image = samples(DIRTY)
-    reference = tmp_path / "replayed-by-qemu.vhdx"
-    shutil.copyfile(image, reference)
-    run("qemu-img", "check", "-r", "all", reference)
     monkeypatch.setattr(vhdx_layer, "replay_log", lambda *args: None)
-    with open_chain(str(image)) as chain:
+    with open_chain(str(samples(DIRTY))) as chain:
         assert chain.top.replay is None
-        convert(chain, tmp_path / "unreplayed.raw", "raw")
-    assert qemu_compare(reference, tmp_path / "unreplayed.raw").returncode == 1
+        assert differences_from_raw(chain, qemu_reading(DIRTY)) != []
 
 
-def test_vhdfs_info_on_dirty_sample(samples):
-    layer = VhdxLayer(_local(samples(DIRTY)))
-    try:
+def test_info_facts_of_the_dirty_sample(samples):
+    with VhdxLayer(LocalFile(samples(DIRTY))) as layer:
         facts = layer.describe()
-    finally:
-        layer.close()
     assert facts["format"] == "vhdx" and facts["disk_type"] == "dynamic"
     assert facts["block_size"] == 1 << 20 and facts["virtual_size"] == 10 << 30
     assert facts["log"] == "1 entries replayed in memory"
     assert facts["creator"].startswith("QEMU")
 
 
-def _local(path):
-    from vhdfs.sources.local import LocalFile
-    return LocalFile(path)
-
-
-@pytest.mark.parametrize("name", [DYNAMIC, DIRTY])
-def test_samples_convert_to_azure_fixed_vhd(samples, tmp_path, name):
-    """A fixed VHD from a VHDX: raw data + footer, readable by qemu-img as the same disk."""
-    image = samples(name)
+def test_sample_converts_to_azure_fixed_vhd(samples, qemu_reading, tmp_path):
+    """A fixed VHD from a VHDX: raw data + footer, read by qemu-img as the same disk.
+    (The 1 GiB sample only: a fixed VHD is read whole, the 10 GiB one would cost seconds.)"""
+    name = DYNAMIC
     out = tmp_path / "out.vhd"
-    with open_chain(str(image)) as chain:
+    with open_chain(str(samples(name))) as chain:
         convert(chain, out, "fixed")
         size = chain.size
     assert out.stat().st_size == size + 512 and size % (1 << 20) == 0
@@ -97,14 +91,4 @@ def test_samples_convert_to_azure_fixed_vhd(samples, tmp_path, name):
     assert info["virtual-size"] == size
     with open_chain(str(out)) as flat:
         assert flat.top.disk_type.name == "FIXED"
-    reference = tmp_path / "ref.vhdx"
-    shutil.copyfile(image, reference)
-    run("qemu-img", "check", "-r", "all", reference)
-    verdict = subprocess.run(["qemu-img", "compare", "-f", "vpc", "-F", "vhdx", str(out),
-                              str(reference)], capture_output=True, text=True)
-    assert verdict.returncode == 0, verdict.stdout + verdict.stderr
-
-
-def test_chain_of_one_vhdx_layer_has_no_links(samples):
-    with open_chain(str(samples(DYNAMIC))) as chain:
-        assert isinstance(chain, Chain) and chain.links == [] and len(chain.layers) == 1
+        assert differences_from_raw(flat, qemu_reading(name)) == []
