@@ -1,0 +1,224 @@
+"""vhdfs upload against a real Azurite: round trip, sparseness, request limits, the lease,
+--overwrite, --as-is, --patch-base, Azure's disk rules, and --verify."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.azure.azurite import Azurite, FaultProxy, connection_string
+from tests.azure.helpers import MiB, flat_disk, make_chain, service, stats_of, vhdfs
+from vhdfs.create import create_dynamic
+from vhdfs.format.footer import Footer
+
+FOOTER = 512
+GRAIN = 64 * 1024
+
+
+def blob_bytes(azurite: Azurite, container: str, name: str) -> bytes:
+    return service(azurite.endpoint).get_blob_client(container, name).download_blob().readall()
+
+
+def page_ranges(azurite: Azurite, container: str, name: str) -> list[tuple[int, int]]:
+    client = service(azurite.endpoint).get_blob_client(container, name)
+    return [(r.start, r.end + 1) for r in client.list_page_ranges()]
+
+
+def metadata(azurite: Azurite, container: str, name: str) -> dict[str, str]:
+    client = service(azurite.endpoint).get_blob_client(container, name)
+    return client.get_blob_properties().metadata
+
+
+def same_disk_apart_from_identity(blob: bytes, fixed: bytes) -> None:
+    """Equal data; footers equal but for unique id, timestamp and checksum (the upload keeps
+    the top layer's id and time so a child can be checked against the blob; convert makes
+    a new disk with a new id)."""
+    assert len(blob) == len(fixed)
+    assert blob[:-FOOTER] == fixed[:-FOOTER]
+    ours, theirs = Footer.parse(blob[-FOOTER:], "blob", 0), Footer.parse(fixed[-FOOTER:], "f", 0)
+    assert ours.copy(unique_id=b"", timestamp=0, checksum=0) == \
+        theirs.copy(unique_id=b"", timestamp=0, checksum=0)
+
+
+def test_round_trip_sends_only_data(tmp_path: Path, env: dict, azurite: Azurite, container: str,
+                                    proxy: FaultProxy) -> None:
+    base, child = make_chain(tmp_path)
+    # Through the proxy, which records every request as Azurite received it.
+    up_env = dict(env, AZURE_STORAGE_CONNECTION_STRING=connection_string(proxy.endpoint))
+    done = vhdfs("upload", child, f"az://{container}/disk.vhd", "--verify", "--stats", env=up_env)
+    assert "verified" in done.stdout
+
+    blob = blob_bytes(azurite, container, "disk.vhd")
+    fixed = flat_disk(child, tmp_path / "flat.vhd", env)
+    same_disk_apart_from_identity(blob, fixed)
+    with open(child, "rb") as handle:  # the blob's footer carries the child's identity
+        handle.seek(-FOOTER, 2)
+        top = Footer.parse(handle.read(FOOTER), "child", 0)
+    assert Footer.parse(blob[-FOOTER:], "blob", 0).unique_id == top.unique_id
+
+    # Page ranges: only non-zero data, and every non-zero sector is covered.
+    ranges = page_ranges(azurite, container, "disk.vhd")
+    disk = len(blob) - FOOTER
+    assert ranges[-1][1] == len(blob)  # the footer
+    for lo, hi in ranges:
+        for grain in range(lo - lo % GRAIN, hi, GRAIN):
+            piece = blob[max(lo, grain):min(hi, grain + GRAIN, disk)]
+            assert not piece or piece.count(0) < len(piece), f"zeros sent at {grain}"
+    covered = bytearray(len(blob))
+    for lo, hi in ranges:
+        covered[lo:hi] = b"\1" * (hi - lo)
+    for sector in range(0, disk, 512):
+        if blob[sector:sector + 512].count(0) < 512:
+            assert covered[sector], f"data at {sector} not in the page ranges"
+    data_held = sum(hi - lo for lo, hi in ranges)
+
+    writes = [s for s in proxy.requests() if s.method == "PUT" and "comp=page" in s.path]
+    assert writes and all(w.body <= 4 * MiB for w in writes)
+    assert max(w.body for w in writes) == 4 * MiB  # 10 MiB of contiguous data: limit applied
+    assert all("content-md5" in w.headers for w in writes)
+    for w in writes:
+        first, last = map(int, w.headers["x-ms-range"].split("=")[1].split("-"))
+        assert first % 512 == 0 and (last + 1) % 512 == 0
+    assert sum(w.body for w in writes) == data_held
+    stats = stats_of(done.stderr)
+    assert stats["bytes_sent"] == data_held and stats["largest_request_body"] == 4 * MiB
+
+    meta = metadata(azurite, container, "disk.vhd")
+    assert meta["vhdfs_state"] == "complete"
+    assert meta["vhdfs_source"] == "child.vhd"
+    assert meta["vhdfs_source_size"] == str(child.stat().st_size)
+    assert meta["vhdfs_digest"] in done.stdout
+    # The completion mark is the last request that changes the blob.
+    changes = [s for s in proxy.requests() if s.method == "PUT" and "comp=lease" not in s.path]
+    assert "comp=metadata" in changes[-1].path
+
+
+def test_existing_blob_needs_overwrite(tmp_path: Path, env: dict, azurite: Azurite,
+                                       container: str) -> None:
+    _, child = make_chain(tmp_path)
+    dest = f"az://{container}/disk.vhd"
+    vhdfs("upload", child, dest, env=env)
+    first = metadata(azurite, container, "disk.vhd")
+    refused = vhdfs("upload", child, dest, env=env, check=False)
+    assert refused.returncode == 6
+    assert "already exists" in refused.stderr and "--overwrite" in refused.stderr
+    assert metadata(azurite, container, "disk.vhd") == first
+    # A block blob in the way is replaced too.
+    service(azurite.endpoint).get_blob_client(container, "disk.vhd").upload_blob(
+        b"not a disk", overwrite=True)
+    vhdfs("upload", child, dest, "--overwrite", env=env)
+    assert blob_bytes(azurite, container, "disk.vhd")[:-FOOTER] == \
+        flat_disk(child, tmp_path / "flat.vhd", env)[:-FOOTER]
+
+
+def test_azure_disk_rules_before_any_byte(tmp_path: Path, env: dict, azurite: Azurite,
+                                          container: str, proxy: FaultProxy) -> None:
+    odd = tmp_path / "odd.vhd"
+    create_dynamic(odd, 64 * MiB + 512)
+    up_env = dict(env, AZURE_STORAGE_CONNECTION_STRING=connection_string(proxy.endpoint))
+    done = vhdfs("upload", odd, f"az://{container}/odd.vhd", env=up_env, check=False)
+    assert done.returncode == 2
+    assert "not a whole number of MiB" in done.stderr and "65 MiB" in done.stderr
+    assert "qemu-img resize" in done.stderr
+    assert proxy.requests() == []  # nothing was sent at all
+    # --as-is stores the file as it is: any whole number of pages will do.
+    vhdfs("upload", odd, f"az://{container}/odd.vhd", "--as-is", env=env)
+    assert blob_bytes(azurite, container, "odd.vhd") == odd.read_bytes()
+
+
+def test_as_is_keeps_the_file_and_links_its_parent(tmp_path: Path, env: dict, azurite: Azurite,
+                                                   container: str) -> None:
+    base, child = make_chain(tmp_path)
+    vhdfs("upload", base, f"az://{container}/base.vhd", env=env)
+    done = vhdfs("upload", child, f"az://{container}/child.vhd", "--as-is", "--verify", env=env)
+    assert blob_bytes(azurite, container, "child.vhd") == child.read_bytes()
+    assert "parent linked" in done.stderr
+    meta = metadata(azurite, container, "child.vhd")
+    assert meta["vhdfs_parent"] == f"{container}/base.vhd"
+    info = vhdfs("info", f"az://{container}/child.vhd", env=env)
+    assert "by blob link" in info.stdout
+    # The remote chain reads as the local one.
+    remote, local = tmp_path / "remote.raw", tmp_path / "local.raw"
+    vhdfs("convert", f"az://{container}/child.vhd", remote, "--to", "raw", env=env)
+    vhdfs("convert", child, local, "--to", "raw", env=env)
+    assert remote.read_bytes() == local.read_bytes()
+
+
+def test_patch_base_equals_flattened_chain(tmp_path: Path, env: dict, azurite: Azurite,
+                                           container: str, proxy: FaultProxy) -> None:
+    base, child = make_chain(tmp_path)
+    vhdfs("upload", base, f"az://{container}/base.vhd", env=env)
+    vhdfs("upload", child, f"az://{container}/flat.vhd", env=env)
+    up_env = dict(env, AZURE_STORAGE_CONNECTION_STRING=connection_string(proxy.endpoint))
+    done = vhdfs("upload", child, f"az://{container}/patched.vhd", "--verify", "--patch-base",
+                 f"az://{container}/base.vhd", "--stats", env=up_env)
+    assert "verified" in done.stdout
+    # Byte for byte the plain upload of the chain (footer included: same identity rule).
+    assert blob_bytes(azurite, container, "patched.vhd") == \
+        blob_bytes(azurite, container, "flat.vhd")
+    copies = [s for s in proxy.requests() if "x-ms-copy-source" in s.headers]
+    assert len(copies) == 1 and copies[0].headers["x-ms-copy-source"].endswith("/base.vhd")
+    sent = sum(s.body for s in proxy.requests() if "comp=page" in s.path)
+    assert sent <= 3 * MiB + 2048 + FOOTER  # the child's data only, not the base's 10 MiB
+    assert any(s.headers.get("x-ms-page-write") == "clear" for s in proxy.requests())
+
+    # A base that is not the child's parent is refused before anything is written.
+    other = tmp_path / "other"
+    other.mkdir()
+    other_base, _ = make_chain(other, seed=7)
+    vhdfs("upload", other_base, f"az://{container}/other.vhd", env=env)
+    wrong = vhdfs("upload", child, f"az://{container}/bad.vhd", "--patch-base",
+                  f"az://{container}/other.vhd", env=env, check=False)
+    assert wrong.returncode == 4 and "expects parent id" in wrong.stderr
+    names = [b.name for b in service(azurite.endpoint).get_container_client(container).list_blobs()]
+    assert "bad.vhd" not in names
+
+
+def test_second_uploader_fails_on_the_lease(tmp_path: Path, env: dict, azurite: Azurite,
+                                            container: str, proxy: FaultProxy) -> None:
+    _, child = make_chain(tmp_path)
+    dest = f"az://{container}/disk.vhd"
+    proxy.add("delay", -1, method="PUT", contains="comp=page", seconds=0.4)
+    slow_env = dict(env, AZURE_STORAGE_CONNECTION_STRING=connection_string(proxy.endpoint))
+    first = subprocess.Popen([sys.executable, "-m", "vhdfs", "upload", child, dest,
+                              "--concurrency", "1"], env=slow_env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any("comp=page" in s.path for s in proxy.requests()):
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        second = vhdfs("upload", child, dest, "--overwrite", env=env, check=False)
+        assert second.returncode == 8
+        assert "another upload holds the lease" in second.stderr
+        assert first.poll() is None  # the first one is still at work, undisturbed
+        out, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, err
+    assert metadata(azurite, container, "disk.vhd")["vhdfs_state"] == "complete"
+    assert blob_bytes(azurite, container, "disk.vhd")[:-FOOTER] == \
+        flat_disk(child, tmp_path / "flat.vhd", env)[:-FOOTER]
+
+
+@pytest.mark.parametrize("corrupt", ["data", "stray"])
+def test_verify_detects_a_bad_blob(tmp_path: Path, env: dict, azurite: Azurite, container: str,
+                                   corrupt: str) -> None:
+    """--verify compares what it reads back: change the blob behind --resume's back and
+    re-verify (the 'already complete' path reads and compares everything again)."""
+    _, child = make_chain(tmp_path)
+    dest = f"az://{container}/disk.vhd"
+    vhdfs("upload", child, dest, env=env)
+    client = service(azurite.endpoint).get_blob_client(container, "disk.vhd")
+    offset = 1 * MiB + 4096 if corrupt == "data" else 60 * MiB
+    client.upload_page(b"\xee" * 512, offset=offset, length=512)
+    done = vhdfs("upload", child, dest, "--resume", "--verify", env=env, check=False)
+    assert done.returncode == 8
+    assert "verification failed" in done.stderr
+    assert ("read back differ" if corrupt == "data" else "did not write") in done.stderr
