@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from vhdfs.azure.location import looks_remote
+from vhdfs.errors import UsageError
 from vhdfs.format.footer import SIZE_RULES
 from vhdfs.maintain.setparent import set_parent
 from vhdfs.resolve import OpenOptions
@@ -13,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "set-parent", help="re-link a child to its parent after the parent moved",
         description="Rewrite CHILD's parent name and its W2ru, W2ku and MacX locators to point "
-        "at PARENT; nothing else changes. PARENT must have the unique id CHILD expects.")
+        "at PARENT; nothing else changes. PARENT must have the unique id CHILD expects. "
+        "When CHILD is a page blob (az://CONTAINER/BLOB or a URL), PARENT is a blob too and the "
+        "link is recorded in CHILD's metadata instead.")
     parser.add_argument("child")
     parser.add_argument("parent")
     parser.add_argument("--force", action="store_true",
@@ -26,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if looks_remote(args.child):  # a blob: the link goes into its metadata (vhdfs.azure.parents)
+        return _run_remote(args)
     options = OpenOptions(search=list(args.search), size_rule=args.size_rule)
     result = set_parent(args.child, args.parent, force=args.force, options=options)
     forced = " (forced: parent id replaced)" if result.forced else ""
@@ -33,4 +39,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"  parent name  {result.old_name or '(none)'} -> {result.new_name}")
     for code, text in result.new_locators:
         print(f"  locator {code:<4} {text}")
+    return 0
+
+
+def _run_remote(args: argparse.Namespace) -> int:
+    from vhdfs.azure.parents import set_parent_remote
+
+    if args.force:
+        raise UsageError("--force applies to local files only: a blob's parent link is recorded "
+                         "only after the identity check")
+    link = set_parent_remote(args.child, args.parent, size_rule=args.size_rule)
+    print(f"linked {link.child} to {link.parent}, unique id {link.parent_id} (recorded in its "
+          f"metadata: vhdfs_parent={link.value})")
     return 0
