@@ -55,6 +55,7 @@ from vhdfs.maintain.siblings import find_children
 from vhdfs.progress import Progress
 from vhdfs.resolve import OpenOptions, find_parent
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhdx.layer import refuse_vhdx
 
 log = logging.getLogger("vhdfs")
 
@@ -107,7 +108,9 @@ class _Commit:
 
     # ---------------------------------------------------------------- preparing
     def open_child(self) -> Layer:
-        child = Layer(LocalFile(self.child_path), size_rule=self.options.size_rule)
+        source = LocalFile(self.child_path)
+        refuse_vhdx(source, "commit")
+        child = Layer(source, size_rule=self.options.size_rule)
         if not child.is_differencing:
             child.close()
             raise UsageError(f"{self.child_path}: is a {child.disk_type.name.lower()} disk, not a "
