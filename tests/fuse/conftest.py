@@ -23,6 +23,7 @@ KiB = 1024
 MiB = 1024 * KiB
 SECTOR = 512
 TIMEOUT = 30.0
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -103,8 +104,9 @@ def flat_reference(image: Path, out: Path) -> bytes:
 class Mount:
     """`vhdfs mount IMAGE DIR --foreground ...` in a subprocess."""
 
-    def __init__(self, image: Path, mountpoint: Path, *args: str) -> None:
-        self.image, self.mountpoint, self.args = image, mountpoint, args
+    def __init__(self, image: Path, mountpoint: Path, *args: str,
+                 command: tuple[str, ...] = ("-m", "vhdfs", "mount")) -> None:
+        self.image, self.mountpoint, self.args, self.command = image, mountpoint, args, command
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         self.out_path = mountpoint.parent / f".{mountpoint.name}.out"
         self.err_path = mountpoint.parent / f".{mountpoint.name}.err"
@@ -113,8 +115,8 @@ class Mount:
     def start(self) -> Mount:
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vhdfs", "mount", str(self.image), str(self.mountpoint),
-                 "--foreground", *self.args], stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+                [sys.executable, *self.command, str(self.image), str(self.mountpoint),
+                 *self.args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=PROJECT_ROOT)
         deadline = time.monotonic() + TIMEOUT
         while "mounted" not in self.out_path.read_text():
             if self.proc.poll() is not None:
@@ -159,9 +161,13 @@ def mount(tmp_path: Path) -> Iterator:
     """mount(image, *args) starts a foreground mount at a new folder; all are unmounted after."""
     started: list[Mount] = []
 
-    def start(image: Path, *args: str, at: Path | None = None) -> Mount:
+    def start(image: Path, *args: str, at: Path | None = None, threads: bool = False) -> Mount:
+        """`threads`: serve as if the chain were remote (reads and writes in worker threads)."""
         point = at or tmp_path / f"mnt{len(started)}"
-        handle = Mount(image, point, *args)
+        if threads:
+            handle = Mount(image, point, *args, command=("-m", "tests.fuse.serve_as_remote"))
+        else:
+            handle = Mount(image, point, "--foreground", *args)
         started.append(handle)
         return handle.start()
 

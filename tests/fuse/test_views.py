@@ -56,7 +56,7 @@ def _disk_with_table(folder, table: str):
      {"p1": (1 * MiB, 2 * MiB), "p2": (3 * MiB, 4 * MiB)}),
     ("gpt", "label: gpt\nstart=2048, size=2048\nstart=4096, size=8192\n",
      {"p1": (1 * MiB, 1 * MiB), "p2": (2 * MiB, 4 * MiB)}),
-])
+], ids=["mbr", "gpt"])
 def test_partition_files_are_windows_on_the_disk(tmp_path, mount, scheme, table, names):
     top = _disk_with_table(tmp_path / scheme, table)
     flat = flat_reference(top, tmp_path / "flat.raw")

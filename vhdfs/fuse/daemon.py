@@ -68,6 +68,7 @@ async def _report_ready(mountpoint: Path, first: DiskFile, ready: Callable[[], N
     with trio.fail_after(READY_TIMEOUT):
         await trio.to_thread.run_sync(_probe, mountpoint, first, abandon_on_cancel=True)
     ready()
+    log.info("serving at %s", mountpoint)
 
 
 async def _stop_on_signal() -> None:
@@ -122,6 +123,7 @@ def serve(chain: Chain, files: list[DiskFile], config: MountConfig,
         except VhdfsError as exc:
             raise MountError(f"{config.mountpoint}: unmounted, but the final flush of "
                              f"{chain.top.name} failed: {exc}") from None
+    log.info("unmounted %s", config.mountpoint)
     if failure is not None:
         failure = _single(failure)
         if isinstance(failure, trio.TooSlowError):
