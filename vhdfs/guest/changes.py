@@ -18,17 +18,21 @@ apart from the guest's own files and directories.
 from __future__ import annotations
 
 import bisect
+import itertools
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytsk3
 
 from vhdfs.chain import Chain
+from vhdfs.guest.errors import FileSystemError
 from vhdfs.guest.image import tsk_call
 from vhdfs.guest.paths import META_DIR, META_VIRT, META_VIRT_DIR, resolve
 from vhdfs.guest.volumes import DiskVolumes, Volume, open_volumes
 from vhdfs.layer import SECTOR, RunKind
 
+log = logging.getLogger("vhdfs")
 MAP_STEP = 256 * 1024 * 1024  # map the top layer in pieces of this many bytes
 COMPARE_STEP = 1024 * 1024
 NTFS_MFT_INODE = 0
@@ -198,8 +202,14 @@ def _walk(volume: Volume) -> Iterator[tuple[_Node, pytsk3.File]]:
     ntfs = volume.fs_type == "NTFS"
     while stack:
         base, directory = stack.pop()
-        entries = tsk_call(volume.image, f"{volume.describe()}: {base or '/'}",
-                           directory.as_directory)
+        try:
+            entries = tsk_call(volume.image, f"{volume.describe()}: {base or '/'}",
+                               directory.as_directory)
+        except FileSystemError as exc:
+            if not base:
+                raise
+            log.warning(f"{exc}; changes inside {base} are not attributed to its files")
+            continue
         for entry in entries:
             name, meta = entry.info.name, entry.info.meta
             if name is None or meta is None or not int(name.flags) & NAME_ALLOC:
@@ -292,6 +302,21 @@ def _record_in_use(volume: Volume, number: int) -> bool:
 
 
 # ---------------------------------------------------------------------------- per volume
+class _ParentTree:
+    """The parent's file tree of one volume, walked only when a deleted file needs its path."""
+
+    def __init__(self, volume: Volume | None) -> None:
+        self.volume = volume
+        self._nodes: dict[int, _Node] | None = None
+
+    def node(self, inode: int) -> _Node | None:
+        if self.volume is None or self.volume.fs is None:
+            return None
+        if self._nodes is None:
+            self._nodes = {node.inode: node for node, _ in _walk(self.volume)}
+        return self._nodes.get(inode)
+
+
 def _volume_changes(volume: Volume, changed: Ranges, parent_volume: Volume | None) -> VolumeChanges:
     result = VolumeChanges(volume, changed.total, len(changed))
     if volume.fs is None:
@@ -304,6 +329,7 @@ def _volume_changes(volume: Volume, changed: Ranges, parent_volume: Volume | Non
     hits: list[tuple[int, int]] = []
     ntfs = volume.fs_type == "NTFS"
     mft_file = None
+    parent_tree = _ParentTree(parent_volume)
 
     def note(node: _Node, part: str, size: int) -> None:
         item = items.get(node.inode)
@@ -311,8 +337,7 @@ def _volume_changes(volume: Volume, changed: Ranges, parent_volume: Volume | Non
             item = items[node.inode] = ChangedItem(node.path, node.kind, metadata=node.metadata)
         item.what[part] = item.what.get(part, 0) + size
 
-    entries = list(_walk(volume)) + list(_extra_files(volume))
-    for node, file in entries:
+    for node, file in itertools.chain(_walk(volume), _extra_files(volume)):
         nodes[node.inode] = node
         if ntfs and node.inode == NTFS_MFT_INODE:
             mft_file = file
@@ -342,7 +367,7 @@ def _volume_changes(volume: Volume, changed: Ranges, parent_volume: Volume | Non
                 continue
             in_use = _record_in_use(volume, number)
             status = "unlinked" if in_use else "deleted"
-            parent_node = _parent_record_path(parent_volume, number) if not in_use else None
+            parent_node = parent_tree.node(number) if not in_use else None
             if not in_use and parent_node is None:
                 status = "freed"  # a record no file used before or after: just cleared
             path = parent_node.path if parent_node else f"<MFT record {number}>"
@@ -353,28 +378,15 @@ def _volume_changes(volume: Volume, changed: Ranges, parent_volume: Volume | Non
 
     attributed = Ranges(hits)
     result.unattributed = changed.total - attributed.total
+    parent_fs = parent_volume is not None and parent_volume.fs is not None
     for key, item in items.items():
-        if key >= 0 and item.status == "modified" and parent_volume is not None and \
-                not item.metadata and parent_volume.fs is not None:
-            if resolve(parent_volume, item.path, follow_last=False) is None:
-                item.status = "added"
+        if key >= 0 and item.status == "modified" and not item.metadata and (
+                not parent_fs or resolve(parent_volume, item.path, follow_last=False) is None):
+            item.status = "added"
         (result.metadata if item.metadata else result.items).append(item)
     result.items.sort(key=lambda i: i.path.casefold())
     result.metadata.sort(key=lambda i: i.path.casefold())
     return result
-
-
-_parent_paths_cache: dict[int, dict[int, _Node]] = {}
-
-
-def _parent_record_path(parent_volume: Volume | None, number: int) -> _Node | None:
-    """The file an MFT record held in the parent's view (walks the parent's tree once)."""
-    if parent_volume is None or parent_volume.fs is None:
-        return None
-    key = id(parent_volume)
-    if key not in _parent_paths_cache:
-        _parent_paths_cache[key] = {node.inode: node for node, _ in _walk(parent_volume)}
-    return _parent_paths_cache[key].get(number)
 
 
 # ---------------------------------------------------------------------------- whole disk
@@ -393,7 +405,6 @@ def parent_view(chain: Chain) -> Chain:
 
 def find_changes(chain: Chain) -> Changes:
     """What the top layer of `chain` changes compared to its parent (see the module notes)."""
-    _parent_paths_cache.clear()
     parent = parent_view(chain)
     written = written_ranges(chain)
     differing, identical = differing_ranges(chain, parent, written)
