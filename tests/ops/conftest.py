@@ -25,6 +25,26 @@ def vhdfs(*args: str, cwd: Path | None = None, env: dict | None = None,
                           text=True, cwd=cwd, timeout=timeout, env=env)
 
 
+class Ran:
+    """What an in-process run of the command line printed, like subprocess's result."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def cli(*args: object) -> Ran:
+    """`vhdfs ARGS` in this process (much quicker than a subprocess), output captured."""
+    import contextlib
+    import io
+
+    from vhdfs.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    return Ran(code, out.getvalue(), err.getvalue())
+
+
 def make_base(path: Path, kind: str, size: int, block_size: int = 512 * KiB) -> Path:
     if kind == "fixed":
         create_fixed(path, size)

@@ -133,6 +133,7 @@ def _repair(path: str, options: OpenOptions, scan: FileScan, done: list[Finding]
             faults: Faults) -> FileScan:
     applied: set[tuple[str, str]] = set()
     for _ in range(MAX_REPAIR_PASSES):
+        groups: set[str] = set()
         fixes = [f for f in scan.errors if f.fix and _key(f) not in applied]
         if not fixes:
             break
@@ -143,7 +144,9 @@ def _repair(path: str, options: OpenOptions, scan: FileScan, done: list[Finding]
                     continue
                 applied.add(_key(finding))
                 try:
-                    finding.fix.apply(source)
+                    if not finding.fix.group or finding.fix.group not in groups:
+                        finding.fix.apply(source)
+                        groups.add(finding.fix.group)
                 except VhdfsError as exc:
                     done.append(Finding("repair-failed", ERROR, f"{path}: could not "
                                         f"{finding.fix.action}: {exc}"))

@@ -33,6 +33,7 @@ class Fix:
     rank: int
     action: str  # what the repair changes, as the report shows it
     apply: Callable[[Source], None]  # writes, then syncs; leaves a readable file if cut short
+    group: str = ""  # fixes of one group share `apply`, which runs once for all of them
 
 
 @dataclass

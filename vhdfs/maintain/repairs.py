@@ -8,6 +8,7 @@ in one call, and each repair ends with a sync before the next scan.
 from __future__ import annotations
 
 import array
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from vhdfs.format.dynheader import HEADER_SIZE, DynamicHeader, ParentLocator
 from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
 from vhdfs.layer import SECTOR, UNALLOCATED
 from vhdfs.maintain.faults import Faults
-from vhdfs.maintain.files import remove_durably
+from vhdfs.maintain.files import remove_durably, write_atomic
 from vhdfs.maintain.findings import RANK_COMMIT, Fix
 from vhdfs.maintain.marker import (
     PHASE_PREPARED,
@@ -85,18 +86,60 @@ def clear_locator(header_at: int, index: int) -> Repair:
     return apply
 
 
-def drop_bat_entry(bat_at: int, index: int) -> Repair:
-    """Set one BAT entry to 0xFFFFFFFF by rewriting the one sector that holds it."""
+REPAIR_JOURNAL_SUFFIX = ".vhdfs-repair"
+REPAIR_JOURNAL_FORMAT = "vhdfs-repair-journal"
+
+
+def repair_journal_of(image: str | Path) -> Path:
+    path = Path(image)
+    return path.with_name(path.name + REPAIR_JOURNAL_SUFFIX)
+
+
+def read_repair_journal(image: str | Path) -> tuple[int, dict[int, int]] | None:
+    """(BAT offset, {entry: value it had}) of BAT drops a killed repair had begun."""
+    try:
+        data = json.loads(repair_journal_of(image).read_text())
+        if data.get("format") != REPAIR_JOURNAL_FORMAT:
+            return None
+        return int(data["bat_offset"]), {int(k): int(v) for k, v in data["drop"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _set_unallocated(source: Source, bat_at: int, entries: dict[int, int]) -> None:
+    """Set each entry still holding its recorded value to 0xFFFFFFFF, sector by sector."""
+    by_sector: dict[int, list[int]] = {}
+    for index in entries:
+        by_sector.setdefault(bat_at + index * 4 // SECTOR * SECTOR, []).append(index)
+    for sector_at, indices in sorted(by_sector.items()):
+        table = array.array("I", source.read_at(sector_at, SECTOR))
+        if sys.byteorder == "little":
+            table.byteswap()
+        changed = False
+        for index in indices:
+            slot = (index * 4 % SECTOR) // 4
+            if table[slot] == entries[index]:
+                table[slot] = UNALLOCATED
+                changed = True
+        if changed:
+            if sys.byteorder == "little":
+                table.byteswap()
+            _write(source, sector_at, table.tobytes())
+    _sync(source)
+
+
+def drop_bat_entries(image: str, bat_at: int, entries: dict[int, int]) -> Repair:
+    """Drop BAT entries as one step: a journal names them all first, so a crash between two
+    BAT sectors cannot leave one half of a duplicated pair looking valid."""
     def apply(source: Source) -> None:
-        sector_at = bat_at + index * 4 // SECTOR * SECTOR
-        entries = array.array("I", source.read_at(sector_at, SECTOR))
-        if sys.byteorder == "little":
-            entries.byteswap()
-        entries[(index * 4 % SECTOR) // 4] = UNALLOCATED
-        if sys.byteorder == "little":
-            entries.byteswap()
-        _write(source, sector_at, entries.tobytes())
-        _sync(source)
+        faults = faults_of(source)
+        journal = repair_journal_of(image)
+        if len({bat_at + i * 4 // SECTOR for i in entries}) > 1:
+            record = {"format": REPAIR_JOURNAL_FORMAT, "version": 1, "bat_offset": bat_at,
+                      "drop": {str(k): v for k, v in entries.items()}}
+            write_atomic(journal, json.dumps(record).encode() + b"\n", faults)
+        _set_unallocated(source, bat_at, entries)
+        remove_durably(journal, faults)
     return apply
 
 
@@ -153,5 +196,5 @@ def _uid_text(raw: bytes | None) -> str | None:
     return format_unique_id(raw) if raw else None
 
 
-__all__ = ["truncate", "write_footer", "write_header", "clear_locator", "drop_bat_entry",
+__all__ = ["truncate", "write_footer", "write_header", "clear_locator", "drop_bat_entries",
            "finish_commit", "DiskType"]

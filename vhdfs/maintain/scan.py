@@ -82,7 +82,8 @@ class FooterSlot:
     raw: bytes
     footer: Footer | None  # parsed (even with a wrong checksum), None without the cookie
     checksum_ok: bool
-    error: str  # why it is not usable, "" when it is
+    error: str  # what is wrong besides the checksum, "" when nothing
+    checksum_error: str = ""
 
     @property
     def usable(self) -> bool:
@@ -93,6 +94,10 @@ class FooterSlot:
         """Only the checksum is wrong: the fields make sense."""
         return self.footer is not None and not self.checksum_ok and not self.error
 
+    @property
+    def problem(self) -> str:
+        return self.error or self.checksum_error or "unreadable"
+
 
 def read_slot(source: Source, offset: int, file_size: int) -> FooterSlot:
     raw = source.read_at(offset, FOOTER_SIZE)
@@ -102,7 +107,7 @@ def read_slot(source: Source, offset: int, file_size: int) -> FooterSlot:
     except ChecksumError as exc:
         footer = Footer.parse(raw, source.name, offset, verify=False)
         problem = footer_problem(footer, offset, file_size)
-        return FooterSlot(offset, raw, footer, False, problem or exc.what)
+        return FooterSlot(offset, raw, footer, False, problem, exc.what)
     except FormatError as exc:
         return FooterSlot(offset, raw, None, False, exc.what)
 
@@ -192,7 +197,7 @@ class Scanner:
             footer, footer_at = trail.footer, trail.offset
             fixed = footer.copy()
             where = [trail.offset] + ([0] if footer.disk_type != DiskType.FIXED else [])
-            self.add("footer-checksum", ERROR, f"{trail.error}",
+            self.add("footer-checksum", ERROR, f"{self.name}: {trail.checksum_error}",
                      Fix(RANK_FOOTER, f"rewrite the footer at offset {trail.offset} with its "
                          "checksum recomputed" + (" (and its copy at 0)" if len(where) > 1 else ""),
                          repairs.write_footer(fixed.build(), where)))
@@ -201,9 +206,9 @@ class Scanner:
         elif copy is not None and copy.fixable and sparse_copy:
             footer, footer_at = copy.footer, None
         else:
-            reasons = f"at the end: {trail.error}"
+            reasons = f"at the end: {trail.problem}"
             if copy is not None:
-                reasons += f"; at offset 0: {copy.error}"
+                reasons += f"; at offset 0: {copy.problem}"
             raise CannotCheck(f"{self.name}: no usable VHD footer ({reasons}); not a VHD file, "
                               "or one whose footers are both destroyed")
         self.footer = footer
@@ -461,33 +466,34 @@ class Scanner:
 
     def _place_trailing_footer(self, footer: Footer) -> int:
         """The trailing footer is unusable but the copy at offset 0 is: where does it go?"""
+        last_sector = self.aligned - FOOTER_SIZE
         ends = [r.end for r in self.regions]
+        covered = any(r.start <= last_sector < r.end for r in self.regions)
         for index, entry in enumerate(self.bat):
             if entry != UNALLOCATED:
-                end = entry * SECTOR + self.bitmap_size + self._block_len(index)
+                start = entry * SECTOR
+                end = start + self.bitmap_size + self._block_len(index)
                 if end <= self.aligned:
                     ends.append(end)
+                covered = covered or start <= last_sector < end
         low = max(ends)
-        copy_raw = self.copy.raw
 
         def same_disk(offset: int, candidate: Footer) -> bool:
             return candidate.unique_id == footer.unique_id and candidate.disk_type == footer.disk_type
 
-        found = self.search_footer(low, self.aligned - FOOTER_SIZE, same_disk)
+        found = self.search_footer(low, last_sector, same_disk)
         if found is not None:
             offset, _ = found
             self._garbage(offset, "after the footer")
             return offset
-        restore = footer.build() if not self.copy.usable else copy_raw
+        restore = footer.build() if not self.copy.usable else self.copy.raw
         where = [0] if not self.copy.usable else []
-        trail_error = self.trail.error or "unreadable"
-        if self.size == self.aligned and self.aligned - FOOTER_SIZE >= low:
-            at = self.aligned - FOOTER_SIZE
-            self.add("footer-damaged", ERROR, f"{self.name}: the trailing footer at offset {at} is "
-                     f"damaged ({trail_error})",
-                     Fix(RANK_FOOTER, f"restore the trailing footer at offset {at} from the copy "
-                         "at offset 0", repairs.write_footer(restore, [at] + where)))
-            return at
+        if self.size == self.aligned and not covered and last_sector >= low:
+            self.add("footer-damaged", ERROR, f"{self.name}: the trailing footer at offset "
+                     f"{last_sector} is damaged ({self.trail.problem})",
+                     Fix(RANK_FOOTER, f"restore the trailing footer at offset {last_sector} from "
+                         "the copy at offset 0", repairs.write_footer(restore, [last_sector] + where)))
+            return last_sector
         at = _round_up(self.size)
         self.add("footer-missing", ERROR, f"{self.name}: the file ends at {self.size} bytes without "
                  "a trailing footer, inside the data of its blocks or metadata: it looks truncated",
@@ -506,7 +512,7 @@ class Scanner:
                        f"in: {', '.join(names) or 'checksum'}")
         else:
             code = "footer-copy-damaged"
-            message = f"{self.name}: the footer copy at offset 0 is damaged ({copy.error})"
+            message = f"{self.name}: the footer copy at offset 0 is damaged ({copy.problem})"
         self.add(code, ERROR, message,
                  Fix(RANK_FOOTER, "copy the trailing footer to offset 0",
                      repairs.write_footer(self.trail.raw, [0])))
@@ -544,13 +550,17 @@ class Scanner:
                                 f"storage with block {previous[2]}")
             if previous is None or span[1] > previous[1]:
                 previous = span
-        good = [span for span in spans if span[2] not in bad]
+        pending = self._pending_drops()
+        good = [span for span in spans if span[2] not in bad and span[2] not in pending]
+        drop = repairs.drop_bat_entries(self.name, self.bat_at, {i: self.bat[i] for i in bad})
         for index in sorted(bad):
+            if index in pending:
+                continue
             first = index * self.block_size
             last = first + self._block_len(index) - 1
             self.add("bat-bad-entry", ERROR, f"{self.name}: {bad[index]}",
                      Fix(RANK_BAT, f"drop BAT entry {index}: block {index} (disk bytes {first}-{last}) "
-                         f"then reads {below}", repairs.drop_bat_entry(self.bat_at, index)))
+                         f"then reads {below}", drop, group="drop-bat"))
         ends = [r.end for r in self.regions] + [end for _, end, _ in good]
         self.result.data_end = max(ends)
         if footer_at > self.result.data_end:
@@ -559,6 +569,27 @@ class Scanner:
                      "(an interrupted allocation, or a gap as Windows leaves; harmless)")
         if differencing:
             self._bitmaps(good)
+
+    def _pending_drops(self) -> dict[int, int]:
+        """BAT entries a killed repair had set out to drop (see repairs.drop_bat_entries)."""
+        journal = repairs.read_repair_journal(self.name)
+        if journal is None:
+            return {}
+        path = repairs.repair_journal_of(self.name)
+        bat_at, entries = journal
+        pending = {i: v for i, v in entries.items()
+                   if bat_at == self.bat_at and i < len(self.bat) and self.bat[i] == v}
+        if not pending:
+            self.add("repair-journal", WARNING, f"{self.name}: a finished repair left its journal "
+                     f"{path}", Fix(RANK_BAT - 1, f"delete {path}", repairs.remove_file(path)))
+            return {}
+        shown = ", ".join(map(str, sorted(pending)))
+        below = "from the parent" if self.footer.disk_type == DiskType.DIFFERENCING else "as zeros"
+        self.add("repair-unfinished", ERROR, f"{self.name}: an interrupted repair had begun to drop "
+                 f"BAT entries {shown}",
+                 Fix(RANK_BAT - 1, f"finish dropping BAT entries {shown} (their blocks then read "
+                     f"{below})", repairs.drop_bat_entries(self.name, self.bat_at, pending)))
+        return pending
 
     def _bitmaps(self, blocks: list[tuple[int, int, int]]) -> None:
         sectors_per_block = self.block_size // SECTOR
