@@ -24,6 +24,7 @@ from tests.fuse.conftest import (
     vhdfs,
 )
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
+from vhdfs.errors import VhdfsError
 from vhdfs.layer import Layer
 from vhdfs.resolve import OpenOptions, open_chain
 from vhdfs.sources.local import LocalFile
@@ -172,3 +173,26 @@ def test_a_failing_write_returns_its_errno_and_damages_nothing(tmp_path, mount, 
     with open_chain(str(top), OpenOptions(parents=[str(base)])) as chain:
         assert chain.read(0, chain.size) == model
     vhdfs("info", top, "--parent", base)
+
+
+def test_periodic_flush_bounds_what_a_kill_loses(tmp_path, mount):
+    top = make_chain(tmp_path / "chain", 2)[-1]
+    mounted = mount(top, "--rw", "--flush-interval", "0.2")
+    payload = os.urandom(100 * KiB)
+    fd = os.open(mounted.file(), os.O_WRONLY)
+    try:
+        os.pwrite(fd, payload, 3 * MiB + 512)  # and no fsync
+    finally:
+        os.close(fd)
+    deadline = time.monotonic() + 20
+    on_disk = False
+    while not on_disk and time.monotonic() < deadline:
+        time.sleep(0.1)
+        with contextlib.suppress(VhdfsError), open_chain(str(top)) as chain:
+            on_disk = chain.read(3 * MiB + 512, len(payload)) == payload
+    assert on_disk, "the daemon never flushed the write on its own"
+    os.kill(mounted.pid, signal.SIGKILL)
+    mounted.proc.wait(30)
+    force_unmount(mounted.mountpoint)
+    with open_chain(str(top)) as chain:
+        assert chain.read(3 * MiB + 512, len(payload)) == payload

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from vhdfs.chain import Chain
 from vhdfs.cli.common import add_image_options, open_image
-from vhdfs.errors import RefusedError
-from vhdfs.fuse.daemon import MountConfig, serve
+from vhdfs.errors import RefusedError, UsageError
+from vhdfs.fuse.daemon import FLUSH_INTERVAL, MountConfig, serve
 from vhdfs.fuse.launch import run_detached
 from vhdfs.fuse.mountpoint import check_fuse_available, check_mountpoint
 from vhdfs.fuse.tree import build_tree
@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "user_allow_other in /etc/fuse.conf)")
     parser.add_argument("--log", metavar="FILE",
                         help="append the background mount's messages to FILE (default: syslog)")
+    parser.add_argument("--flush-interval", type=float, default=FLUSH_INTERVAL, metavar="SECONDS",
+                        help="with --rw: write the top layer's metadata this often while writes "
+                        f"come in, bounding what a crash loses (default {FLUSH_INTERVAL:g})")
     add_image_options(parser)
     parser.set_defaults(func=run)
 
@@ -52,6 +55,9 @@ def _lock_for_writing(chain: Chain) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 0.1 <= args.flush_interval <= 3600:
+        raise UsageError(f"--flush-interval {args.flush_interval:g}: give a number of seconds "
+                         "from 0.1 to 3600")
     check_fuse_available()
     mountpoint = check_mountpoint(args.mountpoint)
     log_file = Path(os.path.abspath(args.log)) if args.log else None
@@ -60,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         if args.rw:
             _lock_for_writing(chain)
         files = build_tree(chain, writable=args.rw)
-        config = MountConfig(mountpoint, writable=args.rw, allow_other=args.allow_other)
+        config = MountConfig(mountpoint, writable=args.rw, allow_other=args.allow_other,
+                             flush_interval=args.flush_interval)
         mode = "writable" if args.rw else "read-only"
         names = ", ".join(f.name for f in files)
         if args.foreground:
