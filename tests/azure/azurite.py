@@ -124,7 +124,7 @@ class Seen:
     path: str  # path and query
     body: int
     headers: dict[str, str]
-    answered: int  # status sent back (0: no answer, connection dropped)
+    answered: int  # status sent back (0: none, the connection is dropped; -1: not yet)
 
 
 @dataclass
@@ -170,24 +170,22 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 rule = proxy._take_rule(self.command, self.path)
-                answered = 0
-                try:
-                    if rule is not None and rule.action == "hang":
-                        time.sleep(rule.seconds)
-                        self.close_connection = True
-                        return
-                    if rule is not None and rule.action == "delay":
-                        time.sleep(rule.seconds)
-                    if rule is not None and rule.action == "status":
-                        answered = rule.status
-                        self._answer_error(rule.status)
-                        return
-                    answered = self._forward(body)
-                finally:
-                    with proxy._lock:
-                        proxy.seen.append(Seen(self.command, self.path, len(body),
-                                               {k.lower(): v for k, v in self.headers.items()},
-                                               answered))
+                seen = Seen(self.command, self.path, len(body),
+                            {k.lower(): v for k, v in self.headers.items()}, -1)
+                with proxy._lock:
+                    proxy.seen.append(seen)
+                if rule is not None and rule.action == "hang":
+                    seen.answered = 0
+                    time.sleep(rule.seconds)
+                    self.close_connection = True
+                    return
+                if rule is not None and rule.action == "delay":
+                    time.sleep(rule.seconds)
+                if rule is not None and rule.action == "status":
+                    seen.answered = rule.status
+                    self._answer_error(rule.status)
+                    return
+                seen.answered = self._forward(body)
 
             def _answer_error(self, status: int) -> None:
                 code = {403: "AuthorizationFailure", 500: "InternalError",
