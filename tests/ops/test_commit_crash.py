@@ -40,7 +40,7 @@ def test_kill_at_every_point_then_finish(tmp_path, parent_kind, delete_child, st
 
     reference = tmp_path / "reference"
     shutil.copytree(origin, reference)
-    counted = Faults()
+    counted = Faults(record=True)
     commit(str(reference / "child.vhd"), quiet=True, faults=counted, checkpoint_bytes=CHECKPOINT,
            delete_child=delete_child)
     wanted = (reference / "parent.vhd").read_bytes()

@@ -113,7 +113,7 @@ def check_file(path: str, options: OpenOptions, role: str = "image", *, repair: 
         report.unchecked = str(exc)
         return report
     done: list[Finding] = []
-    if repair and not dry_run and any(f.fix for f in scan.errors):
+    if repair and not dry_run and any(f.fix for f in scan.findings):
         reason = read_only_reason(Path(path))
         if reason is not None:
             report.findings.append(Finding("read-only", ERROR, f"{path}: cannot repair: {reason}"))
@@ -134,7 +134,7 @@ def _repair(path: str, options: OpenOptions, scan: FileScan, done: list[Finding]
     applied: set[tuple[str, str]] = set()
     for _ in range(MAX_REPAIR_PASSES):
         groups: set[str] = set()
-        fixes = [f for f in scan.errors if f.fix and _key(f) not in applied]
+        fixes = [f for f in scan.findings if f.fix and _key(f) not in applied]
         if not fixes:
             break
         rank = min(f.fix.rank for f in fixes)

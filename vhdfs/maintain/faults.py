@@ -24,12 +24,13 @@ ENV_DELAY = "VHDFS_FAULT_DELAY"
 class Faults:
     """Counts the I/O events of one job; kills the process at a chosen one."""
 
-    def __init__(self, kill_after: int | None = None, delay: float = 0.0) -> None:
+    def __init__(self, kill_after: int | None = None, delay: float = 0.0, *,
+                 record: bool = False) -> None:
         self.kill_after = kill_after
         self.delay = delay
         self.events = 0
         self.log: list[str] = []  # what each event was (kept only when killing or asked to)
-        self.record = kill_after is not None
+        self.record = record or kill_after is not None
 
     @classmethod
     def from_env(cls) -> Faults:
