@@ -64,6 +64,7 @@ class RangeCache:
         self._pool: ThreadPoolExecutor | None = None
         self._next_offset = -1
         self._window = 0
+        self._ahead_until = -1  # the last block read-ahead has asked for
         self.fetches = 0  # GETs made (for tests)
         self.bytes_fetched = 0
         self._closed = False
@@ -185,23 +186,30 @@ class RangeCache:
 
     # ------------------------------------------------------------------ read-ahead
     def _read_ahead(self, offset: int, length: int, last: int) -> None:
+        """On sequential reads, keep up to `_window` blocks requested ahead of the reader; top
+        up only once half of them are consumed, so the GETs stay large."""
         with self._lock:
             sequential = offset == self._next_offset
             self._next_offset = offset + length
             if not sequential or self.read_ahead_blocks == 0 or self._closed:
                 self._window = 0
+                self._ahead_until = last
                 return
             self._window = min(max(self._window * 2, 2), self.read_ahead_blocks)
+            if self._ahead_until - last > self._window // 2:
+                return
             wanted = []
+            first = max(last, self._ahead_until) + 1
             top = min(last + self._window, (self.size - 1) // self.block)
-            for index in range(last + 1, top + 1):
+            for index in range(first, top + 1):
                 if index not in self._blocks and index not in self._inflight:
                     self._inflight[index] = Future()
                     wanted.append(index)
+            self._ahead_until = max(self._ahead_until, top)
         for run in self._runs(wanted):
             future = self._pool_submit(run)
             # Errors of a read-ahead reach the reader that waits for those blocks, if any.
-            future.add_done_callback(lambda f: f.exception())
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
     def close(self) -> None:
         with self._lock:
