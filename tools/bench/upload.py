@@ -1,0 +1,189 @@
+"""Benchmark: upload to blob storage and lazy remote reads, against Azurite (127.0.0.1).
+
+    python -m tools.bench.upload [--folder DIR] [--size 4G] [--data 400M]
+
+Upload: a dynamic VHD of --size holding --data of random (incompressible) data, laid out as
+a file system leaves it: three quarters in files of 64 KiB to 8 MiB packed in the first
+quarter of the disk with small gaps, one quarter in 256 KiB pieces scattered over the whole
+disk. Measured in the same run, against the same Azurite (data on disk):
+  - `vhdfs upload disk.vhd az://.../ours.vhd` (default --concurrency 8)
+  - `vhdfs upload ... --concurrency 1`
+  - the anchor: `BlobClient.upload_blob(f, blob_type="PageBlob")` of the same disk as a
+    fixed VHD file (the SDK's own upload: it reads the whole file and skips 4 MiB chunks that
+    are all zeros; default max_concurrency=1), and the same with max_concurrency=8.
+Bytes sent are counted on the wire (request bodies).
+
+Remote cat: a 2 GiB Windows disk (tools/guestimage) as a dynamic base and a child that
+changed inetpub/wwwroot/Welcome.png; the base uploaded flat, the child --as-is, linked with
+set-parent; `vhdfs cat az://.../child.vhd 'C:\\inetpub\\wwwroot\\Welcome.png' --stats` against
+the same `vhdfs cat` of the local chain.
+
+Prints a Markdown table for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tests.azure.azurite import Azurite, azurite_binary
+from tests.azure.helpers import service, stats_of
+from tools.bench.common import GiB, KiB, MiB
+from tools.guestimage import build_windows_disk, make_png
+from vhdfs.create import create_differencing, create_dynamic, parent_info_of
+from vhdfs.layer import Layer
+from vhdfs.sources.local import LocalFile
+from vhdfs.units import human, parse_size
+
+
+def build_disk(path: Path, size: int, data: int, seed: int = 1) -> int:
+    """A dynamic VHD holding `data` bytes of random data; returns the bytes of data."""
+    rng = random.Random(seed)
+    create_dynamic(path, size, 2 * MiB, force=True)
+    grain = 64 * KiB
+    taken: set[int] = set()  # 64 KiB grains in use
+    pieces: list[tuple[int, int]] = []
+    packed, pos = data * 3 // 4, 0
+    while packed > 0:  # files packed in the first quarter
+        length = min(packed, rng.randint(1, 128) * grain)
+        pos += rng.randint(0, 4) * grain
+        pieces.append((pos, length))
+        taken.update(range(pos // grain, (pos + length) // grain))
+        pos += length
+        packed -= length
+    if pos > size // 4:
+        raise SystemExit(f"--data {human(data)} does not fit the layout of a {human(size)} disk")
+    scattered = data - data * 3 // 4
+    piece = 4 * grain
+    while scattered > 0:  # and pieces all over the disk
+        start = rng.randrange(size // piece) * piece
+        grains = range(start // grain, start // grain + piece // grain)
+        if taken.intersection(grains):
+            continue
+        length = min(piece, scattered)
+        pieces.append((start, length))
+        taken.update(grains)
+        scattered -= length
+    with Layer(LocalFile(path, writable=True), writable=True) as layer:
+        for start, length in sorted(pieces):
+            layer.write(start, rng.randbytes(length))
+    return sum(length for _, length in pieces)
+
+
+def vhdfs(*args: object, env: dict) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "vhdfs", *map(str, args)], capture_output=True,
+                          env=env)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"vhdfs {' '.join(map(str, args))} failed:\n"
+                         f"{done.stderr.decode(errors='replace')}")
+    return seconds, done
+
+
+def sdk_upload(endpoint: str, container: str, name: str, fixed: Path,
+               concurrency: int) -> tuple[float, int]:
+    sent = [0]
+
+    def count(request) -> None:  # noqa: ANN001 - azure PipelineRequest
+        sent[0] += int(request.http_request.headers.get("Content-Length") or 0)
+
+    client = service(endpoint).get_blob_client(container, name)
+    start = time.perf_counter()
+    with open(fixed, "rb") as handle:
+        client.upload_blob(handle, blob_type="PageBlob", length=fixed.stat().st_size,
+                           overwrite=True, max_concurrency=concurrency, raw_request_hook=count)
+    return time.perf_counter() - start, sent[0]
+
+
+def bench_upload(folder: Path, server: Azurite, env: dict, size: int, data: int) -> list[str]:
+    disk = folder / "disk.vhd"
+    held = build_disk(disk, size, data)
+    fixed = folder / "disk-fixed.vhd"
+    vhdfs("convert", disk, fixed, "--to", "fixed", "--force", env=env)
+    service(server.endpoint).create_container("bench")
+    rows = []
+    ours, done = vhdfs("upload", disk, "az://bench/ours.vhd", "--stats", env=env)
+    sent = stats_of(done.stderr.decode())["bytes_sent"]
+    one, done1 = vhdfs("upload", disk, "az://bench/ours1.vhd", "--concurrency", "1", "--stats",
+                       env=env)
+    sent1 = stats_of(done1.stderr.decode())["bytes_sent"]
+    sdk, sdk_sent = sdk_upload(server.endpoint, "bench", "sdk.vhd", fixed, 1)
+    sdk8, sdk8_sent = sdk_upload(server.endpoint, "bench", "sdk8.vhd", fixed, 8)
+    same = [service(server.endpoint).get_blob_client("bench", n).download_blob(
+        offset=0, length=64 * MiB).readall() for n in ("ours.vhd", "sdk.vhd")]
+    if same[0] != same[1]:
+        raise SystemExit("the uploads differ")
+    extra = (sent - held - 512) / held * 100
+    rows.append(f"| `vhdfs upload` (concurrency 8) | {ours:.1f} s | {human(sent)} "
+                f"({extra:+.2f}% of the data held) | 1.0 |")
+    rows.append(f"| `vhdfs upload --concurrency 1` | {one:.1f} s | {human(sent1)} | "
+                f"{one / ours:.1f}x slower |")
+    rows.append(f"| SDK `upload_blob(blob_type=\"PageBlob\")` (anchor, max_concurrency=1) | "
+                f"{sdk:.1f} s | {human(sdk_sent)} | {sdk / ours:.1f}x slower |")
+    rows.append(f"| SDK `upload_blob(..., max_concurrency=8)` | {sdk8:.1f} s | {human(sdk8_sent)} "
+                f"| {sdk8 / ours:.1f}x slower |")
+    head = [f"Disk: {human(size)} dynamic VHD holding {human(held)} of data ({held} bytes).", "",
+            "| upload | wall time | bytes sent | vs ours |", "|---|---|---|---|"]
+    return head + rows
+
+
+def bench_cat(folder: Path, server: Azurite, env: dict) -> list[str]:
+    png = make_png(800, 600, seed=3)
+    raw = folder / "win.raw"
+    build_windows_disk(raw, 2 * GiB, welcome_png=png)
+    base, child = folder / "win-base.vhd", folder / "win-child.vhd"
+    vhdfs("convert", raw, base, "--to", "dynamic", "--force", env=env)
+    raw.unlink()
+    with Layer(LocalFile(base)) as layer:
+        create_differencing(child, parent_info_of(base, layer), force=True)
+    service(server.endpoint).create_container("win")
+    vhdfs("upload", base, "az://win/bases/win-v1.vhd", env=env)
+    vhdfs("upload", child, "az://win/child.vhd", "--as-is", env=env)
+    vhdfs("set-parent", "az://win/child.vhd", "az://win/bases/win-v1.vhd", env=env)
+    path = r"C:\inetpub\wwwroot\Welcome.png"
+    local, _ = vhdfs("cat", child, path, env=env)
+    remote, done = vhdfs("cat", "az://win/child.vhd", path, "--stats", env=env)
+    if done.stdout != png:
+        raise SystemExit("remote cat returned other bytes")
+    stats = stats_of(done.stderr.decode())
+    share = stats["bytes_fetched"] / (2 * GiB) * 100
+    return ["| command | wall time | fetched | requests |", "|---|---|---|---|",
+            f"| `vhdfs cat` of the local chain (anchor) | {local:.2f} s | - | - |",
+            f"| `vhdfs cat az://win/child.vhd ...` | {remote:.2f} s | "
+            f"{human(stats['bytes_fetched'])} ({share:.2f}% of 2 GiB) | {stats['requests']} |"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", type=Path, help="work folder (default: a new temporary one)")
+    parser.add_argument("--size", default="4G")
+    parser.add_argument("--data", default="400M")
+    args = parser.parse_args()
+    binary = azurite_binary()
+    if binary is None:
+        raise SystemExit("Azurite is not installed: run scripts/setup")
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="vhdfs-bench-upload-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    server = Azurite(binary, folder / "azurite").start()
+    try:
+        env = dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=server.connection_string)
+        lines = bench_upload(folder, server, env, parse_size(args.size), parse_size(args.data))
+        lines += [""] + bench_cat(folder, server, env)
+    finally:
+        server.stop()
+        if args.folder is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
