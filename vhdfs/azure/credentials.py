@@ -170,8 +170,19 @@ def credential_for(loc: BlobLocation, environ: dict[str, str] | None = None) -> 
                               account.secrets, "key")
         return Credential(account.sas, account.secrets, "sas")
     if is_azure_host(loc):
-        # Lazy: azure-identity is only imported when it can be used.
+        return Credential(_default_credential(), (), "token")
+    return Credential(None, (), "anonymous")
+
+
+_default: Any = None
+
+
+def _default_credential() -> Any:
+    """One azure-identity credential per process (it caches its tokens); imported only when
+    it can be used: for https Azure hosts that the environment says nothing about."""
+    global _default
+    if _default is None:
         from azure.identity import DefaultAzureCredential
 
-        return Credential(DefaultAzureCredential(), (), "token")
-    return Credential(None, (), "anonymous")
+        _default = DefaultAzureCredential()
+    return _default
