@@ -226,3 +226,25 @@ def test_verify_detects_a_bad_blob(tmp_path: Path, env: dict, azurite: Azurite, 
     assert done.returncode == 8
     assert "verification failed" in done.stderr
     assert ("read back differ" if corrupt == "data" else "did not write") in done.stderr
+
+
+def test_any_file_streams_with_zero_detection(tmp_path: Path, env: dict, azurite: Azurite,
+                                              container: str) -> None:
+    """SOURCE may be a file of a vhdfs mount (disk.vhd: the flat chain as a fixed VHD): it is
+    read as a stream, and only its non-zero grains are sent."""
+    if not Path("/dev/fuse").exists():
+        pytest.skip("/dev/fuse is missing: FUSE mounts cannot run on this machine")
+    _, child = make_chain(tmp_path)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    vhdfs("mount", child, mountpoint, env=env)
+    try:
+        done = vhdfs("upload", mountpoint / "disk.vhd", f"az://{container}/disk.vhd", "--stats",
+                     env=env)
+    finally:
+        if vhdfs("umount", mountpoint, env=env, check=False).returncode:
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+    blob = blob_bytes(azurite, container, "disk.vhd")
+    same_disk_apart_from_identity(blob, flat_disk(child, tmp_path / "flat.vhd", env))
+    data_held = sum(hi - lo for lo, hi in page_ranges(azurite, container, "disk.vhd"))
+    assert stats_of(done.stderr)["bytes_sent"] == data_held < 15 * MiB
