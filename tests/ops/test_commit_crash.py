@@ -13,7 +13,19 @@ import time
 
 import pytest
 
-from tests.ops.conftest import KiB, MiB, build_chain, digest, fill, flat, make_base, make_child, run_killed
+from tests.interop.conftest import vhdimount
+from tests.ops.conftest import (
+    KiB,
+    MiB,
+    build_chain,
+    cli,
+    digest,
+    fill,
+    flat,
+    make_base,
+    make_child,
+    run_killed,
+)
 from vhdfs.format.footer import FOOTER_SIZE, Footer
 from vhdfs.maintain.check import check_image
 from vhdfs.maintain.commit import commit
@@ -112,6 +124,9 @@ def test_real_kill_of_the_command(tmp_path):
                           capture_output=True, text=True)
     state = json.loads(info.stdout)["layers"][0]["commit_in_progress"]
     assert state["child"] == str(child) and state["finish"] == f"vhdfs commit {child}"
+    text = subprocess.run([sys.executable, "-m", "vhdfs", "info", str(parent)], capture_output=True,
+                          text=True).stdout
+    assert "mid-commit" in text and f"run vhdfs commit {child}" in text
     assert flat(child) == before
     again = subprocess.run([sys.executable, "-m", "vhdfs", "commit", str(child)],
                            capture_output=True, text=True)
@@ -119,3 +134,47 @@ def test_real_kill_of_the_command(tmp_path):
     assert "resumed" in again.stdout
     assert flat(parent) == before and not journal.exists()
     assert marker_child_id(footer_of(parent)) is None
+
+
+def interrupted(tmp_path, kind: str = "dynamic") -> tuple:
+    """A chain whose commit was killed half-way through copying."""
+    child, parent = build_chain(tmp_path, kind, size=4 * MiB, seed=31, writes=8)[:2]
+    before = flat(child)
+    events = Faults(record=True)
+    probe = tmp_path / "probe"
+    shutil.copytree(tmp_path, probe, ignore=shutil.ignore_patterns("probe"))
+    commit(str(probe / "child.vhd"), quiet=True, faults=events, checkpoint_bytes=CHECKPOINT)
+    shutil.rmtree(probe)
+    middle = [i for i, what in enumerate(events.log) if what.startswith("write")][-8]
+    assert run_killed(lambda faults: commit(str(child), quiet=True, faults=faults,
+                                            checkpoint_bytes=CHECKPOINT), middle) == middle
+    assert marker_child_id(footer_of(parent)) is not None
+    return child, parent, before
+
+
+def test_the_mark_in_the_footer_survives_a_lost_journal(tmp_path):
+    """Without its journal (the parent copied elsewhere), the parent still says it is
+    mid-commit, and check --repair finds the child by unique id and finishes."""
+    child, parent, before = interrupted(tmp_path)
+    journal_path(parent).unlink()
+    found = cli("info", parent)
+    assert found.returncode == 0 and "mid-commit" in found.stdout
+    checked = cli("check", parent)
+    assert checked.returncode == 4 and "is unfinished" in checked.stdout
+    repaired = cli("check", parent, "--repair")
+    assert repaired.returncode == 1, repaired.stdout
+    assert f"finish the commit: copy the rest of {child}" in repaired.stdout
+    assert flat(parent) == before and cli("check", parent).returncode == 0
+
+
+def test_a_mid_commit_parent_stays_readable_by_qemu_and_libvhdi(tmp_path):
+    child, parent, before = interrupted(tmp_path)
+    alone = flat(parent)  # the parent on its own: part old, part new, but a valid VHD
+    raw = tmp_path / "parent.raw"
+    subprocess.run(["qemu-img", "convert", "-f", "vpc", "-O", "raw", str(parent), str(raw)],
+                   check=True, capture_output=True)
+    assert raw.read_bytes()[:len(alone)] == alone
+    with vhdimount(parent, tmp_path / "mnt") as theirs:
+        assert theirs.read_bytes() == alone
+    commit(str(child), quiet=True)
+    assert flat(parent) == before

@@ -32,7 +32,8 @@ from pathlib import Path
 
 from vhdfs.errors import RefusedError, UsageError
 from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
-from vhdfs.layer import UNALLOCATED, Layer, RunKind
+from vhdfs.layer import SECTOR, UNALLOCATED, Layer
+from vhdfs.maintain.copier import ReadAhead, WritebackAhead
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import remove_durably, require_folder_writable, require_writable
 from vhdfs.maintain.findings import ERROR
@@ -60,7 +61,6 @@ from vhdfs.vhdx.layer import refuse_vhdx
 log = logging.getLogger("vhdfs")
 
 CHECKPOINT_BYTES = 256 << 20
-COPY_CHUNK = 4 << 20
 # Problems of the parent a resumed commit mends itself: its own marks, half written.
 OWN_MARK_CODES = {"mid-commit", "footer-copy-mark"}
 
@@ -227,20 +227,30 @@ class _Commit:
         total = self.bytes_to_copy(child, first)
         progress = Progress(f"commit {self.child_path.name}", total, quiet=self.quiet)
         parent = Layer(source, size_rule=self.options.size_rule, writable=True)
+        blocks = [i for i in range(first, child.block_count) if child.bat[i] != UNALLOCATED]
+        pieces = ReadAhead(child, blocks)
+        writeback = WritebackAhead(getattr(source.inner, "fd", None))
         try:
             since_checkpoint = 0
-            for index in range(first, child.block_count):
-                if child.bat[index] == UNALLOCATED:
+            for piece in pieces:
+                if piece.buffer is not None:
+                    parent.write(piece.offset, piece.buffer[:piece.length])
+                    pieces.release(piece.buffer)
+                    writeback.wrote(piece.length)
+                    progress.advance(piece.length)
+                    result.bytes_copied += piece.length
+                    since_checkpoint += piece.length
                     continue
-                copied = self.copy_block(child, parent, index, result, progress)
-                since_checkpoint += copied
+                result.blocks += 1  # the end of a block: everything it marks is written
+                result.runs += piece.runs
                 if since_checkpoint >= self.checkpoint_bytes:
                     parent.flush()
-                    journal.next_block = index + 1
+                    journal.next_block = piece.block + 1
                     write_journal(parent_path, journal, self.faults)
                     since_checkpoint = 0
             parent.flush()
         finally:
+            pieces.close()
             parent.source.close()
         progress.finish()
         with FaultySource(LocalFile(parent_path, writable=True), self.faults) as source:
@@ -287,30 +297,20 @@ class _Commit:
 
     @staticmethod
     def bytes_to_copy(child: Layer, first: int) -> int:
+        """The bytes the child's bitmaps mark from block `first` on (one bit per sector)."""
         total = 0
         for index in range(first, child.block_count):
-            if child.bat[index] != UNALLOCATED:
-                total += sum(r.length for r in child.block_runs(index) if r.kind is RunKind.HERE)
-        return total
-
-    @staticmethod
-    def copy_block(child: Layer, parent: Layer, index: int, result: CommitResult,
-                   progress: Progress) -> int:
-        copied = 0
-        for run in child.block_runs(index):
-            if run.kind is not RunKind.HERE:
+            entry = child.bat[index]
+            if entry == UNALLOCATED:
                 continue
-            done = 0
-            while done < run.length:
-                count = min(COPY_CHUNK, run.length - done)
-                parent.write(run.offset + done, child.read_data(run.file_offset + done, count))
-                done += count
-                progress.advance(count)
-            copied += run.length
-            result.runs += 1
-        result.bytes_copied += copied
-        result.blocks += 1
-        return copied
+            sectors = -(-min(child.block_size, child.size - index * child.block_size) // SECTOR)
+            bitmap = child.read_data(entry * SECTOR, child.bitmap_size)
+            whole, rest = divmod(sectors, 8)
+            marked = int.from_bytes(bitmap[:whole], "big").bit_count()
+            if rest:
+                marked += (bitmap[whole] >> (8 - rest)).bit_count()
+            total += marked * SECTOR
+        return min(total, child.size)
 
 
 def commit(child: str, options: OpenOptions | None = None, *, delete_child: bool = False,

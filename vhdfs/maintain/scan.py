@@ -597,8 +597,9 @@ class Scanner:
         for start, _, index in blocks:
             bitmap = self.src.read_at(start, self.bitmap_size)
             used = -(-self._block_len(index) // SECTOR)
-            runs = bitmap_runs(bitmap, 0, used)
-            if not any(is_set for _, _, is_set in runs):
+            whole, rest = divmod(used, 8)
+            marked = any(bitmap[:whole]) or bool(rest and bitmap[whole] >> (8 - rest))
+            if not marked:
                 empty.append(index)
             if used < sectors_per_block:
                 tail = bitmap_runs(bitmap, used, sectors_per_block - used)

@@ -1,0 +1,133 @@
+"""Benchmark: commit a child holding 512 MiB of data into a 4 GiB parent, against `cp` of
+the child file, in the same run.
+
+    python -m tools.bench.commit [--folder DIR] [--size 4G] [--data 512M] [--runs 3]
+
+The chain: a dynamic parent of --size (2 MiB blocks, a quarter of them full) and a
+differencing child whose allocated blocks are about half filled, in runs of 4 KiB clusters,
+until it holds --data bytes. Page cache warm (one run first, not counted), median of --runs:
+  - `vhdfs commit child.vhd` into a fresh copy of the parent each run (the copy is not timed);
+    commit syncs the parent before it returns (data, then bitmaps, then BAT);
+  - `cp child.vhd copy.vhd` (coreutils, sparse files kept sparse), as the anchor;
+  - `cp` then `sync copy.vhd`, the same copy made durable, for an even comparison.
+Peak memory (max RSS) of each command comes from wait4().
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vhdfs.create import create_differencing, create_dynamic, parent_info_of
+from vhdfs.layer import UNALLOCATED, Layer, RunKind
+from vhdfs.sources.local import LocalFile
+from vhdfs.units import parse_size
+
+MiB = 1 << 20
+CLUSTER = 4096
+
+
+def build(folder: Path, size: int, data: int, seed: int = 5) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    parent, child = folder / "parent.vhd", folder / "child.vhd"
+    if parent.exists() and child.exists():
+        return parent, child
+    rng = random.Random(seed)
+    block = 2 * MiB
+    blocks = size // block
+    create_dynamic(parent, size, block, force=True)
+    with Layer(LocalFile(parent, writable=True), writable=True) as layer:
+        for index in sorted(rng.sample(range(blocks), blocks // 4)):
+            layer.write(index * block, rng.randbytes(block))
+    with Layer(LocalFile(parent)) as layer:
+        create_differencing(child, parent_info_of(parent, layer), block, force=True)
+    written = 0
+    with Layer(LocalFile(child, writable=True), writable=True) as layer:
+        for index in rng.sample(range(blocks), blocks):
+            if written >= data:
+                break
+            pos = 0
+            while pos < block and written < data:
+                left = -(-(data - written) // CLUSTER) * CLUSTER
+                run = min(rng.randint(1, 64) * CLUSTER, block - pos, left)
+                if rng.random() < 0.5:
+                    layer.write(index * block + pos, rng.randbytes(run))
+                    written += run
+                pos += run
+    return parent, child
+
+
+def child_data(child: Path) -> int:
+    with Layer(LocalFile(child)) as layer:
+        return sum(r.length for i in range(layer.block_count) if layer.bat[i] != UNALLOCATED
+                   for r in layer.block_runs(i) if r.kind is RunKind.HERE)
+
+
+def timed(args: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one command."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(args)} failed")
+    return elapsed, usage.ru_maxrss * 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--folder", type=Path, default=Path("bench-work/commit"))
+    parser.add_argument("--size", default="4G")
+    parser.add_argument("--data", default="512M")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args(argv)
+    parent, child = build(args.folder / "chain", parse_size(args.size), parse_size(args.data))
+    work = args.folder / "work"
+    work.mkdir(exist_ok=True)
+    print(f"child {child.stat().st_size / MiB:.0f} MiB file, {child_data(child) / MiB:.0f} MiB of "
+          f"data; parent {parse_size(args.size) >> 30} GiB virtual, "
+          f"{parent.stat().st_blocks * 512 / MiB:.0f} MiB "
+          "stored", flush=True)
+    results: dict[str, list[float]] = {"commit": [], "cp": [], "cp+sync": []}
+    peaks: dict[str, int] = {key: 0 for key in results}
+    copy = work / "copy.vhd"
+    for round_ in range(args.runs + 1):
+        # Interleaved rounds: each measurement sees the same machine load.
+        target = work / "parent.vhd"
+        shutil.copyfile(parent, target)
+        work_child = work / "child.vhd"
+        shutil.copyfile(child, work_child)
+        subprocess.run(["sync"], check=True)
+        seconds, peak = timed([sys.executable, "-m", "vhdfs", "-q", "commit", str(work_child),
+                               "--parent", str(target)])
+        if round_:
+            results["commit"].append(seconds)
+        peaks["commit"] = max(peaks["commit"], peak)
+        for label, extra in (("cp", []), ("cp+sync", [["sync", str(copy)]])):
+            copy.unlink(missing_ok=True)
+            subprocess.run(["sync"], check=True)
+            seconds, peak = timed(["cp", str(child), str(copy)])
+            for command in extra:
+                more, _ = timed(command)
+                seconds += more
+            if round_:
+                results[label].append(seconds)
+            peaks[label] = max(peaks[label], peak)
+    medians = {key: statistics.median(values) for key, values in results.items()}
+    for key, value in medians.items():
+        print(f"{key:<8} {value:7.2f} s   peak RSS {peaks[key] / MiB:6.1f} MiB   "
+              f"runs {' '.join(f'{v:.2f}' for v in results[key])}")
+    print(f"commit / cp        = {medians['commit'] / medians['cp']:.2f}")
+    print(f"commit / cp+sync   = {medians['commit'] / medians['cp+sync']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""The copying loop of commit: the child's runs are read ahead in a thread while the parent
+is written, and the kernel is asked to start writing the parent back as data arrives, so
+the syncs that order data before metadata find little left to do."""
+
+from __future__ import annotations
+
+import ctypes
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from vhdfs.layer import Layer, RunKind
+
+CHUNK = 4 << 20
+BUFFERS = 4  # memory in flight: BUFFERS * CHUNK
+WRITEBACK_EVERY = 64 << 20
+_SYNC_FILE_RANGE_WRITE = 2  # start writeback, do not wait
+
+
+@dataclass
+class Piece:
+    """`length` bytes for the disk at `offset` in `buffer`, or (buffer None) the end of a block."""
+
+    offset: int
+    length: int
+    buffer: memoryview | None
+    block: int
+    runs: int = 0  # at the end of a block: how many runs it had
+
+
+class ReadAhead:
+    """Iterate the child's HERE runs of `blocks` as pieces; call `release` for each buffer."""
+
+    def __init__(self, child: Layer, blocks: Iterable[int]) -> None:
+        self.child = child
+        self.blocks = blocks
+        self.ready: queue.Queue = queue.Queue()
+        self.free: queue.Queue = queue.Queue()
+        for _ in range(BUFFERS):
+            self.free.put(memoryview(bytearray(CHUNK)))
+        self.stopping = False
+        self.thread = threading.Thread(target=self._read, name="commit-read-ahead", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for index in self.blocks:
+                runs = 0
+                for run in self.child.block_runs(index):
+                    if run.kind is not RunKind.HERE:
+                        continue
+                    runs += 1
+                    done = 0
+                    while done < run.length:
+                        buffer = self.free.get()
+                        if self.stopping:
+                            return
+                        count = min(CHUNK, run.length - done)
+                        self.child.read_into(run.file_offset + done, buffer[:count])
+                        self.ready.put(Piece(run.offset + done, count, buffer, index))
+                        done += count
+                self.ready.put(Piece(0, 0, None, index, runs))
+            self.ready.put(None)
+        except BaseException as exc:  # handed to the writing thread, raised there
+            self.ready.put(exc)
+
+    def __iter__(self) -> Iterator[Piece]:
+        while True:
+            item = self.ready.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def release(self, buffer: memoryview) -> None:
+        self.free.put(buffer)
+
+    def close(self) -> None:
+        self.stopping = True
+        for _ in range(BUFFERS):  # wake the reader if it waits for a buffer
+            self.free.put(memoryview(bytearray(0)))
+        self.thread.join()
+
+
+class WritebackAhead:
+    """sync_file_range(WRITE) every WRITEBACK_EVERY bytes: writeback starts early, in the
+    background; durability still comes from the fsyncs of Layer.flush."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self.pending = 0
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.call = getattr(libc, "sync_file_range", None) if fd is not None else None
+
+    def wrote(self, amount: int) -> None:
+        self.pending += amount
+        if self.pending >= WRITEBACK_EVERY and self.call is not None:
+            self.pending = 0
+            self.call(self.fd, ctypes.c_longlong(0), ctypes.c_longlong(0), _SYNC_FILE_RANGE_WRITE)
