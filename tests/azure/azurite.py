@@ -155,9 +155,11 @@ class FaultProxy:
     rules: list[Rule] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
+    most_writes_at_once: int = 0  # page writes in progress at the same time, at most
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._writing = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -172,8 +174,21 @@ class FaultProxy:
                 rule = proxy._take_rule(self.command, self.path)
                 seen = Seen(self.command, self.path, len(body),
                             {k.lower(): v for k, v in self.headers.items()}, -1)
+                page_write = self.command == "PUT" and "comp=page" in self.path
                 with proxy._lock:
                     proxy.seen.append(seen)
+                    if page_write:
+                        proxy._writing += 1
+                        proxy.most_writes_at_once = max(proxy.most_writes_at_once,
+                                                        proxy._writing)
+                try:
+                    self._act(rule, seen, body)
+                finally:
+                    if page_write:
+                        with proxy._lock:
+                            proxy._writing -= 1
+
+            def _act(self, rule: Rule | None, seen: Seen, body: bytes) -> None:
                 if rule is not None and rule.action == "hang":
                     seen.answered = 0
                     time.sleep(rule.seconds)

@@ -248,3 +248,37 @@ def test_any_file_streams_with_zero_detection(tmp_path: Path, env: dict, azurite
     same_disk_apart_from_identity(blob, flat_disk(child, tmp_path / "flat.vhd", env))
     data_held = sum(hi - lo for lo, hi in page_ranges(azurite, container, "disk.vhd"))
     assert stats_of(done.stderr)["bytes_sent"] == data_held < 15 * MiB
+
+
+def test_writes_go_in_parallel_with_progress(tmp_path: Path, env: dict, azurite: Azurite,
+                                             container: str, proxy: FaultProxy) -> None:
+    _, child = make_chain(tmp_path)
+    proxy.add("delay", -1, method="PUT", contains="comp=page", seconds=0.3)
+    up_env = dict(env, AZURE_STORAGE_CONNECTION_STRING=connection_string(proxy.endpoint))
+    done = vhdfs("upload", child, f"az://{container}/disk.vhd", "--concurrency", "3",
+                 env=up_env)
+    assert proxy.most_writes_at_once == 3
+    # Without a terminal, progress is a line every 10%: done, sent, skipped and the rate.
+    last = [x for x in done.stderr.splitlines() if x.startswith(f"upload az://{container}")][-1]
+    assert ": 100% (64.00 MiB of 64.00 MiB; sent 13.00 MiB, skipped 51.00 MiB; " in last
+    assert last.endswith("/s)")
+    assert "sent 13.00 MiB in " in done.stdout  # the summary: 10 + 3 MiB of data, the footer
+
+
+def test_a_blob_changed_while_read_fails_clearly(env: dict, azurite: Azurite, container: str,
+                                                 tmp_path: Path) -> None:
+    from vhdfs.errors import RemoteError
+    from vhdfs.sources.blob import open_blob_spec
+
+    _, child = make_chain(tmp_path)
+    vhdfs("upload", child, f"az://{container}/disk.vhd", env=env)
+    source = open_blob_spec(f"az://{container}/disk.vhd")
+    try:
+        assert source.remote and source.read_at(1 * MiB, 512) == \
+            flat_disk(child, tmp_path / "flat.vhd", env)[1 * MiB:1 * MiB + 512]
+        service(azurite.endpoint).get_blob_client(container, "disk.vhd").upload_page(
+            b"\x01" * 512, offset=20 * MiB, length=512)
+        with pytest.raises(RemoteError, match="the blob changed while reading"):
+            source.read_at(30 * MiB, 512)
+    finally:
+        source.close()

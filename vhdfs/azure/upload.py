@@ -342,6 +342,13 @@ class UploadProgress(Progress):
                  quiet: bool = False) -> None:
         super().__init__(label, total, quiet=quiet)
         self.counts = counts
+        self.sending_done = False
+
+    def complete(self) -> None:
+        """Every write has been answered: now (and only now) show 100%."""
+        self.sending_done = True
+        self.update(self.total)
+        self.finish()
 
     def _extra(self) -> str:
         sent, queued, present = self.counts()
@@ -358,6 +365,8 @@ class UploadProgress(Progress):
         self.stream.flush()
 
     def update(self, done: int) -> None:
+        if not self.sending_done:
+            done = min(done, self.total - 1)  # reading is done before the last writes are
         if self.tty or self.quiet:
             super().update(done)
             return
@@ -613,8 +622,6 @@ def _upload(plan: SourcePlan, dest: BlobLocation, options: UploadOptions,
                 if not report.already_complete:
                     keeper.check()
                     sender.submit(write)
-                if write.offset >= plan.blob_size - FOOTER_SIZE and plan.mode != "as-is":
-                    progress.advance(write.length)  # the footer (the chain covers the disk)
             sender.finish()
         except KeyboardInterrupt:
             sender.abort()
@@ -626,7 +633,7 @@ def _upload(plan: SourcePlan, dest: BlobLocation, options: UploadOptions,
         except BaseException:
             sender.abort()
             raise
-        progress.finish()
+        progress.complete()
         report.sent, report.cleared = sender.sent, sender.cleared
         report.present, report.writes = sender.present_bytes, sender.writes
         report.digest = digest.hexdigest()
