@@ -171,3 +171,21 @@ def test_allow_other_reaches_the_mount_options(tmp_path, mount):
     options = next(line for line in Path("/proc/self/mounts").read_text().splitlines()
                    if line.split()[1] == str(mounted.mountpoint)).split()[3]
     assert "allow_other" in options.split(",") and "ro" in options.split(",")
+
+
+def test_one_writer_per_image_and_raw_images_read_only(tmp_path, mount):
+    top = make_chain(tmp_path / "chain", 2)[-1]
+    writer = mount(top, "--rw")
+    second = tmp_path / "second"
+    second.mkdir()
+    done = vhdfs("mount", top, second, "--rw", check=False)
+    assert done.returncode == 6
+    assert "open for writing by another process" in _one_error_line(done)
+    assert not os.path.ismount(second)
+    assert writer.stop() == 0
+
+    raw = tmp_path / "flat.raw"
+    flat = flat_reference(top, raw)
+    done = vhdfs("mount", raw, second, "--rw", check=False)
+    assert done.returncode == 2 and "is not a VHD (a raw image?)" in _one_error_line(done)
+    assert mount(raw).file().read_bytes() == flat  # read-only, a raw image mounts as it is

@@ -10,11 +10,13 @@ from pathlib import Path
 
 from vhdfs.chain import Chain
 from vhdfs.cli.common import add_image_options, open_image
-from vhdfs.errors import RefusedError, UsageError
+from vhdfs.errors import FormatError, RefusedError, UsageError, VhdfsError
 from vhdfs.fuse.daemon import FLUSH_INTERVAL, MountConfig, serve
 from vhdfs.fuse.launch import run_detached
 from vhdfs.fuse.mountpoint import check_fuse_available, check_mountpoint
 from vhdfs.fuse.tree import build_tree
+from vhdfs.resolve import looks_like_vhd, open_source
+from vhdfs.vhdx.layer import is_vhdx
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,6 +56,14 @@ def _lock_for_writing(chain: Chain) -> None:
                            "vhdfs mount --rw?); unmount that first") from None
 
 
+def _is_raw(spec: str) -> bool:
+    try:
+        with open_source(spec) as source:
+            return not looks_like_vhd(source) and not is_vhdx(source)
+    except VhdfsError:
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0.1 <= args.flush_interval <= 3600:
         raise UsageError(f"--flush-interval {args.flush_interval:g}: give a number of seconds "
@@ -61,7 +71,14 @@ def run(args: argparse.Namespace) -> int:
     check_fuse_available()
     mountpoint = check_mountpoint(args.mountpoint)
     log_file = Path(os.path.abspath(args.log)) if args.log else None
-    chain = open_image(args, args.image, writable=args.rw, allow_raw=not args.rw)
+    try:
+        chain = open_image(args, args.image, writable=args.rw, allow_raw=not args.rw)
+    except FormatError:
+        if args.rw and _is_raw(args.image):
+            raise UsageError(f"{args.image}: is not a VHD (a raw image?); --rw writes only into "
+                             "VHD images: mount it read-only, or import it first (vhdfs convert "
+                             f"{args.image} NEW.vhd --to dynamic)") from None
+        raise
     try:
         if args.rw:
             _lock_for_writing(chain)
