@@ -190,7 +190,9 @@ class ChainOperations(pyfuse3.Operations):
         return buf
 
     async def read(self, fh, off, size):
-        file = self.files[fh]
+        file = self.files.get(fh)
+        if file is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
         try:
             end = min(off + size, file.size)
             if off >= end:
@@ -211,8 +213,8 @@ class ChainOperations(pyfuse3.Operations):
             raise self._failure("read", file, off, exc) from None
 
     async def write(self, fh, off, buf):
-        file = self.files[fh]
-        if not file.writable:
+        file = self.files.get(fh)
+        if file is None or not file.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
         if off >= file.length:
             raise pyfuse3.FUSEError(errno.ENOSPC)  # a disk does not grow
