@@ -100,6 +100,12 @@ def test_credentials_stay_with_their_endpoint() -> None:
     sas = credential_for(parse_blob_url("http://127.0.0.1:10000/devstoreaccount1/c/p.vhd"
                                         "?sv=1&sig=zzz"), LOCAL)
     assert sas.kind == "sas" and sas.value is None and sas.secrets == ("sv=1&sig=zzz",)
+    # An Azure host the environment says nothing about: azure-identity (no key, no SAS);
+    # any other host gets nothing.
+    assert credential_for(parse_blob_url("https://other.blob.core.windows.net/c/d.vhd"),
+                          AZ).kind == "token"
+    assert credential_for(parse_blob_url("https://example.org/acct/c/d.vhd"), AZ).kind == \
+        "anonymous"
     # Never an account key over plain http to a host that is not this machine.
     remote_http = {"AZURE_STORAGE_CONNECTION_STRING":
                    f"AccountName=acme;AccountKey={KEY};BlobEndpoint=http://10.1.2.3:10000/acme"}

@@ -42,8 +42,21 @@ class PageBlob:
 
     def open(self) -> PageBlob:
         """Read the properties; refuse anything that is not a page blob."""
-        with self.errors("reading its properties"):
-            props = self.client.get_blob_properties()
+        try:
+            with self.errors("reading its properties"):
+                props = self.client.get_blob_properties()
+        except RemoteError as exc:
+            if self.credential.kind != "token" or getattr(exc, "status", None):
+                raise
+            # azure-identity found no identity: a public container may still be read.
+            anonymous = Credential(None, (), "anonymous")
+            client = blob_client(self.location, anonymous)
+            try:
+                with self.errors("reading its properties"):
+                    props = client.get_blob_properties()
+            except RemoteError:
+                raise exc from None
+            self.client, self.credential = client, anonymous
         kind = str(getattr(props.blob_type, "value", props.blob_type))
         if kind != "PageBlob":
             raise RemoteError(f"{self.name}: is a {kind.replace('Blob', '').lower()} blob, not a "
