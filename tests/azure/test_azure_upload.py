@@ -11,9 +11,19 @@ from pathlib import Path
 import pytest
 
 from tests.azure.azurite import Azurite, FaultProxy, connection_string
-from tests.azure.helpers import MiB, flat_disk, make_chain, service, stats_of, vhdfs
-from vhdfs.create import create_dynamic
+from tests.azure.helpers import (
+    MiB,
+    flat_disk,
+    make_chain,
+    service,
+    stats_of,
+    vhdfs,
+    write_layer,
+)
+from vhdfs.create import create_differencing, create_dynamic, parent_info_of
 from vhdfs.format.footer import Footer
+from vhdfs.layer import Layer
+from vhdfs.sources.local import LocalFile
 
 FOOTER = 512
 GRAIN = 64 * 1024
@@ -169,6 +179,20 @@ def test_patch_base_equals_flattened_chain(tmp_path: Path, env: dict, azurite: A
     sent = sum(s.body for s in proxy.requests() if "comp=page" in s.path)
     assert sent <= 3 * MiB + 2048 + FOOTER  # the child's data only, not the base's 10 MiB
     assert any(s.headers.get("x-ms-page-write") == "clear" for s in proxy.requests())
+
+    # A grandchild over a base blob: both child layers go up, the base does not. (A fresh
+    # base blob: Azurite 3.35's Copy Blob shares the copy's page list with its source, so the
+    # writes above also changed base.vhd there; Azure's copies are independent.)
+    grandchild = tmp_path / "grandchild.vhd"
+    with Layer(LocalFile(child)) as layer:
+        create_differencing(grandchild, parent_info_of(child, layer))
+    write_layer(grandchild, [(5 * MiB, b"\x07" * 8192)])
+    vhdfs("upload", base, f"az://{container}/base2.vhd", env=env)
+    vhdfs("upload", grandchild, f"az://{container}/flat2.vhd", env=env)
+    vhdfs("upload", grandchild, f"az://{container}/patched2.vhd", "--patch-base",
+          f"az://{container}/base2.vhd", env=env)
+    assert blob_bytes(azurite, container, "patched2.vhd") == \
+        blob_bytes(azurite, container, "flat2.vhd")
 
     # A base that is not the child's parent is refused before anything is written.
     other = tmp_path / "other"
