@@ -46,6 +46,10 @@ DATA_ALIGNMENT = 4096
 BITMAP_CACHE_BLOCKS = 2048
 # Dirty blocks after which a write flushes metadata on its own, bounding memory and loss.
 AUTO_FLUSH_DIRTY_BLOCKS = 256
+# New blocks go into room reserved before the trailing footer: the footer moves (and is
+# synced) once per reservation, not once per block. The reservation doubles up to this size;
+# what is left of it is given back at the next flush.
+MAX_RESERVATION = 32 * 1024 * 1024
 
 
 class RunKind(Enum):
@@ -95,6 +99,7 @@ class Layer:
         self._dirty_bitmaps: set[int] = set()
         self._dirty_bat: set[int] = set()
         self._pending_sync = False
+        self._reserve_blocks = 0  # blocks the current reservation was made for (0: none)
         self._footer_from_copy = False
         self.header: DynamicHeader | None = None
         self.block_size = 0
@@ -452,31 +457,67 @@ class Layer:
             self.flush()
 
     def _allocate(self, index: int) -> int:
-        """Reserve storage for block `index` at the end of the file (caller holds the lock).
+        """Storage for block `index` after the last one (caller holds the lock).
 
-        The trailing footer moves first, so the file is a valid VHD at every step; the new
-        block is referenced only by the in-memory BAT until `flush`.
+        The block goes into room reserved before the trailing footer; when that is used up,
+        the footer moves ahead first (see `_reserve`), so the file ends with a valid footer
+        at every moment, power loss included. The new block is referenced only by the
+        in-memory BAT until `flush`.
         """
-        old_footer = self.footer_offset
-        start = max(self._next_free, old_footer)
-        bitmap_at = -(-(start + self.bitmap_size) // DATA_ALIGNMENT) * DATA_ALIGNMENT - self.bitmap_size
-        new_footer = bitmap_at + self.bitmap_size + self.block_size
-        try:
-            self.source.write_at(new_footer, self.footer.build())
-            # Zero the old footer position and the new (empty) bitmap: the old footer must not
-            # be read as block data, and the bitmap must say "nothing here" until flushed.
-            self.source.write_at(old_footer, bytes(bitmap_at + self.bitmap_size - old_footer))
-        except ImageIOError:
-            self._undo_allocation(old_footer)
-            raise
-        self.footer_offset = new_footer
-        self._next_free = new_footer
+        bitmap_at = -(-(self._next_free + self.bitmap_size) // DATA_ALIGNMENT) * DATA_ALIGNMENT \
+            - self.bitmap_size
+        block_end = bitmap_at + self.bitmap_size + self.block_size
+        if block_end > self.footer_offset:
+            self._reserve(block_end)
+        # The bitmap's space is claimed now (zeros: "nothing here" until flushed): on a full
+        # file system this request fails, not a later flush that must write the bitmap.
+        self.source.write_at(bitmap_at, bytes(self.bitmap_size))
+        self._next_free = block_end
         entry = bitmap_at // SECTOR
         self.bat[index] = entry
         self._dirty_bat.add(index)
         self._bitmaps[index] = bytearray(self.bitmap_size)
         self._dirty_bitmaps.add(index)
         return entry
+
+    def _reserve(self, block_end: int) -> None:
+        """Move the trailing footer to after `block_end` and room for more blocks.
+
+        The footer is written at its new place and synced before its old place is zeroed
+        (it may lie inside the new block, whose unwritten sectors must read as zeros) and
+        before any block data is written there: without the sync a power loss could keep
+        the data and lose the footer, leaving a file that does not end with one.
+        """
+        old_footer = self.footer_offset
+        stride = -(-(self.bitmap_size + self.block_size) // DATA_ALIGNMENT) * DATA_ALIGNMENT
+        self._reserve_blocks = min(max(1, 2 * self._reserve_blocks), max(1, MAX_RESERVATION // stride))
+        new_footer = block_end + (self._reserve_blocks - 1) * stride
+        try:
+            self.source.write_at(new_footer, self.footer.build())
+            self.source.sync()
+            self.source.write_at(old_footer, bytes(FOOTER_SIZE))
+        except ImageIOError:
+            self._undo_allocation(old_footer)
+            raise
+        self.footer_offset = new_footer
+
+    def _give_back_reservation(self) -> None:
+        """After a flush: the footer back to the end of the last block, so the file keeps no
+        unused room between writes. The footer is synced there before the file is cut."""
+        with self._lock:
+            end = self._next_free
+            if self.footer_offset <= end:
+                return
+            try:
+                self.source.write_at(end, self.footer.build())
+                self.source.sync()
+                self.source.truncate(end + FOOTER_SIZE)
+            except (ImageIOError, NotImplementedError) as exc:
+                # The footer at the end of the reserved room is still valid: nothing is lost.
+                log.info("%s: reserved room not given back: %s", self.name, exc)
+                return
+            self.footer_offset = end
+            self._reserve_blocks = 0
 
     def _undo_allocation(self, old_footer: int) -> None:
         """Best effort after a failed allocation: the old footer back, the file as before."""
@@ -510,6 +551,7 @@ class Layer:
                 for first, last in _spans(bat_entries):
                     self._write_bat_span(first, last)
                 self.source.sync()  # 3. the BAT entries
+                self._give_back_reservation()
             except VhdfsError:
                 with self._lock:  # not written: keep them dirty for the next attempt
                     self._dirty_bitmaps.update(bitmaps)
