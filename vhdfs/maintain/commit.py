@@ -60,7 +60,8 @@ from vhdfs.vhdx.layer import refuse_vhdx
 
 log = logging.getLogger("vhdfs")
 
-CHECKPOINT_BYTES = 256 << 20
+# Resuming re-copies at most this much; each checkpoint costs a flush (three syncs).
+CHECKPOINT_BYTES = 1 << 30
 # Problems of the parent a resumed commit mends itself: its own marks, half written.
 OWN_MARK_CODES = {"mid-commit", "footer-copy-mark"}
 
@@ -246,7 +247,7 @@ class _Commit:
                 if since_checkpoint >= self.checkpoint_bytes:
                     parent.flush()
                     journal.next_block = piece.block + 1
-                    write_journal(parent_path, journal, self.faults)
+                    write_journal(parent_path, journal, self.faults, checkpoint=True)
                     since_checkpoint = 0
             parent.flush()
         finally:

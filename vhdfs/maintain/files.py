@@ -25,8 +25,10 @@ def sync_folder(folder: Path, faults: Faults) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, faults: Faults) -> None:
-    """Replace `path` with `data`: a crash leaves the old contents or the new, never a mix."""
+def write_atomic(path: Path, data: bytes, faults: Faults, *, sync_folder_after: bool = True) -> None:
+    """Replace `path` with `data`: a crash leaves the old contents or the new, never a mix.
+    Without `sync_folder_after` the new name may not survive a power loss (the old file
+    then stays): for updates where the old contents are still correct, only older."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         faults.point(f"write {tmp.name}")
@@ -42,7 +44,8 @@ def write_atomic(path: Path, data: bytes, faults: Faults) -> None:
             tmp.unlink()
         raise ImageIOError(f"{path}: cannot write: {os.strerror(exc.errno or errno.EIO)}",
                            exc.errno) from None
-    sync_folder(path.parent, faults)
+    if sync_folder_after:
+        sync_folder(path.parent, faults)
 
 
 def remove_durably(path: Path, faults: Faults) -> None:

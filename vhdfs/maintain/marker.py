@@ -87,8 +87,11 @@ def read_journal(parent: str | Path) -> CommitJournal | None:
                              "recorded is unfinished: run vhdfs commit CHILD again") from None
 
 
-def write_journal(parent: str | Path, journal: CommitJournal, faults: Faults) -> None:
-    write_atomic(journal_path(parent), journal.dump(), faults)
+def write_journal(parent: str | Path, journal: CommitJournal, faults: Faults, *,
+                  checkpoint: bool = False) -> None:
+    """A checkpoint only moves the resume point forward: losing it to a power cut costs some
+    copying again, never correctness, so it skips the folder sync."""
+    write_atomic(journal_path(parent), journal.dump(), faults, sync_folder_after=not checkpoint)
 
 
 def remove_journal(parent: str | Path, faults: Faults) -> None:
