@@ -495,6 +495,22 @@ def _entries_absurd(folder: Path) -> Path:
     return path
 
 
+@case("bat-huge-sparse", "header", "a sparse file whose header asks for a BAT of 2^23 "
+      "entries (32 MiB, 512-byte blocks of a 4 GiB disk) that does fit the file: refused before "
+      "reading it", fails(FormatError, "8388608 BAT entries", "more than the"))
+def _bat_huge(folder: Path) -> Path:
+    path = _dyn(folder)
+    entries = 1 << 23
+    table = read_header(path).table_offset
+    footer = read_at(path, footer_offset(path), FOOTER_SIZE)
+    patch(path, table + entries * 4, footer)  # the file grows sparsely past the table
+    patch_header(path, 28, u32(entries))
+    patch_header(path, 32, u32(512))
+    patch_footer(path, 40, u64(entries * 512))
+    patch_footer(path, 48, u64(entries * 512))
+    return path
+
+
 @case("bat-offset-unaligned", "header", "BAT offset not a multiple of 512",
       fails(FormatError, "BAT offset", "byte 16", "1537"))
 def _bat_unaligned(folder: Path) -> Path:
