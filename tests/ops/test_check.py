@@ -201,17 +201,40 @@ def test_future_timestamp_is_a_warning(tmp_path):
     assert codes == ["footer-timestamp"]
 
 
-def test_not_repairable_stays_a_problem(tmp_path):
+HEADER_DAMAGE = [
+    ("block_size", 0, "block size (byte 32) is 0"),
+    ("block_size", 1536, "block size (byte 32) is 1536"),
+    ("block_size", 1 << 30, "block size (byte 32) is 1073741824"),
+    ("max_table_entries", 0, "max table entries (byte 28) is 0"),
+    ("max_table_entries", 3, "max table entries (byte 28) is 3"),
+    ("max_table_entries", 0x7FFFFFFF, "ends past the data area"),
+    ("table_offset", 1000, "not a multiple of 512"),
+    ("table_offset", 1 << 40, "ends past the data area"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "text"), HEADER_DAMAGE,
+                         ids=[f"{f}={v}" for f, v, _ in HEADER_DAMAGE])
+def test_not_repairable_stays_a_problem(tmp_path, field, value, text):
     image = healthy(tmp_path)
     header_at = facts(image)[0]
     raw = open(image, "rb").read()[header_at:header_at + 1024]
     header = DynamicHeader.parse(raw, "x", 0)
-    header.block_size = 1536
+    setattr(header, field, value)
     patch(image, header_at, header.build())
     before = image.read_bytes()
     result = cli("check", image, "--repair")
-    assert result.returncode == 4 and "block size (byte 32) is 1536" in result.stdout
+    assert result.returncode == 4 and text in result.stdout
     assert image.read_bytes() == before
+
+
+@pytest.mark.parametrize("disk_type", [0, 1, 5])
+def test_unknown_disk_type_cannot_be_checked(tmp_path, disk_type):
+    image = healthy(tmp_path)
+    for offset in (0, -FOOTER_SIZE):
+        rewrite_footer(image, offset, lambda f: f.copy(disk_type=disk_type))
+    result = cli("check", image)
+    assert result.returncode == 8 and f"disk type (byte 60) is {disk_type}" in result.stdout
 
 
 @pytest.mark.parametrize("content", [None, b"", b"x" * 100, b"\0" * 4096])
@@ -254,7 +277,14 @@ def test_chain_links_are_checked(tmp_path):
     assert missing.returncode == 4
     assert "not found" in missing.stdout and "vhdfs set-parent" in missing.stdout
     other = make_base(tmp_path / "base.vhd", "dynamic", SIZE * 2, BLOCK)
-    assert cli("check", child, "--parent", other).returncode == 4
+    mismatch = cli("check", child, "--parent", other)
+    assert mismatch.returncode == 4 and "unique id" in mismatch.stdout
+    with Layer(LocalFile(moved / "renamed.vhd")) as layer:  # same id as the parent, twice its size
+        parent_id = layer.unique_id
+    for offset in (0, -FOOTER_SIZE):
+        rewrite_footer(other, offset, lambda f: f.copy(unique_id=parent_id))
+    bigger = cli("check", child)
+    assert bigger.returncode == 4 and "the sizes must agree" in bigger.stdout
 
 
 def test_parent_problems_are_reported_not_repaired(tmp_path):

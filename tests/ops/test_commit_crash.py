@@ -178,3 +178,22 @@ def test_a_mid_commit_parent_stays_readable_by_qemu_and_libvhdi(tmp_path):
         assert theirs.read_bytes() == alone
     commit(str(child), quiet=True)
     assert flat(parent) == before
+
+
+def test_killed_before_the_first_write_is_rolled_back_by_check(tmp_path):
+    child, parent = build_chain(tmp_path, "dynamic", size=4 * MiB, seed=41, writes=4)[:2]
+    original = parent.read_bytes()
+    events = Faults(record=True)
+    probe = tmp_path / "probe"
+    shutil.copytree(tmp_path, probe, ignore=shutil.ignore_patterns("probe"))
+    commit(str(probe / "child.vhd"), quiet=True, faults=events)
+    journal_writes = [i for i, what in enumerate(events.log) if what.startswith("write .")]
+    second = journal_writes[1]  # the journal turning from "prepared" to "copying"
+    assert run_killed(lambda faults: commit(str(child), quiet=True, faults=faults), second) == second
+    assert read_journal(parent).phase == PHASE_PREPARED
+    assert marker_child_id(footer_of(parent)) is not None
+    found = cli("check", parent)
+    assert found.returncode == 4 and "nothing was written yet" in found.stdout
+    rolled = cli("check", parent, "--repair")
+    assert rolled.returncode == 1 and "roll back" in rolled.stdout
+    assert parent.read_bytes() == original and not journal_path(parent).exists()

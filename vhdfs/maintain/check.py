@@ -17,7 +17,8 @@ from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import read_only_reason
 from vhdfs.maintain.findings import ERROR, CannotCheck, FileScan, Finding
 from vhdfs.maintain.scan import scan_file
-from vhdfs.resolve import OpenOptions, find_parent
+from vhdfs.resolve import OpenOptions, find_parent, open_source
+from vhdfs.sources.base import Source
 from vhdfs.sources.local import LocalFile
 
 EXIT_CLEAN = 0
@@ -82,19 +83,24 @@ class CheckReport:
                 "layers": [layer.as_dict() for layer in self.layers]}
 
 
-def _scan(path: str, options: OpenOptions) -> FileScan:
+def _open(path: str) -> Source:
     try:
-        source = LocalFile(path)
+        return open_source(path)  # a local file, or a blob when its opener is registered
     except VhdfsError as exc:
         raise CannotCheck(str(exc)) from None
-    with source:
-        return scan_file(source, size_rule=options.size_rule, search=list(options.search))
+
+
+def _scan(path: str, options: OpenOptions) -> FileScan:
+    with _open(path) as source:
+        # A remote image is checked without reading every block's bitmap (one request each).
+        return scan_file(source, size_rule=options.size_rule, search=list(options.search),
+                         bitmaps=not source.remote)
 
 
 def _opens(path: str, options: OpenOptions) -> str:
     """Layer's own verdict, a safety net behind the scan: "" when the file opens."""
     try:
-        with Layer(LocalFile(path), size_rule=options.size_rule):
+        with Layer(_open(path), size_rule=options.size_rule):
             return ""
     except FormatError as exc:
         return str(exc)
@@ -114,7 +120,9 @@ def check_file(path: str, options: OpenOptions, role: str = "image", *, repair: 
         return report
     done: list[Finding] = []
     if repair and not dry_run and any(f.fix for f in scan.findings):
-        reason = read_only_reason(Path(path))
+        with _open(path) as probe:
+            local = isinstance(probe, LocalFile)
+        reason = read_only_reason(Path(path)) if local else "repairs are made to local files only"
         if reason is not None:
             report.findings.append(Finding("read-only", ERROR, f"{path}: cannot repair: {reason}"))
         else:
@@ -167,7 +175,7 @@ def check_image(spec: str, options: OpenOptions | None = None, *, repair: bool =
     if first.unchecked or first.disk_type != "differencing":
         return report
     try:
-        layer = Layer(LocalFile(spec), size_rule=options.size_rule)
+        layer = Layer(_open(spec), size_rule=options.size_rule)
     except VhdfsError:
         return report  # the scan said why; the links are checked once it opens
     current = first

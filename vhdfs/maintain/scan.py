@@ -143,8 +143,9 @@ class Scanner:
     the file is not recognisable as a VHD at all."""
 
     def __init__(self, source: Source, *, size_rule: str = "auto", now: int | None = None,
-                 search: list[str] | None = None) -> None:
+                 search: list[str] | None = None, bitmaps: bool = True) -> None:
         self.src = source
+        self.read_bitmaps = bitmaps
         self.name = source.name
         self.rule = size_rule
         self.now = vhd_now() if now is None else now
@@ -567,7 +568,7 @@ class Scanner:
             self.add("unused-tail", NOTE, f"{self.name}: {footer_at - self.result.data_end} bytes "
                      f"before the footer (from offset {self.result.data_end}) belong to no block "
                      "(an interrupted allocation, or a gap as Windows leaves; harmless)")
-        if differencing:
+        if differencing and self.read_bitmaps:
             self._bitmaps(good)
 
     def _pending_drops(self) -> dict[int, int]:
@@ -623,8 +624,8 @@ class Scanner:
 
 
 def scan_file(source: Source, *, size_rule: str = "auto", now: int | None = None,
-              search: list[str] | None = None) -> FileScan:
-    return Scanner(source, size_rule=size_rule, now=now, search=search).scan()
+              search: list[str] | None = None, bitmaps: bool = True) -> FileScan:
+    return Scanner(source, size_rule=size_rule, now=now, search=search, bitmaps=bitmaps).scan()
 
 
 __all__ = ["scan_file", "Scanner", "FooterSlot", "read_slot", "format_unique_id"]
