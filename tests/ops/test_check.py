@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -336,3 +337,11 @@ def test_repair_killed_at_every_point_leaves_a_readable_file(tmp_path, build):
         assert check_image(str(image)).exit_code == 0
         assert flat(image) == wanted
         shutil.rmtree(work)
+
+
+def test_vhdx_is_named_not_misread(tmp_path):
+    image = tmp_path / "disk.vhdx"
+    subprocess.run(["qemu-img", "create", "-f", "vhdx", str(image), "8M"], check=True,
+                   capture_output=True)
+    result = cli("check", image)
+    assert result.returncode == 8 and "is a VHDX file" in result.stdout

@@ -36,7 +36,7 @@ from vhdfs.layer import SECTOR, UNALLOCATED, Layer
 from vhdfs.maintain.copier import ReadAhead, WritebackAhead
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import remove_durably, require_folder_writable, require_writable
-from vhdfs.maintain.findings import ERROR
+from vhdfs.maintain.findings import ERROR, CannotCheck
 from vhdfs.maintain.marker import (
     PHASE_COPYING,
     PHASE_PREPARED,
@@ -86,7 +86,10 @@ def _now_iso() -> str:
 
 def _damage(path: str, size_rule: str, ignore: set[str] = frozenset()) -> list[str]:
     with LocalFile(path) as source:
-        found = scan_file(source, size_rule=size_rule)
+        try:
+            found = scan_file(source, size_rule=size_rule)
+        except CannotCheck as exc:
+            raise RefusedError(f"{exc}; commit refuses it") from None
     return [f.message for f in found.errors if f.code not in ignore]
 
 
@@ -181,8 +184,8 @@ class _Commit:
             parent, link = find_parent(child, self.options, {child.source.identity()})
             try:
                 parent_path = Path(link.path)
-                if not isinstance(parent.source, LocalFile):
-                    raise RefusedError(f"{link.path}: commit writes only into local parent files")
+                if not isinstance(parent.source, LocalFile) or type(parent) is not Layer:
+                    raise RefusedError(f"{link.path}: commit writes only into local VHD parent files")
                 result = CommitResult(str(self.child_path), str(parent_path), link.found_by)
                 require_writable(parent_path, "the parent", "commit writes the child's data into "
                                  "it; make it writable if you mean to change it")

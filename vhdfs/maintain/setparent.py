@@ -37,6 +37,7 @@ from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
 from vhdfs.layer import SECTOR, Layer
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import remove_durably, require_writable, write_atomic
+from vhdfs.maintain.findings import CannotCheck
 from vhdfs.maintain.scan import scan_file
 from vhdfs.resolve import OpenOptions, open_chain
 from vhdfs.sources.local import LocalFile
@@ -156,7 +157,10 @@ def set_parent(child: str, parent: str, *, force: bool = False, options: OpenOpt
         raise RefusedError(f"{child_path}: an earlier set-parent was interrupted; run vhdfs check "
                            f"--repair {child_path} to finish it first")
     with LocalFile(child_path) as probe:
-        scan = scan_file(probe, size_rule=options.size_rule)
+        try:
+            scan = scan_file(probe, size_rule=options.size_rule)
+        except CannotCheck as exc:
+            raise RefusedError(f"{exc}; set-parent refuses it") from None
     problems = [f.message for f in scan.errors if f.code not in TOLERATED]
     if problems:
         raise RefusedError(f"{child_path}: has damage set-parent does not mend: {problems[0]}; run "
