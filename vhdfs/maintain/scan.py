@@ -437,6 +437,9 @@ class Scanner:
             if not differencing:
                 self.add("locator-on-dynamic", WARNING, f"{what}: a dynamic disk with a parent "
                          "locator (readers ignore it)")
+                start, end = loc.data_offset, loc.data_offset + max(loc.space_bytes, loc.data_length)
+                if loc.data_length and start % SECTOR == 0 and FOOTER_SIZE <= start and end <= limit:
+                    self.regions.append(Region(start, end, f"parent locator {index}"))  # kept
                 continue
             if loc.platform_code not in KNOWN_CODES:
                 self.add("locator-code", WARNING, f"{what}: unknown platform code (ignored)")
