@@ -32,8 +32,8 @@ JOURNAL_FORMAT = "vhdfs-commit-journal"
 MARKER_MAGIC = b"vhdfs-commit"
 MARKER_VERSION = b"\0\0\0\x01"
 MARKER_FOOTER_BYTE = 480
-_AT = MARKER_FOOTER_BYTE - 85  # index into Footer.reserved (which starts at footer byte 85)
-_LEN = len(MARKER_MAGIC) + len(MARKER_VERSION) + 16
+MARK_INDEX = MARKER_FOOTER_BYTE - 85  # into Footer.reserved (which starts at footer byte 85)
+MARK_LENGTH = len(MARKER_MAGIC) + len(MARKER_VERSION) + 16
 
 PHASE_PREPARED = "prepared"  # marks set, nothing written into the parent yet
 PHASE_COPYING = "copying"  # the parent may hold any part of the child's data
@@ -99,28 +99,45 @@ def remove_journal(parent: str | Path, faults: Faults) -> None:
 
 
 # ---------------------------------------------------------------- the mark in the footer
+MARK_SLICE = slice(MARK_INDEX, MARK_INDEX + MARK_LENGTH)
+
+
+def mark_area(footer: Footer) -> bytes:
+    return bytes(footer.reserved[MARK_SLICE])
+
+
+def reserved_outside_mark(footer: Footer) -> bytes:
+    reserved = bytearray(footer.reserved)
+    del reserved[MARK_SLICE]
+    return bytes(reserved)
+
+
+def _with_area(footer: Footer, area: bytes) -> Footer:
+    reserved = bytearray(footer.reserved)
+    reserved[MARK_SLICE] = area
+    return footer.copy(reserved=bytes(reserved))
+
+
 def marker_child_id(footer: Footer) -> bytes | None:
     """The unique id of the child whose commit into this file is unfinished, if marked."""
-    area = footer.reserved[_AT:_AT + _LEN]
+    area = mark_area(footer)
     if area[:len(MARKER_MAGIC)] != MARKER_MAGIC:
         return None
-    return bytes(area[-16:])
+    return area[-16:]
 
 
 def marker_area_free(footer: Footer) -> bool:
-    area = footer.reserved[_AT:_AT + _LEN]
-    return area == bytes(_LEN) or marker_child_id(footer) is not None
+    return mark_area(footer) == bytes(MARK_LENGTH) or marker_child_id(footer) is not None
 
 
 def with_marker(footer: Footer, child_id: bytes) -> Footer:
-    mark = MARKER_MAGIC + MARKER_VERSION + child_id
-    return footer.copy(reserved=footer.reserved[:_AT] + mark + footer.reserved[_AT + _LEN:])
+    return _with_area(footer, MARKER_MAGIC + MARKER_VERSION + child_id)
 
 
 def without_marker(footer: Footer) -> Footer:
     if marker_child_id(footer) is None:
         return footer
-    return footer.copy(reserved=footer.reserved[:_AT] + bytes(_LEN) + footer.reserved[_AT + _LEN:])
+    return _with_area(footer, bytes(MARK_LENGTH))
 
 
 def write_footers(source: Source, footer: Footer, faults: Faults) -> None:

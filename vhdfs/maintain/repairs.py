@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vhdfs.format.dynheader import HEADER_SIZE, DynamicHeader, ParentLocator
-from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
+from vhdfs.format.footer import FOOTER_SIZE, Footer, format_unique_id
 from vhdfs.layer import SECTOR, UNALLOCATED
 from vhdfs.maintain.faults import Faults
 from vhdfs.maintain.files import remove_durably, write_atomic
@@ -197,4 +197,4 @@ def _uid_text(raw: bytes | None) -> str | None:
 
 
 __all__ = ["truncate", "write_footer", "write_header", "clear_locator", "drop_bat_entries",
-           "finish_commit", "DiskType"]
+           "finish_commit"]

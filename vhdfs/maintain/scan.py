@@ -38,7 +38,6 @@ from vhdfs.format.footer import (
     VERSION_1_0,
     DiskType,
     Footer,
-    format_unique_id,
 )
 from vhdfs.format.timestamp import vhd_now, vhd_to_iso
 from vhdfs.layer import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, SECTOR, UNALLOCATED
@@ -58,7 +57,7 @@ from vhdfs.maintain.findings import (
     Fix,
     Region,
 )
-from vhdfs.maintain.marker import _AT, _LEN, commit_state, describe_state
+from vhdfs.maintain.marker import commit_state, describe_state, mark_area, reserved_outside_mark
 from vhdfs.sources.base import Source
 
 KNOWN_CODES = (PLATFORM_W2RU, PLATFORM_W2KU, PLATFORM_MACX, PLATFORM_MAC, PLATFORM_WI2R,
@@ -127,9 +126,9 @@ def footer_problem(footer: Footer, offset: int, file_size: int) -> str:
 
 def differing_fields(a: Footer, b: Footer) -> list[str]:
     names = [name for name in _FOOTER_FIELDS if getattr(a, name) != getattr(b, name)]
-    if a.reserved[:_AT] != b.reserved[:_AT] or a.reserved[_AT + _LEN:] != b.reserved[_AT + _LEN:]:
+    if reserved_outside_mark(a) != reserved_outside_mark(b):
         names.append("reserved")
-    if a.reserved[_AT:_AT + _LEN] != b.reserved[_AT:_AT + _LEN]:
+    if mark_area(a) != mark_area(b):
         names.append("commit mark")
     return names
 
@@ -634,4 +633,4 @@ def scan_file(source: Source, *, size_rule: str = "auto", now: int | None = None
     return Scanner(source, size_rule=size_rule, now=now, search=search, bitmaps=bitmaps).scan()
 
 
-__all__ = ["scan_file", "Scanner", "FooterSlot", "read_slot", "format_unique_id"]
+__all__ = ["scan_file", "Scanner", "FooterSlot", "read_slot"]
