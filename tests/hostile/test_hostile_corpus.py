@@ -176,6 +176,34 @@ def test_open_allocates_little(case: hostile.Case, tmp_path: Path, time_limit) -
     assert peak < OPEN_ALLOCATION_CAP, f"opening allocated {peak} bytes"
 
 
+# Known failures of `vhdfs check` (vhdfs/maintain, reported; strict: a fix makes them pass).
+CHECK_BUGS = {
+    "chain-too-deep": pytest.mark.xfail(strict=True, reason="check.py counts layers with "
+                                        "len(seen) > max_depth: a 65-layer chain is called clean"),
+    "bat-huge-sparse": pytest.mark.xfail(run=False, reason="scan.py has no cap on the BAT size: "
+                                         "it reports each of 8M entries and takes minutes"),
+}
+CHECK_CASES = [pytest.param(c.values[0], id=c.id, marks=[*c.marks, *(
+    [CHECK_BUGS[c.id]] if c.id in CHECK_BUGS else [])]) for c in CASES]
+
+
+@pytest.mark.parametrize("case", CHECK_CASES)
+def test_check(case: hostile.Case, tmp_path: Path, capsys, time_limit) -> None:
+    """`vhdfs check` on every case: a report and an fsck exit code, never a crash or a hang;
+    what `info` refuses or warns about, check does not call clean."""
+    built = case.build(tmp_path)
+    before = snapshot(tmp_path)
+    with time_limit(DEADLINE):
+        code = main(["check", str(built.image), *built.args])
+    err = capsys.readouterr().err
+    assert code in (0, 1, 4, 8), err
+    assert "Traceback" not in err and "internal error" not in err
+    # (A locator naming a wrong file next to the right one is an info warning only.)
+    if not case.info.ok or (case.info.warnings and case.group != "locator"):
+        assert code != 0, f"check calls {case.name} clean"
+    assert snapshot(tmp_path) == before, "check without --repair changed a file"
+
+
 # Cases that could hang or print badly at process level (each subprocess costs ~0.4 s, so
 # not all of them: the in-process tests above cover every case through vhdfs.cli.main).
 SUBPROCESS_CASES = ("image-is-fifo", "parent-is-fifo", "user-parent-is-fifo", "parent-is-directory",
