@@ -29,7 +29,7 @@ from tests.ops.conftest import (
 from vhdfs.format.footer import FOOTER_SIZE, Footer
 from vhdfs.maintain.check import check_image
 from vhdfs.maintain.commit import commit
-from vhdfs.maintain.faults import ENV_DELAY, Faults
+from vhdfs.maintain.faults import ENV_DELAY, ENV_KILL_AFTER, Faults
 from vhdfs.maintain.marker import PHASE_PREPARED, journal_path, marker_child_id, read_journal
 from vhdfs.resolve import open_chain
 
@@ -197,3 +197,20 @@ def test_killed_before_the_first_write_is_rolled_back_by_check(tmp_path):
     rolled = cli("check", parent, "--repair")
     assert rolled.returncode == 1 and "roll back" in rolled.stdout
     assert parent.read_bytes() == original and not journal_path(parent).exists()
+
+
+def test_kill_switch_of_the_command(tmp_path):
+    """VHDFS_FAULT_KILL_AFTER=N makes `vhdfs commit` kill itself before its N+1-th write or
+    sync; running the command again finishes the job."""
+    child, parent = build_chain(tmp_path, "differencing", size=4 * MiB, seed=51, writes=6)[:2]
+    before = flat(child)
+    for point in (12, 20):
+        env = dict(os.environ, **{ENV_KILL_AFTER: str(point)})
+        killed = subprocess.run([sys.executable, "-m", "vhdfs", "-q", "commit", str(child)], env=env,
+                                capture_output=True)
+        assert killed.returncode == -signal.SIGKILL
+        assert journal_path(parent).exists()
+    again = subprocess.run([sys.executable, "-m", "vhdfs", "-q", "commit", str(child)],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert flat(parent) == before and not journal_path(parent).exists()
