@@ -214,3 +214,13 @@ def test_kill_switch_of_the_command(tmp_path):
                            capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert flat(parent) == before and not journal_path(parent).exists()
+
+
+def test_a_child_changed_after_the_crash_is_copied_again_in_full(tmp_path):
+    child, parent, _ = interrupted(tmp_path)
+    assert read_journal(parent).next_block > 0  # a checkpoint had passed
+    fill(child, [(0, b"late" * 1024)])  # written to, against the advice
+    after = flat(child)
+    result = cli("commit", child)
+    assert result.returncode == 0 and "copying all of it again" in result.stderr
+    assert flat(parent) == after

@@ -152,7 +152,13 @@ class _Commit:
                                    f"{journal.parent_unique_id}, but the file has "
                                    f"{format_unique_id(parent.unique_id)}; the journal does not "
                                    "belong to it (was the file replaced?)")
-            return journal.next_block if journal.phase == PHASE_COPYING else 0
+            if journal.phase != PHASE_COPYING:
+                return 0
+            if journal.child_mtime_ns != self.child_path.stat().st_mtime_ns:
+                self.warn(f"{self.child_path} changed since its commit was interrupted; copying all "
+                          "of it again")
+                return 0
+            return journal.next_block
         if marked is not None:
             if marked != child.unique_id:
                 raise RefusedError(f"{parent_path}: a commit of the child with unique id "
@@ -215,7 +221,8 @@ class _Commit:
         journal = CommitJournal(
             parent=parent_path.name, parent_unique_id=format_unique_id(parent_id),
             child=str(self.child_path.resolve()), child_unique_id=format_unique_id(child.unique_id),
-            phase=PHASE_PREPARED, next_block=first, blocks=child.block_count, started=_now_iso())
+            phase=PHASE_PREPARED, next_block=first, blocks=child.block_count, started=_now_iso(),
+            child_mtime_ns=self.child_path.stat().st_mtime_ns)
         if resume is None:
             write_journal(parent_path, journal, self.faults)
         source = FaultySource(LocalFile(parent_path, writable=True), self.faults)

@@ -54,6 +54,9 @@ class CommitJournal:
     next_block: int  # child blocks before this one are durable in the parent
     blocks: int
     started: str
+    # The child's modification time when the commit started: if it changed, its data may
+    # have too, and a resumed commit starts over (copying again is always correct).
+    child_mtime_ns: int = 0
 
     def dump(self) -> bytes:
         return json.dumps({"format": JOURNAL_FORMAT, "version": 1, **asdict(self)},
@@ -76,7 +79,7 @@ def read_journal(parent: str | Path) -> CommitJournal | None:
         data = json.loads(text)
         if data.get("format") != JOURNAL_FORMAT:
             raise ValueError("not a vhdfs commit journal")
-        fields = {k: data[k] for k in CommitJournal.__dataclass_fields__}
+        fields = {k: data[k] for k in CommitJournal.__dataclass_fields__ if k in data}
         journal = CommitJournal(**fields)
         if not isinstance(journal.next_block, int) or journal.phase not in (PHASE_PREPARED,
                                                                             PHASE_COPYING):
