@@ -33,8 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.azure.azurite import Azurite, azurite_binary
 from tests.azure.helpers import service, stats_of
+from tools.azurite import Azurite, azurite_binary
 from tools.bench.common import GiB, KiB, MiB
 from tools.guestimage import build_windows_disk, make_png
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
