@@ -282,7 +282,7 @@ def test_writes_go_in_parallel_with_progress(tmp_path: Path, env: dict, azurite:
     done = vhdfs("upload", child, f"az://{container}/disk.vhd", "--concurrency", "3",
                  env=up_env)
     assert proxy.most_writes_at_once == 3
-    # Without a terminal, progress is a line every 10%: done, sent, skipped and the rate.
+    # Without a terminal, progress is a line at each quarter: done, sent, skipped and the rate.
     last = [x for x in done.stderr.splitlines() if x.startswith(f"upload az://{container}")][-1]
     assert ": 100% (64.00 MiB of 64.00 MiB; sent 13.00 MiB, skipped 51.00 MiB; " in last
     assert last.endswith("/s)")

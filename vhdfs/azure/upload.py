@@ -356,27 +356,10 @@ class UploadProgress(Progress):
         text = f"sent {human(sent)}, skipped {human(skipped)}"
         return text + (f" ({human(present)} already there)" if present else "")
 
-    def _draw(self, now: float) -> None:
-        fraction = min(1.0, self.done / self.total)
-        bar = "#" * int(fraction * 30)
-        rate = self.done / max(now - self.started, 1e-6)
-        self.stream.write(f"\r{self.label} [{bar:<30}] {fraction * 100:5.1f}% {self._extra()}, "
-                          f"{human(int(rate))}/s ")
-        self.stream.flush()
-
     def update(self, done: int) -> None:
         if not self.sending_done:
             done = min(done, self.total - 1)  # reading is done before the last writes are
-        if self.tty or self.quiet:
-            super().update(done)
-            return
-        self.done = done
-        decile = min(10, done * 10 // self.total)
-        if decile > self._last_decile:
-            self._last_decile = decile
-            rate = done / max(time.monotonic() - self.started, 1e-6)
-            print(f"{self.label}: {decile * 10}% ({human(done)} of {human(self.total)}; "
-                  f"{self._extra()}; {human(int(rate))}/s)", file=self.stream)
+        super().update(done)
 
 
 # ------------------------------------------------------------------ the destination

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vhdfs.cli.common import add_image_options, open_image, print_json
+from vhdfs.format.footer import MAX_GEOMETRY
 from vhdfs.info import layer_facts
 from vhdfs.maintain.marker import describe_state
 from vhdfs.units import human
@@ -34,8 +35,9 @@ def run(args: argparse.Namespace) -> int:
             rows = [("type", item["disk_type"]),
                     ("virtual size", f"{item['virtual_size']} ({human(item['virtual_size'])})")]
             if item["disk_type"] != "raw":
-                if item["current_size"] != item["virtual_size"] or \
-                        item["chs_size"] != item["virtual_size"]:
+                geometry_says = item["geometry"] != list(MAX_GEOMETRY)  # max: "use the size"
+                if item["current_size"] != item["virtual_size"] or (
+                        geometry_says and item["chs_size"] != item["virtual_size"]):
                     rows.append(("size note", f"footer current size {item['current_size']}, CHS "
                                  f"{'/'.join(map(str, item['geometry']))} = {item['chs_size']}; "
                                  "see --size-rule"))
