@@ -345,3 +345,20 @@ def test_vhdx_is_named_not_misread(tmp_path):
                    capture_output=True)
     result = cli("check", image)
     assert result.returncode == 8 and "is a VHDX file" in result.stdout
+
+
+def test_chain_walk_ends_even_if_the_resolver_misses_a_loop(tmp_path, monkeypatch):
+    """Defence in depth: the walk counts layers, so a parent loop the resolver does not
+    catch (here: a resolver that answers "the child itself") ends as chain-depth."""
+    import vhdfs.maintain.check as check_module
+    from vhdfs.chain import ParentLink
+
+    child = healthy(tmp_path, "differencing")
+
+    def itself(layer, options, seen):
+        return Layer(LocalFile(child)), ParentLink("test", "", str(child))
+
+    monkeypatch.setattr(check_module, "find_parent", itself)
+    report = check_image(str(child))
+    assert report.exit_code == 4
+    assert "chain-depth" in [f.code for layer in report.layers for f in layer.findings]

@@ -182,7 +182,8 @@ def check_image(spec: str, options: OpenOptions | None = None, *, repair: bool =
     seen = {layer.source.identity()}
     try:
         while layer.is_differencing:
-            if len(seen) > options.max_depth:
+            # Counted by layers, not by distinct files: a loop the resolver missed still ends.
+            if len(report.layers) > options.max_depth:
                 current.findings.append(Finding("chain-depth", ERROR, f"{spec}: the chain is "
                                                 f"deeper than {options.max_depth} layers"))
                 break
