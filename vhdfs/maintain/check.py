@@ -183,9 +183,11 @@ def check_image(spec: str, options: OpenOptions | None = None, *, repair: bool =
     try:
         while layer.is_differencing:
             # Counted by layers, not by distinct files: a loop the resolver missed still ends.
-            if len(report.layers) > options.max_depth:
+            # The same limit as the resolver's: one more layer would exceed it.
+            if len(report.layers) >= options.max_depth:
                 current.findings.append(Finding("chain-depth", ERROR, f"{spec}: the chain is "
-                                                f"deeper than {options.max_depth} layers"))
+                                                f"deeper than {options.max_depth} layers (at "
+                                                f"{layer.name}); a parent loop or a runaway chain"))
                 break
             try:
                 parent, link = find_parent(layer, options, seen)

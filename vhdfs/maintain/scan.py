@@ -40,7 +40,7 @@ from vhdfs.format.footer import (
     Footer,
 )
 from vhdfs.format.timestamp import vhd_now, vhd_to_iso
-from vhdfs.layer import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, SECTOR, UNALLOCATED
+from vhdfs.layer import MAX_BAT_ENTRIES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, SECTOR, UNALLOCATED
 from vhdfs.maintain import repairs
 from vhdfs.maintain.findings import (
     ERROR,
@@ -67,6 +67,7 @@ MAX_LOCATOR_BYTES = 64 * 1024
 # How far back from the end a fixed disk's footer is looked for behind trailing garbage.
 FIXED_FOOTER_SEARCH = 1 << 30
 SEARCH_CHUNK = 4 << 20
+SPARE_ENTRIES_CHECKED = 1 << 16  # BAT entries past the disk's last block that are looked at
 FUTURE_SLACK = 300  # seconds of clock difference tolerated before a timestamp is "future"
 _FOOTER_FIELDS = ("features", "version", "data_offset", "timestamp", "creator_app",
                   "creator_version", "creator_os", "original_size", "current_size", "cylinders",
@@ -326,6 +327,11 @@ class Scanner:
             self.fatal("bat-entries", f"{where}: max table entries (byte 28) is {entries}, but a "
                        f"disk of {size} bytes in {bs}-byte blocks needs {needed}")
             return
+        if needed > MAX_BAT_ENTRIES:  # the same limit as every reader: no giant table in memory
+            self.fatal("bat-entries", f"{where}: a disk of {size} bytes in {bs}-byte blocks needs "
+                       f"{needed} BAT entries, more than the {MAX_BAT_ENTRIES} vhdfs reads (the "
+                       "footer's size or the header's block size is damaged)")
+            return
         bat_at = header.table_offset
         bat_len = _round_up(entries * 4)
         if bat_at % SECTOR:
@@ -344,7 +350,9 @@ class Scanner:
                         Region(footer.data_offset, footer.data_offset + HEADER_SIZE,
                                "the dynamic header"),
                         Region(bat_at, bat_at + bat_len, "the BAT")]
-        bat = array.array("I", self.src.read_at(bat_at, entries * 4))
+        # The entries the disk uses, and (bounded) the spare ones after them.
+        spare = min(entries - needed, SPARE_ENTRIES_CHECKED)
+        bat = array.array("I", self.src.read_at(bat_at, (needed + spare) * 4))
         if sys.byteorder == "little":
             bat.byteswap()
         stray = sum(1 for entry in bat[needed:] if entry != UNALLOCATED)
