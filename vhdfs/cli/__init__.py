@@ -12,6 +12,7 @@ import logging
 import os
 import pkgutil
 import sys
+from typing import NoReturn
 
 import vhdfs.sources.blob  # noqa: F401 - registers the opener of page blob specs
 from vhdfs import __version__
@@ -25,18 +26,32 @@ class _OneLineWarnings(logging.Handler):
         print(f"vhdfs: warning: {record.getMessage()}", file=sys.stderr)
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (with where to find help), exit code 2, like every error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; when `argv` names a command, only that command's module is imported
+    (the mount's and the guest tools' imports cost a noticeable part of a short command)."""
     from vhdfs.cli import commands
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vhdfs", description="VHD differencing chains on Linux: inspect, create, convert, "
         "mount, commit and upload.")
     parser.add_argument("--version", action="version", version=f"vhdfs {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no warnings or progress")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"vhdfs.cli.commands.{info.name}")
-        module.register(sub)
+    names = sorted(info.name for info in pkgutil.iter_modules(commands.__path__))
+    wanted = next((a for a in argv or [] if not a.startswith("-")), None)
+    module_name = wanted.replace("-", "_") if wanted else None
+    if module_name in names:
+        names = [module_name]
+    for name in names:
+        importlib.import_module(f"vhdfs.cli.commands.{name}").register(sub)
     return parser
 
 
@@ -47,8 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     log.propagate = False
     args: argparse.Namespace | None = None
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        arguments = sys.argv[1:] if argv is None else argv
+        parser = build_parser(arguments)
+        args = parser.parse_args(arguments)
         log.setLevel(logging.ERROR if args.quiet else logging.WARNING)
         code = args.func(args)
         return int(code or 0)
