@@ -12,6 +12,7 @@ A case declares three outcomes:
 
     python -m tools.hostile OUTDIR          write the corpus and OUTDIR/manifest.json
     python -m tools.hostile OUTDIR --check  ... and run `vhdfs info` on every case
+    python -m tools.hostile --table         the case table of docs/reliability.md
 """
 
 from __future__ import annotations
@@ -867,6 +868,23 @@ def build_corpus(out: Path, only: set[str] | None = None) -> list[dict[str, obje
     return manifest
 
 
+def _outcome_text(outcome: Outcome) -> str:
+    if outcome.error is not None:
+        return f"{outcome.error.__name__} ({outcome.exit_code})"
+    return "warns" if outcome.warnings else "ok"
+
+
+def markdown_table() -> str:
+    """The case list of docs/reliability.md (a test keeps the two equal)."""
+    rows = ["| case | what is wrong, what must happen | info | full read | writable open |",
+            "|---|---|---|---|---|"]
+    for item in CASES:
+        summary = item.summary.replace("|", "\\|")
+        rows.append(f"| `{item.name}` | {summary} | {_outcome_text(item.info)} | "
+                    f"{_outcome_text(item.read_outcome)} | {_outcome_text(item.write_outcome)} |")
+    return "\n".join(rows) + "\n"
+
+
 def check_corpus(out: Path, manifest: list[dict[str, object]]) -> int:
     """Run `vhdfs info` on every case (in a subprocess, under a timeout); count mismatches."""
     failures = 0
@@ -897,10 +915,17 @@ def check_corpus(out: Path, manifest: list[dict[str, object]]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("out", type=Path, help="folder for the corpus (one subfolder per case)")
+    parser.add_argument("out", type=Path, nargs="?", help="folder for the corpus (one subfolder per case)")
     parser.add_argument("--check", action="store_true", help="run vhdfs info on every case")
+    parser.add_argument("--table", action="store_true", help="print the case table of "
+                        "docs/reliability.md and stop")
     parser.add_argument("--only", help="comma-separated case names (default: all)")
     args = parser.parse_args(argv)
+    if args.table:
+        sys.stdout.write(markdown_table())
+        return 0
+    if args.out is None:
+        parser.error("OUT is required")
     only = set(args.only.split(",")) if args.only else None
     unknown = (only or set()) - {item.name for item in CASES}
     if unknown:

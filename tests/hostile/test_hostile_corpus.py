@@ -215,3 +215,10 @@ def test_corpus_tool_checks_cases_in_a_subprocess(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{len(SUBPROCESS_CASES)} cases" in done.stdout
     assert done.stdout.count("\nok ") + done.stdout.startswith("ok ") == len(SUBPROCESS_CASES), done.stdout
+
+
+def test_reliability_doc_lists_every_case() -> None:
+    """docs/reliability.md carries the generated case table, kept equal to tools/hostile.py."""
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    table = text.split("<!-- cases:begin -->\n", 1)[1].split("<!-- cases:end -->", 1)[0]
+    assert table == hostile.markdown_table(), "run: python -m tools.hostile --table"
