@@ -128,10 +128,13 @@ def fuse_processes() -> Iterator[list[Background]]:
         proc.stop()
 
 
-def errorfs(backing: Path, mountpoint: Path, eio: list[tuple[str, int, int]]) -> Background:
+def errorfs(backing: Path, mountpoint: Path, eio: list[tuple[str, int, int]],
+            log: Path | None = None) -> Background:
     argv = [sys.executable, str(HERE / "errorfs.py"), str(backing), str(mountpoint)]
     for name, start, length in eio:
         argv += ["--eio", f"{name}:{start}:{length}"]
+    if log is not None:
+        argv += ["--log", str(log)]
     return Background(argv, mountpoint, "ready")
 
 
@@ -146,8 +149,9 @@ def mounts(fuse_processes):
     """Helpers: `mounts.errorfs(backing, mp, eio)`, `mounts.vhdfs(image, mp, *args)`."""
     class _Mounts:
         @staticmethod
-        def errorfs(backing: Path, mountpoint: Path, eio: list[tuple[str, int, int]]) -> Background:
-            fuse_processes.append(errorfs(backing, mountpoint, eio))
+        def errorfs(backing: Path, mountpoint: Path, eio: list[tuple[str, int, int]],
+                    log: Path | None = None) -> Background:
+            fuse_processes.append(errorfs(backing, mountpoint, eio, log))
             return fuse_processes[-1]
 
         @staticmethod

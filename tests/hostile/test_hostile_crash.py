@@ -13,6 +13,8 @@ power loss may persist any of them, in any order), and every state is checked:
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -443,3 +445,56 @@ def test_commit_survives_a_crash_at_any_point_and_resumes(tmp_path: Path, monkey
                 assert chain.read(0, chain.size) == flat, f"{state.label}: resumed commit"
             check_findings(work / "base.vhd", f"{state.label} (resumed)", set())
     assert len(states) > 10
+
+
+# ------------------------------------------------------------------ writable mount
+def _errorfs_module():
+    spec = importlib.util.spec_from_file_location("errorfs", Path(__file__).with_name("errorfs.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_writes_through_a_writable_mount_survive_a_crash_at_any_point(tmp_path: Path, mounts) -> None:
+    """The same replay with the writes of `vhdfs mount --rw` itself: the daemon's pwrite,
+    fsync and ftruncate are logged by errorfs (a FUSE pass-through under it), as
+    dm-log-writes would log them. Flush points are the test's fsync calls (the daemon's
+    periodic flushes only make more writes durable, which the check allows)."""
+    read_log = _errorfs_module().read_log
+    rng = random.Random(23)
+    backing = tmp_path / "backing"
+    backing.mkdir()
+    base, child = base_and_child(backing, False)
+    initial = child.read_bytes()
+    with open_chain(str(child)) as chain:
+        model = Model(chain.read(0, chain.size))
+    log_path = tmp_path / "writes.log"
+    logged = mounts.errorfs(backing, tmp_path / "logged", [], log_path)
+    mount = mounts.vhdfs(logged.mountpoint / "child.vhd", tmp_path / "mnt", "--rw")
+    flat = bytearray(model.start)
+    fd = os.open(mount.mountpoint / "disk.raw", os.O_RDWR)
+    try:
+        for kind, offset, length in write_stream(rng, 30):
+            if kind == "flush":
+                os.fsync(fd)
+                model.flushes.append((len(read_log(log_path)), len(model.after)))
+                continue
+            data = rng.randbytes(length)
+            assert os.pwrite(fd, data, offset) == length
+            flat[offset:offset + length] = data
+            first, last = offset // SECTOR, (offset + length - 1) // SECTOR
+            model.after.append({s: bytes(flat[s * SECTOR:(s + 1) * SECTOR]) for s in range(first, last + 1)})
+    finally:
+        os.close(fd)
+    mount.stop()
+    logged.stop()
+    records = read_log(log_path)
+    model.flushes.append((len(records), len(model.after)))
+    assert {name for _, name, _, _ in records} == {"child.vhd"}, "only the top layer is written"
+    events = [Event(kind, name, offset, data if kind == "write" else b"")
+              for kind, name, offset, data in records]
+    assert sum(e.kind == "sync" for e in events) >= 3
+    log = Log(events)
+    states = replay_and_check(backing, base, child, initial, log, model, rng, tmp_path / "replay",
+                              check_every=4)
+    assert states > 20
