@@ -21,6 +21,9 @@ from vhdfs.layer import SECTOR, Layer, RunKind
 ZERO = -1  # layer index of extents that read as zeros
 DEFAULT_UNIT = 2 * 1024 * 1024
 EXTENT_CACHE_UNITS = 4096
+# Also bounded by the extents it holds: a differencing disk whose bitmaps alternate set and
+# clear sectors has one extent per sector (a hostile sparse file costs no disk space for it).
+EXTENT_CACHE_EXTENTS = 1 << 19
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,7 @@ class Chain:
         self._cache: OrderedDict[int, tuple[list[int], list[Extent]]] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_generation = 0  # bumped by every invalidation
+        self._cached_extents = 0
         self._write_lock = threading.Lock()
 
     @property
@@ -114,9 +118,15 @@ class Chain:
                 # A write landed while this was resolved (another thread): the result may
                 # predate it, so it answers this read but is not cached.
                 return entry
+            replaced = self._cache.pop(unit, None)
+            if replaced is not None:
+                self._cached_extents -= len(replaced[1])
             self._cache[unit] = entry
-            if len(self._cache) > EXTENT_CACHE_UNITS:
-                self._cache.popitem(last=False)
+            self._cached_extents += len(extents)
+            while len(self._cache) > 1 and (len(self._cache) > EXTENT_CACHE_UNITS
+                                            or self._cached_extents > EXTENT_CACHE_EXTENTS):
+                _, (_, dropped) = self._cache.popitem(last=False)
+                self._cached_extents -= len(dropped)
         return entry
 
     def _invalidate(self, offset: int, length: int) -> None:
@@ -124,7 +134,9 @@ class Chain:
         with self._cache_lock:
             self._cache_generation += 1
             for unit in range(first, last + 1):
-                self._cache.pop(unit, None)
+                dropped = self._cache.pop(unit, None)
+                if dropped is not None:
+                    self._cached_extents -= len(dropped[1])
 
     def extents(self, offset: int = 0, length: int | None = None) -> list[Extent]:
         """Extents covering [offset, offset + length), in order, adjacent ones merged."""

@@ -90,3 +90,27 @@ def test_info_output_has_no_control_characters(tmp_path: Path) -> None:
     assert "locator" in done.stdout and "\ufffd" in done.stdout
     assert not [c for c in out if (ord(c) < 32 and c not in "\n") or 0x7F <= ord(c) < 0xA0], repr(out)
 
+
+
+def test_extent_cache_is_bounded_by_the_extents_it_holds(tmp_path: Path, monkeypatch) -> None:
+    """Bitmaps that alternate set and clear sectors make one extent per sector: the chain's
+    cache keeps at most EXTENT_CACHE_EXTENTS of them (not 4096 units of any size), and what
+    it evicts reads the same when resolved again."""
+    from vhdfs import chain as chain_module
+    from vhdfs.resolve import open_chain
+
+    base = hostile.make_dynamic(tmp_path / "base.vhd", writes=((0, hostile.DISK_SIZE),))
+    child = hostile.make_child(tmp_path / "child.vhd", base,
+                               writes=tuple((i * hostile.BLOCK_SIZE, 512) for i in range(8)))
+    for entry in hostile.bat_entries(child):
+        hostile.patch(child, entry * 512, b"\xaa" * (hostile.BLOCK_SIZE // 512 // 8))
+    with open_chain(str(child)) as chain:
+        reference = chain.read(0, chain.size)
+        extents = sum(1 for _ in chain.iter_extents())
+    assert extents == hostile.DISK_SIZE // 512  # one per sector
+    monkeypatch.setattr(chain_module, "EXTENT_CACHE_EXTENTS", 2500)
+    with open_chain(str(child)) as chain:
+        assert sum(1 for _ in chain.iter_extents()) == extents
+        assert 0 < chain._cached_extents <= 2500
+        assert chain.read(0, chain.size) == reference  # evicted units resolve again, the same
+        assert chain._cached_extents <= 2500
