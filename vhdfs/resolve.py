@@ -22,6 +22,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import NoReturn
 
 from vhdfs.chain import Chain, ParentLink
 from vhdfs.errors import (
@@ -190,89 +191,130 @@ def _id_text(layer: Layer, raw: bytes) -> str:
     return getattr(layer, "format_id", format_unique_id)(raw)
 
 
+class ParentSearch:
+    """The candidates for one child's parent, tried in order, and what each attempt found.
+
+    Local and remote resolution differ in where they look; this is what they share: open,
+    refuse a loop, check format, identity and size, and (when nothing fits) one error that
+    names every place tried and what was wrong with it.
+    """
+
+    def __init__(self, child: Layer, options: OpenOptions, seen: set) -> None:
+        self.child = child
+        self.options = options
+        self.seen = seen
+        self.expected = child.parent_id or b""
+        self.tried: list[str] = []
+        self.mismatches: list[str] = []
+        self.cycle: str | None = None
+
+    def consider(self, shown: str, open_candidate: Callable[[], Source],
+                 explain: Callable[[VhdfsError], str] = str, note: str = "") -> Layer | None:
+        """The parent layer if this candidate is it, else None (the reason is kept; `note`
+        says more about the candidate in an identity mismatch)."""
+        child = self.child
+        try:
+            source = open_candidate()
+        except VhdfsError as exc:
+            self.tried.append(f"{shown} ({explain(exc)})")
+            return None
+        if source.identity() in self.seen:
+            source.close()
+            self.cycle = shown
+            return None
+        try:
+            parent = open_layer(source, self.options)
+        except FormatError as exc:
+            source.close()
+            self.tried.append(f"{shown} (not a usable VHD: {exc.what})")
+            return None
+        except BaseException:
+            source.close()
+            raise
+        child_format = getattr(child, "image_format", "VHD")
+        parent_format = getattr(parent, "image_format", "VHD")
+        if parent_format != child_format:
+            # Hyper-V links a differencing disk only to a parent of its own format.
+            self.mismatches.append(f"{shown} is a {parent_format} image, but a {child_format} "
+                                   f"differencing disk can only have a {child_format} parent")
+            source.close()
+            return None
+        # A VHDX child accepts either of its two linkages (parent_linkage, parent_linkage2).
+        if parent.unique_id not in (getattr(child, "parent_ids", None) or (self.expected,)):
+            self.mismatches.append(
+                f"{shown}{note} has unique id {_id_text(child, parent.unique_id)}")
+            source.close()
+            return None
+        if parent.size != child.size:
+            source.close()
+            raise ParentMismatch(
+                f"{child.name}: parent {shown} is {parent.size} bytes but the child is "
+                f"{child.size} bytes; the sizes must agree (was the parent resized?)")
+        return parent
+
+    def found(self, parent: Layer, found_by: str, hint: str, shown: str
+              ) -> tuple[Layer, ParentLink]:
+        if self.mismatches:  # e.g. the relative and the absolute locator name different files
+            note = (f"{self.child.name}: parent {shown} (found by {found_by}) has the expected "
+                    "unique id, but " + "; ".join(self.mismatches) + "; vhdfs set-parent "
+                    "rewrites the locators")
+            self.child.warnings.append(note)
+            log.warning("%s", note)
+        return parent, ParentLink(found_by, hint, shown,
+                                  tuple(self.tried) + tuple(self.mismatches))
+
+    def fail(self, *, parent_option: str = "--parent PATH", search_option: str = "--search DIR",
+             nothing: str = "nothing: no locator names a local file") -> NoReturn:
+        """Raise the error that says why no candidate was the parent."""
+        child, expected = self.child, self.expected
+        wanted = child.parent_name or (
+            child.locator_entries[0].text if child.locator_entries else "")
+        if self.cycle and not self.mismatches:
+            raise ChainCycle(f"{child.name}: its parent {self.cycle} is already in the chain "
+                             "(a parent loop); fix the link with vhdfs set-parent CHILD PARENT")
+        if self.mismatches:
+            raise ParentMismatch(
+                f"{child.name}: expects parent id {_id_text(child, expected)} "
+                f"({wanted or 'no name'}), but " + "; ".join(self.mismatches) + "; give the "
+                f"right parent with {parent_option} or re-link with vhdfs set-parent")
+        if not self.tried and not child.locator_entries and not child.parent_name:
+            raise ParentNotFound(
+                f"{child.name}: differencing disk without parent locators or parent name "
+                f"(parent id {_id_text(child, expected)}); give the parent with {parent_option}")
+        raise ParentNotFound(
+            f"{child.name}: parent {wanted or _id_text(child, expected)} not found (looked in: "
+            + (", ".join(self.tried) or nothing) + f"); use {parent_option} or "
+            f"{search_option}, or re-link with vhdfs set-parent")
+
+
 def find_parent(child: Layer, options: OpenOptions, seen: set) -> tuple[Layer, ParentLink]:
     resolver = getattr(child.source, "find_parent", None)
     if resolver is not None:  # remote sources resolve parents their own way
         return resolver(child, options, seen)
-    expected = child.parent_id or b""
-    tried: list[str] = []
-    mismatches: list[str] = []
-    cycle: str | None = None
+    search = ParentSearch(child, options, seen)
     for cand in _candidates(child, options):
         shown = str(cand.path)
         if cand.from_image and not cand.path.name.lower().endswith(IMAGE_SUFFIXES):
-            tried.append(f"{shown} (from {cand.found_by}: not an image file name, not opened)")
+            search.tried.append(f"{shown} (from {cand.found_by}: not an image file name, "
+                                "not opened)")
             continue
         if cand.from_image and cand.path.is_symlink():
             # A link may lead anywhere (shared bases often live elsewhere), but only to a file
             # named as an image: `base.vhd -> /etc/shadow` is not opened.
             target = Path(os.path.realpath(cand.path))
             if not target.name.lower().endswith(IMAGE_SUFFIXES):
-                tried.append(f"{shown} (a link to {target}: not an image file name, not opened)")
+                search.tried.append(f"{shown} (a link to {target}: not an image file name, "
+                                    "not opened)")
                 continue
         try:
             info = cand.path.stat()
         except OSError:
-            tried.append(shown)
+            search.tried.append(shown)
             continue
         if not stat.S_ISREG(info.st_mode):
-            tried.append(f"{shown} ({describe_mode(info.st_mode)}, not opened)")
+            search.tried.append(f"{shown} ({describe_mode(info.st_mode)}, not opened)")
             continue
-        try:
-            source = open_source(str(cand.path))
-        except VhdfsError as exc:
-            tried.append(f"{shown} ({exc})")
-            continue
-        if source.identity() in seen:
-            source.close()
-            cycle = shown
-            continue
-        try:
-            parent = open_layer(source, options)
-        except FormatError as exc:
-            source.close()
-            tried.append(f"{shown} (not a usable VHD: {exc.what})")
-            continue
-        child_format = getattr(child, "image_format", "VHD")
-        parent_format = getattr(parent, "image_format", "VHD")
-        if parent_format != child_format:
-            # Hyper-V links a differencing disk only to a parent of its own format.
-            mismatches.append(f"{shown} is a {parent_format} image, but a {child_format} "
-                              f"differencing disk can only have a {child_format} parent")
-            source.close()
-            continue
-        # A VHDX child accepts either of its two linkages (parent_linkage, parent_linkage2).
-        if parent.unique_id not in (getattr(child, "parent_ids", None) or (expected,)):
-            mismatches.append(f"{shown} has unique id {_id_text(child, parent.unique_id)}")
-            source.close()
-            continue
-        if parent.size != child.size:
-            source.close()
-            raise ParentMismatch(
-                f"{child.name}: parent {shown} is {parent.size} bytes but the child is "
-                f"{child.size} bytes; the sizes must agree (was the parent resized?)")
-        others = tuple(tried) + tuple(mismatches)
-        if mismatches:  # e.g. the relative and the absolute locator name different files
-            note = (f"{child.name}: parent {shown} (found by {cand.found_by}) has the expected "
-                    "unique id, but " + "; ".join(mismatches) + "; vhdfs set-parent rewrites "
-                    "the locators")
-            child.warnings.append(note)
-            log.warning("%s", note)
-        return parent, ParentLink(cand.found_by, cand.hint, shown, others)
-    wanted = child.parent_name or (child.locator_entries[0].text if child.locator_entries else "")
-    if cycle and not mismatches:
-        raise ChainCycle(f"{child.name}: its parent {cycle} is already in the chain (a parent "
-                         "loop); fix the link with vhdfs set-parent")
-    if mismatches:
-        raise ParentMismatch(
-            f"{child.name}: expects parent id {_id_text(child, expected)} ({wanted or 'no name'}), but "
-            + "; ".join(mismatches) + "; give the right parent with --parent PATH or re-link "
-            "with vhdfs set-parent")
-    if not tried and not child.locator_entries and not child.parent_name:
-        raise ParentNotFound(
-            f"{child.name}: differencing disk without parent locators or parent name "
-            f"(parent id {_id_text(child, expected)}); give the parent with --parent PATH")
-    raise ParentNotFound(
-        f"{child.name}: parent {wanted or _id_text(child, expected)} not found (looked in: "
-        + (", ".join(tried) or "nothing: no locator names a local file") + "); use --parent "
-        "PATH or --search DIR, or re-link with vhdfs set-parent")
+        parent = search.consider(shown, lambda path=cand.path: open_source(str(path)))
+        if parent is not None:
+            return search.found(parent, cand.found_by, cand.hint, shown)
+    search.fail()

@@ -25,17 +25,15 @@ from vhdfs.azure.credentials import parse_location
 from vhdfs.azure.location import BlobLocation, looks_remote, parse_blob_url
 from vhdfs.chain import ParentLink
 from vhdfs.errors import (
-    ChainCycle,
     FormatError,
     ParentMismatch,
-    ParentNotFound,
     RemoteError,
     UsageError,
     VhdfsError,
 )
 from vhdfs.format.footer import format_unique_id
 from vhdfs.layer import Layer
-from vhdfs.resolve import OpenOptions, open_layer
+from vhdfs.resolve import OpenOptions, ParentSearch, open_layer
 
 LINK_KEY = "vhdfs_parent"
 LINK_ID_KEY = "vhdfs_parent_id"
@@ -153,59 +151,21 @@ def _why(exc: VhdfsError) -> str:
     return str(exc)
 
 
+def _explain(exc: VhdfsError) -> str:
+    return _why(exc) if isinstance(exc, (RemoteError, UsageError)) else str(exc)
+
+
 def find_blob_parent(source, child: Layer, options, seen: set) -> tuple[Layer, ParentLink]:  # noqa: ANN001
     """The parent layer of the remote layer `child` (see the module docstring)."""
-    expected = child.parent_id or b""
-    tried: list[str] = []
-    mismatches: list[str] = []
-    cycle: str | None = None
+    search = ParentSearch(child, options, seen)
     for cand in candidates(source, child, options):
         shown = cand.spec.display if isinstance(cand.spec, BlobLocation) else cand.spec
-        try:
-            parent_source, shown = _open(cand)
-        except (RemoteError, UsageError) as exc:
-            tried.append(f"{shown} ({_why(exc)})")
-            continue
-        except VhdfsError as exc:
-            tried.append(f"{shown} ({exc})")
-            continue
-        if parent_source.identity() in seen:
-            parent_source.close()
-            cycle = shown
-            continue
-        try:
-            parent = open_layer(parent_source, options)
-        except FormatError as exc:
-            parent_source.close()
-            tried.append(f"{shown} (not a usable VHD: {exc.what})")
-            continue
-        except BaseException:
-            parent_source.close()
-            raise
-        if parent.unique_id != expected:
-            note = " (recorded link)" if cand.found_by == "blob link" else ""
-            mismatches.append(f"{shown}{note} has unique id {format_unique_id(parent.unique_id)}")
-            parent_source.close()
-            continue
-        if parent.size != child.size:
-            parent_source.close()
-            raise ParentMismatch(
-                f"{child.name}: parent {shown} is {parent.size} bytes but the child is "
-                f"{child.size} bytes; the sizes must agree (was the parent resized?)")
-        return parent, ParentLink(cand.found_by, cand.hint, shown, tuple(tried))
-    wanted = child.parent_name or (child.locator_entries[0].text if child.locator_entries else "")
-    if cycle and not mismatches:
-        raise ChainCycle(f"{child.name}: its parent {cycle} is already in the chain (a parent "
-                         "loop); fix the link with vhdfs set-parent CHILD PARENT")
-    if mismatches:
-        raise ParentMismatch(
-            f"{child.name}: expects parent id {format_unique_id(expected)} ({wanted or 'no name'}),"
-            " but " + "; ".join(mismatches) + "; give the right parent with --parent SPEC or "
-            "re-link with vhdfs set-parent CHILD PARENT")
-    raise ParentNotFound(
-        f"{child.name}: parent {wanted or format_unique_id(expected)} not found (looked in: "
-        + (", ".join(tried) or "nothing to try: no locators, parent name or link") + "); use "
-        "--parent SPEC or --search CONTAINER, or link it with vhdfs set-parent CHILD PARENT")
+        note = " (recorded link)" if cand.found_by == "blob link" else ""
+        parent = search.consider(shown, lambda cand=cand: _open(cand)[0], _explain, note)
+        if parent is not None:
+            return search.found(parent, cand.found_by, cand.hint, shown)
+    search.fail(parent_option="--parent SPEC", search_option="--search CONTAINER",
+                nothing="nothing to try: no locators, parent name or link")
 
 
 # ---------------------------------------------------------------- vhdfs set-parent (remote)
