@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import random
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tooling import force_unmount
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
 from vhdfs.layer import Layer
 from vhdfs.sources.local import LocalFile
@@ -48,13 +48,6 @@ def sha256(path: Path) -> str:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def force_unmount(path: Path) -> None:
-    for args in (["fusermount3", "-u"], ["fusermount3", "-u", "-z"], ["umount", "-l"]):
-        if not os.path.ismount(path):
-            return
-        subprocess.run([*args, str(path)], capture_output=True)
 
 
 # ---------------------------------------------------------------------------- chains
@@ -176,18 +169,3 @@ def mount(tmp_path: Path) -> Iterator:
         handle.cleanup()
 
 
-@contextlib.contextmanager
-def vhdimount(image: Path, mountpoint: Path) -> Iterator[Path]:
-    """libvhdi's view of a chain: the file of the top layer (vhdiN, N = depth)."""
-    mountpoint.mkdir(exist_ok=True)
-    subprocess.run(["vhdimount", str(image), str(mountpoint)], check=True, capture_output=True)
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        files: list[Path] = []
-        while not files and time.monotonic() < deadline:
-            files = sorted(mountpoint.glob("vhdi*"), key=lambda p: int(p.name[4:]))
-            time.sleep(0.05)
-        assert files, "vhdimount showed no files"
-        yield files[-1]
-    finally:
-        force_unmount(mountpoint)

@@ -9,7 +9,8 @@ import struct
 
 import pytest
 
-from tests.fuse.conftest import KiB, MiB, add_child, flat_reference, force_unmount, vhdfs
+from tests.fuse.conftest import KiB, MiB, add_child, flat_reference, vhdfs
+from tests.tooling import force_unmount
 from vhdfs.create import create_dynamic
 from vhdfs.layer import Layer
 from vhdfs.sources.local import LocalFile

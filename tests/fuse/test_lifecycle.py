@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import flat_reference, force_unmount, make_chain, vhdfs
+from tests.fuse.conftest import flat_reference, make_chain, vhdfs
+from tests.tooling import force_unmount
 from vhdfs.errors import MountError
 from vhdfs.fuse import mountpoint as mountpoint_module
 from vhdfs.fuse.mountpoint import check_fuse_available, mount_entry

@@ -24,11 +24,10 @@ from tests.fuse.conftest import (
     MiB,
     add_child,
     flat_reference,
-    force_unmount,
     sha256,
     vhdfs,
-    vhdimount,
 )
+from tests.tooling import force_unmount, vhdimount
 from tools.guestimage import build_windows_disk, make_png
 from vhdfs.create import create_dynamic
 from vhdfs.layer import UNALLOCATED, Layer

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from tests.interop.conftest import vhdimount
+from tests.tooling import vhdimount
 from vhdfs.create import create_differencing, create_dynamic, create_fixed, parent_info_of
 from vhdfs.resolve import open_chain
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.conftest import need, run
+from tests.tooling import need, run
 from vhdfs.convert import convert
 from vhdfs.create import create_dynamic
 from vhdfs.resolve import open_chain

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.conftest import run
+from tests.tooling import run
 from vhdfs.resolve import OpenOptions, open_chain
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.interop.conftest import vhdimount
 from tests.ops.conftest import (
     KiB,
     MiB,
@@ -27,6 +26,7 @@ from tests.ops.conftest import (
     same_except,
     vhdfs,
 )
+from tests.tooling import vhdimount
 from vhdfs.errors import ParentMismatch, RefusedError, UsageError
 from vhdfs.layer import SECTOR, UNALLOCATED, Layer, RunKind
 from vhdfs.maintain.commit import commit

@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from tests.interop.conftest import vhdimount
 from tests.ops.conftest import (
     KiB,
     MiB,
@@ -26,6 +25,7 @@ from tests.ops.conftest import (
     make_child,
     run_killed,
 )
+from tests.tooling import vhdimount
 from vhdfs.format.footer import FOOTER_SIZE, Footer
 from vhdfs.maintain.check import check_image
 from vhdfs.maintain.commit import commit

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.conftest import vhdimount
 from tests.ops.conftest import (
     KiB,
     MiB,
@@ -23,6 +22,7 @@ from tests.ops.conftest import (
     run_killed,
     same_except,
 )
+from tests.tooling import vhdimount
 from vhdfs.errors import ChainCycle, ParentMismatch, ParentNotFound, RefusedError
 from vhdfs.format.dynheader import HEADER_SIZE, DynamicHeader
 from vhdfs.layer import Layer

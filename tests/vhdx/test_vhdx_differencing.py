@@ -8,9 +8,9 @@ import sys
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vhdxtools import need, run, vhdimount
 from vhdxwriter import Block, Vhdx, parent_locator_for, write_vhdx
 
+from tests.tooling import need, run, vhdimount
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
 from vhdfs.errors import ParentMismatch, ParentNotFound, RefusedError
 from vhdfs.resolve import OpenOptions, open_chain

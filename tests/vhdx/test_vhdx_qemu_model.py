@@ -7,8 +7,9 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vhdxtools import need, qemu_compare, run
+from vhdxtools import qemu_compare
 
+from tests.tooling import need, run
 from vhdfs.convert import convert
 from vhdfs.resolve import open_chain
 from vhdfs.vhdx import format as fmt

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import subprocess
-import time
 from pathlib import Path
 
-import pytest
+from tests.tooling import need, run
 
 HERE = Path(__file__).resolve().parent
 
 # The shared samples live beside the repository; VHDFS_SAMPLES may point elsewhere.
 SAMPLES = Path(os.environ.get("VHDFS_SAMPLES", HERE.parents[1] / ".." / "shared" / "samples"))
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(f"{tool} is not installed (scripts/setup installs it)")
-    return path
-
-
-def run(*args: str | os.PathLike[str]) -> str:
-    return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True).stdout
 
 
 def qemu_compare(image: Path, raw: Path) -> subprocess.CompletedProcess:
@@ -65,25 +51,3 @@ def differences_from_raw(chain, raw: Path) -> list[int]:
     return bad
 
 
-@contextlib.contextmanager
-def vhdimount(image: Path, mountpoint: Path):
-    """libvhdi's view of a chain: yields the file of the top layer (vhdiN, N = depth)."""
-    need("vhdimount")
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("/dev/fuse is missing: libvhdi's vhdimount cannot run")
-    mountpoint.mkdir(exist_ok=True)
-    done = subprocess.run(["vhdimount", str(image), str(mountpoint)], capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"vhdimount failed: {done.stderr.strip()}")
-    try:
-        files: list[Path] = []
-        for _ in range(100):
-            files = sorted(mountpoint.glob("vhdi*"), key=lambda p: int(p.name[4:]))
-            if files:
-                break
-            time.sleep(0.05)
-        yield files[-1]
-    finally:
-        for args in (["fusermount3", "-u"], ["fusermount3", "-u", "-z"]):
-            if subprocess.run([*args, str(mountpoint)], capture_output=True).returncode == 0:
-                break
