@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from construct import Checksum, Int32ub, Padding, Pointer, RawCopy, Struct
+from dataclasses import dataclass
+
+from construct import Checksum, ConstError, Container, Int32ub, Padding, Pointer, RawCopy, Struct
+from construct import ChecksumError as ConstructChecksumError
+
+from vhdfs.errors import ChecksumError, FormatError
 
 
 def ones_complement_sum(data: bytes) -> int:
@@ -24,3 +29,46 @@ def with_checksum(head: Struct, checksum_at: int, tail: Struct, *, verify: bool)
         "tail" / RawCopy(tail),
         "checksum" / Pointer(checksum_at, field),
     )
+
+
+@dataclass(frozen=True)
+class ChecksummedStruct:
+    """A `head | checksum | tail` structure starting with a cookie, in both variants, with
+    the errors a damaged copy gives: a wrong cookie, or (verifying) a wrong checksum."""
+
+    name: str  # "footer", "dynamic header"
+    size: int
+    checksum_at: int
+    cookie: bytes
+    cookie_fix: str  # what to do when the cookie is wrong
+    damage_fix: str  # what to do when the checksum is wrong
+    head: Struct
+    tail: Struct
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "verified", with_checksum(self.head, self.checksum_at,
+                                                            self.tail, verify=True))
+        object.__setattr__(self, "unverified", with_checksum(self.head, self.checksum_at,
+                                                              self.tail, verify=False))
+
+    def parse(self, data: bytes, source: str, offset: int, *, verify: bool = True) -> Container:
+        where = f"{self.name} at offset {offset}"
+        if len(data) < self.size:
+            raise FormatError(source, f"{where}: only {len(data)} bytes before the end of the "
+                              "file", "the file is truncated")
+        data = data[:self.size]
+        try:
+            return (self.verified if verify else self.unverified).parse(data)
+        except ConstError:
+            raise FormatError(source, f"{where}: cookie is {data[:8]!r}, expected "
+                              f"{self.cookie!r}", self.cookie_fix) from None
+        except ConstructChecksumError:
+            at = self.checksum_at
+            stored = int.from_bytes(data[at:at + 4], "big")
+            computed = ones_complement_sum(data[:at] + data[at + 4:])
+            raise ChecksumError(source, f"{where}: checksum field (byte {at}) is "
+                                f"0x{stored:08x}, contents say 0x{computed:08x}",
+                                self.damage_fix) from None
+
+    def build(self, head: dict, tail: dict) -> bytes:
+        return self.verified.build({"head": {"value": head}, "tail": {"value": tail}})

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from construct import Array, Bytes, Const, ConstError, Int32ub, Int64ub, Struct
-from construct import ChecksumError as ConstructChecksumError
+from construct import Array, Bytes, Const, Int32ub, Int64ub, Struct
 
-from vhdfs.errors import ChecksumError, FormatError
-from vhdfs.format.checksum import ones_complement_sum, with_checksum
+from vhdfs.format.checksum import ChecksummedStruct
 
 HEADER_SIZE = 1024
 COOKIE = b"cxsparse"
@@ -49,8 +47,10 @@ _HEADER_TAIL = Struct(
     "locators" / Array(LOCATOR_COUNT, LOCATOR_STRUCT),
     "reserved2" / Bytes(256),
 )
-HEADER_STRUCT = with_checksum(_HEADER_HEAD, 36, _HEADER_TAIL, verify=True)
-HEADER_STRUCT_UNVERIFIED = with_checksum(_HEADER_HEAD, 36, _HEADER_TAIL, verify=False)
+HEADER_STRUCT = ChecksummedStruct(
+    "dynamic header", HEADER_SIZE, 36, COOKIE, head=_HEADER_HEAD, tail=_HEADER_TAIL,
+    cookie_fix="the footer's data offset is wrong or the header is damaged",
+    damage_fix="the header is damaged; vhdfs check --repair can fix it")
 
 
 # Windows file names cannot hold control characters: in a locator or parent name they are
@@ -116,24 +116,7 @@ class DynamicHeader:
 
     @classmethod
     def parse(cls, data: bytes, source: str, offset: int, *, verify: bool = True) -> DynamicHeader:
-        where = f"dynamic header at offset {offset}"
-        if len(data) < HEADER_SIZE:
-            raise FormatError(source, f"{where}: only {len(data)} bytes before the end of the file",
-                              "the file is truncated")
-        try:
-            parsed = (HEADER_STRUCT if verify else HEADER_STRUCT_UNVERIFIED).parse(data[:HEADER_SIZE])
-        except ConstError:
-            raise FormatError(
-                source, f"{where}: cookie is {data[:8]!r}, expected b'cxsparse'",
-                "the footer's data offset is wrong or the header is damaged",
-            ) from None
-        except ConstructChecksumError:
-            stored = int.from_bytes(data[36:40], "big")
-            computed = ones_complement_sum(data[:36] + data[40:HEADER_SIZE])
-            raise ChecksumError(
-                source, f"{where}: checksum field (byte 36) is 0x{stored:08x}, contents say "
-                f"0x{computed:08x}", "the header is damaged; vhdfs check --repair can fix it",
-            ) from None
+        parsed = HEADER_STRUCT.parse(data, source, offset, verify=verify)
         head, tail = parsed.head.value, parsed.tail.value
         return cls(
             table_offset=head.table_offset, max_table_entries=head.max_table_entries,
@@ -158,7 +141,7 @@ class DynamicHeader:
                           "data_offset": loc.data_offset} for loc in self.locators],
             "reserved2": self.reserved2,
         }
-        return HEADER_STRUCT.build({"head": {"value": head}, "tail": {"value": tail}})
+        return HEADER_STRUCT.build(head, tail)
 
     def copy(self, **changes: object) -> DynamicHeader:
         return replace(self, **changes)

@@ -9,18 +9,14 @@ from enum import IntEnum
 from construct import (
     Bytes,
     Const,
-    ConstError,
     Int8ub,
     Int16ub,
     Int32ub,
     Int64ub,
-    StreamError,
     Struct,
 )
-from construct import ChecksumError as ConstructChecksumError
 
-from vhdfs.errors import ChecksumError, FormatError
-from vhdfs.format.checksum import ones_complement_sum, with_checksum
+from vhdfs.format.checksum import ChecksummedStruct
 from vhdfs.format.timestamp import vhd_now
 
 FOOTER_SIZE = 512
@@ -61,8 +57,10 @@ _FOOTER_TAIL = Struct(
     # Reserved, but not always zero: tapdisk keeps a hidden flag at byte 85. Kept verbatim.
     "reserved" / Bytes(427),
 )
-FOOTER_STRUCT = with_checksum(_FOOTER_HEAD, 64, _FOOTER_TAIL, verify=True)
-FOOTER_STRUCT_UNVERIFIED = with_checksum(_FOOTER_HEAD, 64, _FOOTER_TAIL, verify=False)
+FOOTER_STRUCT = ChecksummedStruct(
+    "footer", FOOTER_SIZE, 64, COOKIE, head=_FOOTER_HEAD, tail=_FOOTER_TAIL,
+    cookie_fix="this is not a VHD file, or its footer is damaged (vhdfs check --repair)",
+    damage_fix="the footer is damaged; vhdfs check --repair can restore it")
 
 
 def chs_geometry(total_sectors: int) -> tuple[int, int, int]:
@@ -133,25 +131,7 @@ class Footer:
     @classmethod
     def parse(cls, data: bytes, source: str, offset: int, *, verify: bool = True) -> Footer:
         """Parse 512 bytes; raise FormatError (ChecksumError for a bad checksum only)."""
-        where = f"footer at offset {offset}"
-        if len(data) < FOOTER_SIZE:
-            raise FormatError(source, f"{where}: only {len(data)} bytes", "the file is truncated")
-        try:
-            parsed = (FOOTER_STRUCT if verify else FOOTER_STRUCT_UNVERIFIED).parse(data[:FOOTER_SIZE])
-        except ConstError:
-            raise FormatError(
-                source, f"{where}: cookie is {data[:8]!r}, expected b'conectix'",
-                "this is not a VHD file, or its footer is damaged (vhdfs check --repair)",
-            ) from None
-        except ConstructChecksumError:
-            stored = int.from_bytes(data[64:68], "big")
-            raise ChecksumError(
-                source, f"{where}: checksum field (byte 64) is 0x{stored:08x}, contents say "
-                f"0x{ones_complement_sum(data[:64] + data[68:FOOTER_SIZE]):08x}",
-                "the footer is damaged; vhdfs check --repair can restore it",
-            ) from None
-        except StreamError as exc:  # pragma: no cover - length checked above
-            raise FormatError(source, f"{where}: {exc}") from None
+        parsed = FOOTER_STRUCT.parse(data, source, offset, verify=verify)
         head, tail = parsed.head.value, parsed.tail.value
         return cls(
             features=head.features, version=head.version, data_offset=head.data_offset,
@@ -171,7 +151,7 @@ class Footer:
         head["cookie"] = COOKIE
         tail = {"unique_id": self.unique_id, "saved_state": self.saved_state,
                 "reserved": self.reserved}
-        return FOOTER_STRUCT.build({"head": {"value": head}, "tail": {"value": tail}})
+        return FOOTER_STRUCT.build(head, tail)
 
     def copy(self, **changes: object) -> Footer:
         return replace(self, **changes)
