@@ -681,6 +681,16 @@ CHAIN_EXPECT = ((0, pattern(0, 1024)), (1024, pattern(1024, 1536, 2)), (2560, pa
                 (2 * BLOCK_SIZE, pattern(2 * BLOCK_SIZE, 4096)), (64 * KIB, bytes(512)))
 
 
+@case("locator-unknown-code", "locator", "a locator entry with an unknown platform code whose "
+      "data space covers the blocks: ignored (found by the fuzzer: its space made good blocks "
+      "unreadable)", OK)
+def _unknown_code(folder: Path) -> Built:
+    _, child = _chain(folder)
+    patch_header(child, LOCATOR_TABLE_AT, b"\xff\xff\xff\xff")
+    patch_header(child, LOCATOR_TABLE_AT + 4, u32(0x00103000))
+    return Built(child, expect=CHAIN_EXPECT)
+
+
 def _decoy_parent(at: Path, child: Path) -> Path:
     """A copy of the child's parent at `at`: same unique id, any name."""
     at.parent.mkdir(parents=True, exist_ok=True)

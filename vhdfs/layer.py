@@ -25,8 +25,11 @@ from vhdfs.errors import ChecksumError, FormatError, ImageIOError, RefusedError,
 from vhdfs.format.bitmap import bitmap_bytes, bitmap_runs, set_bits
 from vhdfs.format.dynheader import (
     HEADER_SIZE,
-    PLATFORM_MAC,
-    PLATFORM_NONE,
+    PLATFORM_MACX,
+    PLATFORM_W2KU,
+    PLATFORM_W2RU,
+    PLATFORM_WI2K,
+    PLATFORM_WI2R,
     DynamicHeader,
     ParentLocator,
 )
@@ -38,6 +41,8 @@ log = logging.getLogger("vhdfs")
 SECTOR = 512
 UNALLOCATED = 0xFFFFFFFF
 MIN_BLOCK_SIZE = 512
+# Locator codes whose data is a path (read, and its space kept clear of blocks).
+PATH_CODES = (PLATFORM_W2RU, PLATFORM_W2KU, PLATFORM_MACX, PLATFORM_WI2R, PLATFORM_WI2K)
 MAX_BLOCK_SIZE = 256 * 1024 * 1024
 # The BAT is read into memory whole and checked at open: a larger table than the biggest VHD
 # (2040 GiB) needs in 512 KiB blocks is a damaged size or block size (or a hostile sparse file
@@ -241,8 +246,8 @@ class Layer:
         if self.disk_type != DiskType.DIFFERENCING:
             return entries
         for index, loc in enumerate(header.locators):
-            if loc.platform_code == PLATFORM_NONE or loc.platform_code == PLATFORM_MAC:
-                continue
+            if loc.platform_code not in PATH_CODES:
+                continue  # empty, a Mac alias or an unknown code: not read, its space not ours
             if loc.data_length == 0:
                 continue
             field_at = 576 + 24 * index
