@@ -1,21 +1,23 @@
 """Benchmark: flatten a 3-layer chain to raw, against qemu-img and cp, in the same run.
 
-    python -m tools.bench.convert [--folder DIR] [--size 4G] [--runs 3]
+    python -m tools.bench.convert [--folder DIR] [--size 4G] [--runs 3] [--out-dir DIR]
 
 The chain: 4 GiB virtual, 2 MiB blocks, about 40% / 20% / 5% of blocks allocated (base,
 middle, top; children fill about half of each block they allocate, in 4 KiB-cluster runs).
-Measured, page cache warm, median of --runs:
+Measured, page cache warm, median of --runs (rounds interleave the commands):
   - `vhdfs convert top.vhd out.raw --to raw`
   - `qemu-img convert -O raw` of the same disk as one dynamic VHD (qemu cannot read chains
-    of VHDs: it ignores the parent of a differencing disk)
+    of VHDs: it ignores the parent of a differencing disk), as it runs by default (no sync)
+    and followed by `sync` of its output (vhdfs convert syncs its output before renaming it
+    into place, so a crash never leaves a half-written file under the name)
+  - `vhdfs convert` of that same one-layer VHD
   - `cp --sparse=always` of the flat raw image
-Peak memory (max RSS) of each command comes from wait4().
+Peak memory (max RSS) of each command comes from /usr/bin/time.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -28,29 +30,36 @@ from vhdfs.resolve import open_chain
 from vhdfs.units import parse_size
 
 
-def timed(args: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS in bytes of one command."""
+def timed(args: list[str], rss_file: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS in bytes of one command (RSS from /usr/bin/time, which
+    measures the command itself, not the Python process that forked it)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
+    subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), *args], check=True,
+                   stdout=subprocess.DEVNULL)
     elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(args)} failed")
-    return elapsed, usage.ru_maxrss * 1024
+    return elapsed, int(rss_file.read_text().split()[-1]) * 1024
 
 
-def measure(label: str, args: list[str], out: Path, runs: int) -> dict:
-    times, peaks = [], []
-    for _ in range(runs + 1):  # the first run warms the page cache and is not counted
-        out.unlink(missing_ok=True)
-        seconds, peak = timed(args)
-        times.append(seconds)
-        peaks.append(peak)
+def measure_all(commands: dict[str, list[str]], out: Path, runs: int) -> dict[str, dict]:
+    """Median wall time and peak RSS per command; rounds interleave the commands so a load
+    on the machine hits them alike; the first round warms the page cache and is not counted."""
+    times: dict[str, list[float]] = {label: [] for label in commands}
+    peaks: dict[str, int] = dict.fromkeys(commands, 0)
+    for round_number in range(runs + 1):
+        for label, args in commands.items():
+            out.unlink(missing_ok=True)
+            subprocess.run(["sync"], check=True)
+            seconds, peak = timed(args, out.with_suffix(".rss"))
+            if round_number:
+                times[label].append(seconds)
+            peaks[label] = max(peaks[label], peak)
     out.unlink(missing_ok=True)
-    result = {"label": label, "seconds": median(times[1:]), "peak_rss": max(peaks)}
-    print(f"{label:<34} {result['seconds']:7.2f} s   peak RSS {result['peak_rss'] / MiB:6.1f} MiB",
-          flush=True)
-    return result
+    results = {}
+    for label in commands:
+        results[label] = {"seconds": median(times[label]), "peak_rss": peaks[label]}
+        print(f"{label:<40} {results[label]['seconds']:7.2f} s   peak RSS "
+              f"{peaks[label] / MiB:6.1f} MiB", flush=True)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", type=Path, default=Path("bench-work/convert"))
     parser.add_argument("--size", default="4G")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where outputs are written (default: --folder); a tmpfs such as "
+                        "/dev/shm takes the disk's writeback and discard noise out")
     args = parser.parse_args(argv)
     size = parse_size(args.size)
     folder = args.folder
@@ -76,15 +88,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chain: {len(chain_paths)} layers, {size / GiB:.0f} GiB virtual, "
           f"{data / MiB:.0f} MiB stored; flat raw holds "
           f"{flat.stat().st_blocks * 512 / MiB:.0f} MiB of data")
-    out = folder / "out.raw"
-    vhdfs = [sys.executable, "-m", "vhdfs", "-q", "convert", str(top), str(out), "--to", "raw"]
+    out = (args.out_dir or folder) / "out.raw"
+    vhdfs = [sys.executable, "-m", "vhdfs", "-q", "convert"]
     qemu = ["qemu-img", "convert", "-f", "vpc", "-O", "raw", str(single), str(out)]
-    cp = ["cp", "--sparse=always", str(flat), str(out)]
-    ours = measure("vhdfs convert --to raw (3 layers)", vhdfs, out, args.runs)
-    theirs = measure("qemu-img convert -O raw (1 layer)", qemu, out, args.runs)
-    copy = measure("cp --sparse=always (flat raw)", cp, out, args.runs)
-    print(f"ratio vhdfs/qemu-img time: {ours['seconds'] / theirs['seconds']:.2f} "
-          f"(target <= 1.00); vhdfs/cp: {ours['seconds'] / copy['seconds']:.2f}; "
+    commands = {
+        "vhdfs convert --to raw (3 layers)": [*vhdfs, str(top), str(out), "--to", "raw"],
+        "qemu-img convert -O raw (1 layer)": qemu,
+        "qemu-img convert + sync (durable)": ["sh", "-c", f'"$0" "$@" && sync "{out}"', *qemu],
+        "vhdfs convert --to raw (same 1 layer)": [*vhdfs, str(single), str(out), "--to", "raw"],
+        "cp --sparse=always (flat raw)": ["cp", "--sparse=always", str(flat), str(out)],
+    }
+    r = measure_all(commands, out, args.runs)
+    ours = r["vhdfs convert --to raw (3 layers)"]
+    print(f"ratio vhdfs (3 layers) / qemu-img (1 layer): "
+          f"{ours['seconds'] / r['qemu-img convert -O raw (1 layer)']['seconds']:.2f} "
+          f"(target <= 1.00); / qemu-img + sync: "
+          f"{ours['seconds'] / r['qemu-img convert + sync (durable)']['seconds']:.2f}; "
+          f"/ cp: {ours['seconds'] / r['cp --sparse=always (flat raw)']['seconds']:.2f}; "
           f"vhdfs peak RSS {ours['peak_rss'] / MiB:.0f} MiB (target < 200 MiB)")
     return 0
 
