@@ -33,7 +33,7 @@ from pathlib import Path
 from vhdfs.errors import RefusedError, UsageError
 from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
 from vhdfs.layer import SECTOR, UNALLOCATED, Layer
-from vhdfs.maintain.copier import ReadAhead, WritebackAhead
+from vhdfs.maintain.copier import ReadAhead
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import remove_durably, require_folder_writable, require_writable
 from vhdfs.maintain.findings import ERROR, CannotCheck
@@ -56,6 +56,7 @@ from vhdfs.maintain.siblings import find_children
 from vhdfs.progress import Progress
 from vhdfs.resolve import OpenOptions, find_parent
 from vhdfs.sources.local import LocalFile
+from vhdfs.sources.writeback import WritebackAhead
 from vhdfs.vhdx.layer import refuse_vhdx
 
 log = logging.getLogger("vhdfs")

@@ -4,7 +4,6 @@ the syncs that order data before metadata find little left to do."""
 
 from __future__ import annotations
 
-import ctypes
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -14,8 +13,6 @@ from vhdfs.layer import Layer, RunKind
 
 CHUNK = 4 << 20
 BUFFERS = 4  # memory in flight: BUFFERS * CHUNK
-WRITEBACK_EVERY = 64 << 20
-_SYNC_FILE_RANGE_WRITE = 2  # start writeback, do not wait
 
 
 @dataclass
@@ -82,20 +79,3 @@ class ReadAhead:
         for _ in range(BUFFERS):  # wake the reader if it waits for a buffer
             self.free.put(memoryview(bytearray(0)))
         self.thread.join()
-
-
-class WritebackAhead:
-    """sync_file_range(WRITE) every WRITEBACK_EVERY bytes: writeback starts early, in the
-    background; durability still comes from the fsyncs of Layer.flush."""
-
-    def __init__(self, fd: int | None) -> None:
-        self.fd = fd
-        self.pending = 0
-        libc = ctypes.CDLL(None, use_errno=True)
-        self.call = getattr(libc, "sync_file_range", None) if fd is not None else None
-
-    def wrote(self, amount: int) -> None:
-        self.pending += amount
-        if self.pending >= WRITEBACK_EVERY and self.call is not None:
-            self.pending = 0
-            self.call(self.fd, ctypes.c_longlong(0), ctypes.c_longlong(0), _SYNC_FILE_RANGE_WRITE)
