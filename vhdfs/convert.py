@@ -205,7 +205,7 @@ def convert(chain: Chain, out: str | os.PathLike[str], to: str, *,
     if to != "raw":
         check_size(chain.size, DiskType.FIXED if to == "fixed" else DiskType.DYNAMIC)
     if to == "dynamic":
-        check_block_size(block_size)
+        check_block_size(block_size, chain.size)
     stats = ConvertStats(size=chain.size)
     with atomic_output(target, force=force) as tmp:
         if to == "dynamic":

@@ -32,7 +32,7 @@ from vhdfs.format.dynheader import (
     ParentLocator,
 )
 from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer
-from vhdfs.layer import MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, SECTOR
+from vhdfs.layer import MAX_BAT_ENTRIES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, SECTOR
 
 DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024
 # The VHD specification's limit for dynamic and differencing disks.
@@ -65,10 +65,15 @@ def check_size(size: int, disk_type: DiskType) -> None:
                          f"{disk_type.name.lower()} disks")
 
 
-def check_block_size(block_size: int) -> None:
+def check_block_size(block_size: int, size: int | None = None) -> None:
     if not (MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE) or block_size & (block_size - 1):
         raise UsageError(f"block size {block_size} must be a power of two from 512 bytes to "
                          "256 MiB (2M is the usual choice, 512K is also common)")
+    if size is not None and -(-size // block_size) > MAX_BAT_ENTRIES:
+        # Readers (ours included) refuse tables this large: never write one.
+        smallest = 1 << max(9, (-(-size // MAX_BAT_ENTRIES) - 1).bit_length())
+        raise UsageError(f"a disk of {size} bytes in {block_size}-byte blocks needs more than "
+                         f"{MAX_BAT_ENTRIES} BAT entries; use --block-size {smallest} or larger")
 
 
 @contextlib.contextmanager
@@ -187,7 +192,7 @@ def create_fixed(out: str | os.PathLike[str], size: int, *, force: bool = False)
 def create_dynamic(out: str | os.PathLike[str], size: int, block_size: int = DEFAULT_BLOCK_SIZE,
                    *, force: bool = False) -> Footer:
     check_size(size, DiskType.DYNAMIC)
-    check_block_size(block_size)
+    check_block_size(block_size, size)
     with atomic_output(out, force=force) as tmp:
         return write_sparse(tmp, size, block_size, DiskType.DYNAMIC)
 
@@ -197,7 +202,7 @@ def create_differencing(out: str | os.PathLike[str], parent: ParentInfo,
     size = parent.size
     check_size(size, DiskType.DIFFERENCING)
     block_size = block_size or parent.block_size or DEFAULT_BLOCK_SIZE
-    check_block_size(block_size)
+    check_block_size(block_size, size)
     target = Path(out)
     if target.exists() and target.resolve() == parent.path.resolve():
         raise RefusedError(f"{target}: is the parent itself; choose another name for the child")

@@ -103,3 +103,23 @@ def test_info_on_a_raw_file_is_a_clear_error(tmp_path):
     (tmp_path / "x.raw").write_bytes(bytes(4096))
     result = vhdfs("info", str(tmp_path / "x.raw"))
     assert result.returncode == 3 and "cookie" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_messages_never_carry_control_characters(monkeypatch, capsys):
+    from vhdfs.cli.commands import info
+    from vhdfs.errors import ChainError
+
+    def broken(args):
+        raise ChainError("child.vhd: parent evil\x1b[2J\x07name.vhd not found")
+
+    monkeypatch.setattr(info, "run", broken)
+    assert main(["info", "child.vhd"]) == 4
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert err.startswith("vhdfs: error: child.vhd: parent evil") and err.count("\n") == 1
+
+
+def test_block_size_too_small_for_the_table_is_refused(tmp_path):
+    result = vhdfs("create", str(tmp_path / "big.vhd"), "--size", "2040G", "--block-size", "256K")
+    assert result.returncode == 2 and "--block-size 524288 or larger" in result.stderr
+    assert not (tmp_path / "big.vhd").exists()

@@ -17,13 +17,14 @@ from typing import NoReturn
 import vhdfs.sources.blob  # noqa: F401 - registers the opener of page blob specs
 from vhdfs import __version__
 from vhdfs.errors import VhdfsError
+from vhdfs.format.dynheader import printable
 
 INTERNAL_ERROR_EXIT = 70
 
 
 class _OneLineWarnings(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
-        print(f"vhdfs: warning: {record.getMessage()}", file=sys.stderr)
+        print(f"vhdfs: warning: {printable(record.getMessage())}", file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
         return int(code or 0)
     except VhdfsError as exc:
-        print(f"vhdfs: error: {exc}", file=sys.stderr)
+        # Names from inside an image reach messages; a terminal must never get their control
+        # characters (the readers already replace them: this is the second line of defence).
+        print(f"vhdfs: error: {printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("vhdfs: interrupted", file=sys.stderr)
