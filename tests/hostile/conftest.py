@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.tooling import force_unmount
+from tools.soak import deadline
 
 HERE = Path(__file__).resolve().parent
 PROJECT_ROOT = HERE.parents[1]
@@ -40,25 +42,6 @@ def recording_opens() -> Iterator[list[str]]:
         _opened = None
 
 
-class Hang(Exception):
-    """Raised by `deadline` in the test's own thread: the code under test did not return."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Fail instead of hanging: a blocking open or read is interrupted by SIGALRM."""
-    def expire(signum: int, frame: object) -> None:
-        raise Hang(f"no answer within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 @pytest.fixture
 def opens_recorder():
     """`with opens_recorder() as opened:` lists every path opened inside the block."""
@@ -72,13 +55,6 @@ def time_limit():
 
 
 # ------------------------------------------------------------------ real mounts
-def _unmount(path: Path) -> None:
-    for args in (["fusermount3", "-u"], ["fusermount3", "-u", "-z"], ["umount", "-l"]):
-        if not os.path.ismount(path):
-            return
-        subprocess.run([*args, str(path)], capture_output=True)
-
-
 class Background:
     """A FUSE process (errorfs or `vhdfs mount --foreground`) that is always unmounted."""
 
@@ -107,13 +83,13 @@ class Background:
         return self.err.read_text()
 
     def stop(self) -> None:
-        _unmount(self.mountpoint)
+        force_unmount(self.mountpoint)
         try:
             self.proc.wait(timeout=MOUNT_TIMEOUT)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            _unmount(self.mountpoint)
+            force_unmount(self.mountpoint)
 
 
 @pytest.fixture
