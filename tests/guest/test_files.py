@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import time
 
 import pytest
 
-from tests.guest.conftest import WELCOME, sha256
+from tests.guest.conftest import WELCOME, convert, sha256
 
 DEPTHS = {1: "base.vhd", 2: "child.vhd", 3: "grandchild.vhd"}
 
@@ -199,3 +201,52 @@ def test_damaged_mft_record_is_named_not_hidden(vhdfs, windows_raw, tmp_path):
     assert get.code == 1
     assert "Welcome.png: its metadata is unreadable" in get.err
     assert (tmp_path / "out" / "wwwroot" / "iisstart.htm").exists()
+
+
+def _exfat_volume(path, files: dict[str, bytes]) -> None:
+    """An exFAT file system over the whole of `path`, holding `files` (mkfs.exfat, then the
+    files copied in through exfat-fuse on a loop device: exfatprogs has no tool that writes
+    files, and exfat-fuse wants a block device)."""
+    for tool in ("mkfs.exfat", "mount.exfat-fuse", "fusermount", "losetup"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not installed (scripts/setup installs exfatprogs and "
+                        "exfat-fuse)")
+    with open(path, "wb") as out:
+        out.truncate(64 * 1024 * 1024)
+    subprocess.run(["mkfs.exfat", "-L", "EXDATA", str(path)], check=True, capture_output=True)
+    mnt = path.with_suffix(".mnt")
+    mnt.mkdir()
+    loop = subprocess.run(["losetup", "--find", "--show", str(path)], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    try:
+        subprocess.run(["mount.exfat-fuse", loop, str(mnt)], check=True, capture_output=True)
+        try:
+            for name, data in files.items():
+                target = mnt / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+        finally:
+            subprocess.run(["fusermount", "-u", str(mnt)], check=True, capture_output=True)
+    finally:
+        # exfat-fuse may still be writing its last metadata after the unmount returns: the
+        # loop device stays busy until it has, and only then is the image complete.
+        deadline = time.monotonic() + 10
+        while subprocess.run(["losetup", "-d", loop], capture_output=True).returncode:
+            assert time.monotonic() < deadline, f"{loop} stayed busy"
+            time.sleep(0.1)
+        subprocess.run(["sync"], check=True)
+
+
+def test_exfat_volume_through_a_chain(vhdfs, tmp_path):
+    payload = bytes(range(256)) * 300
+    raw = tmp_path / "exfat.raw"
+    _exfat_volume(raw, {"Data/Report 2024.bin": payload, "readme.txt": b"exFAT volume\n"})
+    convert(raw, tmp_path / "base.vhd")
+    assert vhdfs("create", tmp_path / "child.vhd", "--parent", tmp_path / "base.vhd").code == 0
+    volumes = json.loads(vhdfs("volumes", tmp_path / "child.vhd", "--json").out)
+    assert [(v["number"], v["file_system"]) for v in volumes["volumes"]] == [(1, "exFAT")]
+    result = vhdfs("cat", tmp_path / "child.vhd", "D:\\DATA\\report 2024.BIN")  # any case
+    assert result.code == 0, result.err
+    assert result.raw == payload
+    listing = vhdfs("ls", tmp_path / "child.vhd", "/").out.split()
+    assert "Data/" in listing and "readme.txt" in listing
