@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import NoReturn
 
+from vhdfs.azure.location import looks_remote
 from vhdfs.chain import Chain, ParentLink
 from vhdfs.errors import (
     ChainCycle,
@@ -60,20 +61,13 @@ class OpenOptions:
     max_depth: int = MAX_CHAIN_DEPTH
 
 
-# Other source kinds (remote blobs) register an opener for the specs they recognise.
-SourceOpener = Callable[[str, bool], Source | None]
-_openers: list[SourceOpener] = []
-
-
-def register_opener(opener: SourceOpener) -> None:
-    _openers.append(opener)
-
-
 def open_source(spec: str, *, writable: bool = False) -> Source:
-    for opener in _openers:
-        source = opener(spec, writable)
-        if source is not None:
-            return source
+    """A local file, or a page blob for `https://`, `http://` and `az://` specs (the Azure
+    code is imported only when a blob is named)."""
+    if looks_remote(spec):
+        from vhdfs.sources.blob import open_blob_spec
+
+        return open_blob_spec(spec, writable)
     return LocalFile(spec, writable=writable)
 
 
@@ -149,7 +143,10 @@ def _basename(text: str) -> str:
 
 def _candidates(child: Layer, options: OpenOptions) -> list[_Candidate]:
     base_dir = Path(child.name).parent
-    out: list[_Candidate] = [_Candidate(Path(p), "--parent", p, False) for p in options.parents]
+    # Remote --parent specs (a local child over a base in blob storage) are tried apart,
+    # in find_parent: they are not paths.
+    out: list[_Candidate] = [_Candidate(Path(p), "--parent", p, False) for p in options.parents
+                             if not looks_remote(p)]
     names: list[str] = []
     entries = child.locator_entries
     for entry in sorted(entries, key=lambda e: e.code not in RELATIVE_CODES):
@@ -292,6 +289,11 @@ def find_parent(child: Layer, options: OpenOptions, seen: set) -> tuple[Layer, P
     if resolver is not None:  # remote sources resolve parents their own way
         return resolver(child, options, seen)
     search = ParentSearch(child, options, seen)
+    for spec in options.parents:
+        if looks_remote(spec):  # opened with that blob's own credential, lazily
+            parent = search.consider(spec, lambda spec=spec: open_source(spec))
+            if parent is not None:
+                return search.found(parent, "--parent", spec, spec)
     for cand in _candidates(child, options):
         shown = str(cand.path)
         if cand.from_image and not cand.path.name.lower().endswith(IMAGE_SUFFIXES):

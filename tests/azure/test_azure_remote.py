@@ -177,3 +177,23 @@ def test_what_is_not_a_disk_blob(tmp_path: Path, env: dict, azurite: Azurite,
     cleanenv = {k: v for k, v in env.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
     done = vhdfs("info", "az://c/x.vhd", env=cleanenv, check=False)
     assert done.returncode == 2 and "AZURE_STORAGE_CONNECTION_STRING" in done.stderr
+
+
+def test_local_child_over_a_base_in_blob_storage(tmp_path: Path, env: dict, container: str) -> None:
+    """The base already sits in blob storage; the child is local: --parent names the blob."""
+    base, child = make_chain(tmp_path)
+    vhdfs("upload", base, f"az://{container}/base.vhd", env=env)  # keeps base's unique id
+    local = tmp_path / "local.raw"
+    vhdfs("convert", child, local, "--to", "raw", env=env)
+    base.unlink()  # only the blob is left
+    info = vhdfs("info", child, "--parent", f"az://{container}/base.vhd", env=env)
+    assert f"az://{container}/base.vhd (by --parent)" in info.stdout
+    remote = tmp_path / "remote.raw"
+    result = vhdfs("convert", child, remote, "--to", "raw", "--parent",
+                   f"az://{container}/base.vhd", "--stats", env=env)
+    assert remote.read_bytes() == local.read_bytes()
+    fetched = stats_of(result.stderr)["bytes_fetched"]
+    assert 0 < fetched < 16 * MiB  # the base's data (about 10 MiB), not its 64 MiB
+    missing = vhdfs("info", child, "--parent", f"az://{container}/nothing.vhd", env=env,
+                    check=False)
+    assert missing.returncode == 4 and f"looked in: az://{container}/nothing.vhd (" in missing.stderr

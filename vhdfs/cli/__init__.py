@@ -14,7 +14,6 @@ import pkgutil
 import sys
 from typing import NoReturn
 
-import vhdfs.sources.blob  # noqa: F401 - registers the opener of page blob specs
 from vhdfs import __version__
 from vhdfs.errors import VhdfsError
 from vhdfs.format.dynheader import printable

@@ -85,7 +85,7 @@ class CheckReport:
 
 def _open(path: str) -> Source:
     try:
-        return open_source(path)  # a local file, or a blob when its opener is registered
+        return open_source(path)  # a local file, or a page blob for a blob spec
     except VhdfsError as exc:
         raise CannotCheck(str(exc)) from None
 

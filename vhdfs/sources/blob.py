@@ -7,9 +7,8 @@ grow a read-ahead window (up to 8 MiB) fetched in the background. Blocks that th
 ranges say were never written are zeros without any request. Retries and error messages are
 the client's (vhdfs.azure.client).
 
-Importing this module registers the opener for blob specs (https://..., http://HOST/ACCOUNT/...,
-az://CONTAINER/BLOB) with vhdfs.resolve; the Azure SDK itself is imported only when one is
-opened.
+vhdfs.resolve.open_source sends blob specs (https://..., http://HOST/ACCOUNT/...,
+az://CONTAINER/BLOB) here; the Azure SDK itself is imported only when one is opened.
 """
 
 from __future__ import annotations
@@ -23,9 +22,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from vhdfs.azure.location import BlobLocation, looks_remote
+from vhdfs.azure.location import BlobLocation
 from vhdfs.errors import ImageIOError, RefusedError
-from vhdfs.resolve import register_opener
 from vhdfs.sources.base import Source
 
 if TYPE_CHECKING:
@@ -289,10 +287,8 @@ class BlobSource(Source):
         self.blob.close()
 
 
-def open_blob_spec(spec: str, writable: bool = False) -> BlobSource | None:
-    """The opener registered with vhdfs.resolve: a BlobSource for blob specs, else None."""
-    if not looks_remote(spec):
-        return None
+def open_blob_spec(spec: str, writable: bool = False) -> BlobSource:
+    """The BlobSource of a blob spec (vhdfs.resolve.open_source sends blob specs here)."""
     from vhdfs.azure.credentials import parse_location
 
     location = parse_location(spec)
@@ -301,5 +297,3 @@ def open_blob_spec(spec: str, writable: bool = False) -> BlobSource | None:
                            "copy (vhdfs convert) and upload it with vhdfs upload")
     return BlobSource(location)
 
-
-register_opener(open_blob_spec)
