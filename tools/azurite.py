@@ -110,5 +110,11 @@ class Azurite:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
 
+    def __enter__(self) -> Azurite:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def remove_data(self) -> None:
         shutil.rmtree(self.location, ignore_errors=True)

@@ -139,8 +139,7 @@ def azure_steps(vhdfs: str, workdir: Path, new_png: bytes) -> None:
     if binary is None:
         say("skipping the Azure steps: Azurite is not installed (./scripts/setup installs it)")
         return
-    server = Azurite(binary, workdir / "azurite", in_memory=True).start()
-    try:
+    with Azurite(binary, workdir / "azurite", in_memory=True) as server:
         say(f"Azurite (the Azure Storage emulator) listens on {server.endpoint}")
         env = {**os.environ, "AZURE_STORAGE_CONNECTION_STRING": server.connection_string}
         from azure.storage.blob import BlobServiceClient
@@ -163,8 +162,6 @@ def azure_steps(vhdfs: str, workdir: Path, new_png: bytes) -> None:
         if result.returncode:
             sys.exit(result.returncode)
         check_picture(workdir / "remote-Welcome.png", new_png)
-    finally:
-        server.stop()
 
 
 def main() -> None:

@@ -26,23 +26,15 @@ def _need_azurite() -> Path:
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
     """The session's Azurite (data in memory)."""
-    server = Azurite(_need_azurite(), tmp_path_factory.mktemp("azurite"), in_memory=True)
-    server.start()
-    try:
+    with Azurite(_need_azurite(), tmp_path_factory.mktemp("azurite"), in_memory=True) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def own_azurite(tmp_path: Path) -> Iterator[Azurite]:
     """An Azurite of this test alone, with its data on disk: it may be stopped and restarted."""
-    server = Azurite(_need_azurite(), tmp_path / "azurite-data")
-    server.start()
-    try:
+    with Azurite(_need_azurite(), tmp_path / "azurite-data") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -172,13 +172,12 @@ def main() -> int:
         raise SystemExit("Azurite is not installed: run scripts/setup")
     folder = args.folder or Path(tempfile.mkdtemp(prefix="vhdfs-bench-upload-"))
     folder.mkdir(parents=True, exist_ok=True)
-    server = Azurite(binary, folder / "azurite").start()
     try:
-        env = dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=server.connection_string)
-        lines = bench_upload(folder, server, env, parse_size(args.size), parse_size(args.data))
-        lines += [""] + bench_cat(folder, server, env)
+        with Azurite(binary, folder / "azurite") as server:
+            env = dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=server.connection_string)
+            lines = bench_upload(folder, server, env, parse_size(args.size), parse_size(args.data))
+            lines += [""] + bench_cat(folder, server, env)
     finally:
-        server.stop()
         if args.folder is None:
             shutil.rmtree(folder, ignore_errors=True)
     print("\n".join(lines))
