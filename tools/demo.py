@@ -37,9 +37,9 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the `tools` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.fixtures.guestedit import replace_ntfs_files  # noqa: E402
+from tests.fixtures.guestimage import build_windows_disk, make_png  # noqa: E402
 from tools.azurite import Azurite, azurite_binary  # noqa: E402
-from tools.guestedit import replace_ntfs_files  # noqa: E402
-from tools.guestimage import build_windows_disk, make_png  # noqa: E402
 from vhdfs.resolve import OpenOptions, open_chain  # noqa: E402
 
 DISK_SIZE = 128 * 1024 * 1024

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.guestimage import build_windows_disk, make_png
 from tests.fuse.conftest import (
     SECTOR,
     KiB,
@@ -28,7 +29,6 @@ from tests.fuse.conftest import (
     vhdfs,
 )
 from tests.tooling import force_unmount, vhdimount
-from tools.guestimage import build_windows_disk, make_png
 from vhdfs.create import create_dynamic
 from vhdfs.layer import UNALLOCATED, Layer
 from vhdfs.partitions import list_partitions

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.guestedit import replace_ntfs_files
-from tools.guestimage import build_linux_disk, build_windows_disk, make_png
+from tests.fixtures.guestedit import replace_ntfs_files
+from tests.fixtures.guestimage import build_linux_disk, build_windows_disk, make_png
 from vhdfs.cli import main
 from vhdfs.resolve import OpenOptions, open_chain
 

@@ -7,8 +7,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fixtures.guestimage import make_png
 from tests.guest.conftest import WELCOME, add_child
-from tools.guestimage import make_png
 from vhdfs.guest.changes import Ranges
 from vhdfs.resolve import OpenOptions, open_chain
 

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from tools.bcdstore import Loader, build_bcd, build_mbr_bcd, device_boot, device_gpt_partition
-from tools.regf import Key, Value, build_hive
+from tests.fixtures.bcdstore import Loader, build_bcd, build_mbr_bcd, device_boot, device_gpt_partition
+from tests.fixtures.regf import Key, Value, build_hive
 from vhdfs.guest.bcd import BcdError, read_bcd
 from vhdfs.partitions import PartitionTableError, list_partitions, read_table
 

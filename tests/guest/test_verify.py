@@ -8,9 +8,9 @@ import shutil
 import subprocess
 import sys
 
+from tests.fixtures.bcdstore import build_mbr_bcd
+from tests.fixtures.guestimage import DEFAULT_DISK_SIGNATURE, find_distlib_launcher
 from tests.guest.conftest import DISK_SIZE, SYSTEM_SIZE, add_child, windows_disk
-from tools.bcdstore import build_mbr_bcd
-from tools.guestimage import DEFAULT_DISK_SIGNATURE, find_distlib_launcher
 
 WINLOAD = "Windows/System32/winload.exe"
 WINDOWS_AGENT = "Azure Windows VM Agent (WindowsAzureGuestAgent)"

@@ -1,4 +1,4 @@
-"""Every case of the hostile corpus (tools/hostile.py) against the API and the `vhdfs` command.
+"""Every case of the hostile corpus (tests/fixtures/hostile.py) against the API and the `vhdfs` command.
 
 Per case and operation (info, a full read by `convert --to raw`, a writable open):
 - the API raises exactly the declared VhdfsError subclass (or succeeds, with the warnings);
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import hostile
+from tests.fixtures import hostile
 from vhdfs.cli import main
 from vhdfs.errors import VhdfsError
 from vhdfs.resolve import OpenOptions, open_chain
@@ -209,7 +209,7 @@ SUBPROCESS_CASES = ("image-is-fifo", "parent-is-fifo", "user-parent-is-fifo", "p
 def test_corpus_tool_checks_cases_in_a_subprocess(tmp_path: Path) -> None:
     """The generator's own check: `vhdfs info` in a real process per case (no traceback at
     interpreter level either, output encodable), every case as declared."""
-    done = subprocess.run([sys.executable, "-m", "tools.hostile", str(tmp_path), "--check",
+    done = subprocess.run([sys.executable, "-m", "tests.fixtures.hostile", str(tmp_path), "--check",
                            "--only", ",".join(SUBPROCESS_CASES)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -218,7 +218,7 @@ def test_corpus_tool_checks_cases_in_a_subprocess(tmp_path: Path) -> None:
 
 
 def test_reliability_doc_lists_every_case() -> None:
-    """docs/reliability.md carries the generated case table, kept equal to tools/hostile.py."""
+    """docs/reliability.md carries the generated case table, kept equal to tests/fixtures/hostile.py."""
     text = (ROOT / "docs" / "reliability.md").read_text()
     table = text.split("<!-- cases:begin -->\n", 1)[1].split("<!-- cases:end -->", 1)[0]
-    assert table == hostile.markdown_table(), "run: python -m tools.hostile --table"
+    assert table == hostile.markdown_table(), "run: python -m tests.fixtures.hostile --table"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import hostile
+from tests.fixtures import hostile
 
 VHDFS = [sys.executable, "-m", "vhdfs"]
 

@@ -34,9 +34,9 @@ import time
 from pathlib import Path
 
 from tests.azure.helpers import service, stats_of
+from tests.fixtures.guestimage import build_windows_disk, make_png
 from tools.azurite import Azurite, azurite_binary
 from tools.bench.common import GiB, KiB, MiB
-from tools.guestimage import build_windows_disk, make_png
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
 from vhdfs.layer import Layer
 from vhdfs.sources.local import LocalFile

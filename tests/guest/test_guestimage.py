@@ -1,4 +1,4 @@
-"""Tests of tools/guestimage.py: the images are checked with independent tools.
+"""Tests of tests/fixtures/guestimage.py: the images are checked with independent tools.
 
 The partition table is read back with ``sfdisk --json``; partitions are cut
 out of the image at the offsets *sfdisk* reports and inspected with
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # pytest is started through its console script (``python -m pytest`` does this)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-gi = importlib.import_module("tools.guestimage")
+gi = importlib.import_module("tests.fixtures.guestimage")
 MiB = 1024 * 1024
 DISK_SIZE = 128 * MiB
 
@@ -433,7 +433,8 @@ def test_cli_linux(tmp_path):
     need(*LINUX_TOOLS)
     out = tmp_path / "cli.raw"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "guestimage.py"), "linux", str(out), "--size", "96M"],
+        [sys.executable, "-m", "tests.fixtures.guestimage", "linux", str(out), "--size", "96M"],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         check=False,
@@ -447,8 +448,9 @@ def test_cli_linux(tmp_path):
 
 def test_cli_rejects_bad_size(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "guestimage.py"), "windows", str(tmp_path / "x")]
+        [sys.executable, "-m", "tests.fixtures.guestimage", "windows", str(tmp_path / "x")]
         + ["--size", "huge"],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         check=False,
