@@ -2,7 +2,7 @@
 
 Run it through ``./scripts/demo`` (which sets up the venv first). It
 
-1. builds a Windows-like disk (tools/guestimage.py: MBR, active "System Reserved" NTFS with
+1. builds a Windows-like disk (tests/fixtures/windows.py: MBR, active "System Reserved" NTFS with
    bootmgr and a real Boot/BCD, "Windows" NTFS with winload.exe, IIS's Welcome.png and the
    Azure guest agent) and imports it as a dynamic VHD: the base;
 2. creates a differencing child, mounts the chain writable (``vhdfs mount --rw``), mounts
@@ -17,7 +17,7 @@ Run it through ``./scripts/demo`` (which sets up the venv first). It
 
 Each command is printed before it runs; the demo stops at the first failing command with
 its exit code. Without root, a loop device or /dev/fuse, step 2 falls back to editing a
-scratch copy of the volume with ntfs-3g (tools/guestedit.py); without Azurite, step 4 is
+scratch copy of the volume with ntfs-3g (tests/fixtures/ntfsedit.py); without Azurite, step 4 is
 skipped with the reason.
 """
 
@@ -37,8 +37,9 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the `tools` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.fixtures.guestedit import replace_ntfs_files  # noqa: E402
-from tests.fixtures.guestimage import build_windows_disk, make_png  # noqa: E402
+from tests.fixtures.content import make_png  # noqa: E402
+from tests.fixtures.ntfsedit import replace_ntfs_files  # noqa: E402
+from tests.fixtures.windows import build_windows_disk  # noqa: E402
 from tools.azurite import Azurite, azurite_binary  # noqa: E402
 from vhdfs.resolve import OpenOptions, open_chain  # noqa: E402
 
@@ -120,7 +121,7 @@ def replace_welcome(vhdfs: str, workdir: Path, new_png: bytes) -> None:
             target.write_bytes(new_png)
         return
     say(f"cannot mount here ({reason}): writing the new {WELCOME} into child.vhd with "
-        "ntfs-3g on a scratch copy of volume 2 instead (tools/guestedit.py)")
+        "ntfs-3g on a scratch copy of volume 2 instead (tests/fixtures/ntfsedit.py)")
     with open_chain(str(workdir / "child.vhd"), OpenOptions(), writable=True) as chain:
         sectors = replace_ntfs_files(chain, 2, {WELCOME: new_png})
     say(f"{sectors} sectors written into child.vhd")
@@ -174,7 +175,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="vhdfs-demo-"))
     try:
         say(f"working in {workdir}")
-        say("1. a Windows-like base disk (tools/guestimage.py), imported as a dynamic VHD")
+        say("1. a Windows-like base disk (tests/fixtures/windows.py), imported as a dynamic VHD")
         build_windows_disk(workdir / "base.raw", DISK_SIZE, welcome_png=make_png(320, 200, 2012))
         run([vhdfs, "convert", "base.raw", "base.vhd", "--to", "dynamic"], workdir)
         (workdir / "base.raw").unlink()

@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.fixtures.hostile import (
+from tests.fixtures.vhdimages import (
     FOOTER_CHECKSUM_AT,
     HEADER_CHECKSUM_AT,
     KIB,

@@ -14,7 +14,8 @@ import pytest
 
 from tests.azure.azurite import Azurite, FaultProxy
 from tests.azure.helpers import MiB, make_chain, service, stats_of, vhdfs, write_layer
-from tests.fixtures.guestimage import build_windows_disk, make_png
+from tests.fixtures.content import make_png
+from tests.fixtures.windows import build_windows_disk
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
 from vhdfs.layer import Layer
 from vhdfs.sources.local import LocalFile

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.guestimage import build_windows_disk, make_png
+from tests.fixtures.content import make_png
+from tests.fixtures.windows import build_windows_disk
 from tests.fuse.conftest import (
     SECTOR,
     KiB,

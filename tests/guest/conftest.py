@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.guestedit import replace_ntfs_files
-from tests.fixtures.guestimage import build_linux_disk, build_windows_disk, make_png
+from tests.fixtures.content import make_png
+from tests.fixtures.linux import build_linux_disk
+from tests.fixtures.ntfsedit import replace_ntfs_files
+from tests.fixtures.windows import build_windows_disk
 from vhdfs.cli import main
 from vhdfs.resolve import OpenOptions, open_chain
 

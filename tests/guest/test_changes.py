@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.fixtures.guestimage import make_png
+from tests.fixtures.content import make_png
 from tests.guest.conftest import WELCOME, add_child
 from vhdfs.guest.changes import Ranges
 from vhdfs.resolve import OpenOptions, open_chain

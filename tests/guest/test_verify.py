@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 from tests.fixtures.bcdstore import build_mbr_bcd
-from tests.fixtures.guestimage import DEFAULT_DISK_SIGNATURE, find_distlib_launcher
+from tests.fixtures.content import find_distlib_launcher
+from tests.fixtures.windows import DEFAULT_DISK_SIGNATURE
 from tests.guest.conftest import DISK_SIZE, SYSTEM_SIZE, add_child, windows_disk
 
 WINLOAD = "Windows/System32/winload.exe"

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fixtures.hostile import BLOCK_SIZE, KIB, MIB, make_child, make_dynamic, make_fixed, write_data
+from tests.fixtures.vhdimages import BLOCK_SIZE, KIB, MIB, make_child, make_dynamic, make_fixed, write_data
 from vhdfs.maintain import commit as commit_module
 from vhdfs.maintain.check import check_image
 from vhdfs.maintain.findings import ERROR

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import hostile
+from tests.fixtures import hostile, vhdimages
 
 VHDFS = [sys.executable, "-m", "vhdfs"]
 
@@ -99,15 +99,15 @@ def test_extent_cache_is_bounded_by_the_extents_it_holds(tmp_path: Path, monkeyp
     from vhdfs import chain as chain_module
     from vhdfs.resolve import open_chain
 
-    base = hostile.make_dynamic(tmp_path / "base.vhd", writes=((0, hostile.DISK_SIZE),))
-    child = hostile.make_child(tmp_path / "child.vhd", base,
-                               writes=tuple((i * hostile.BLOCK_SIZE, 512) for i in range(8)))
-    for entry in hostile.bat_entries(child):
-        hostile.patch(child, entry * 512, b"\xaa" * (hostile.BLOCK_SIZE // 512 // 8))
+    base = vhdimages.make_dynamic(tmp_path / "base.vhd", writes=((0, vhdimages.DISK_SIZE),))
+    child = vhdimages.make_child(tmp_path / "child.vhd", base,
+                               writes=tuple((i * vhdimages.BLOCK_SIZE, 512) for i in range(8)))
+    for entry in vhdimages.bat_entries(child):
+        vhdimages.patch(child, entry * 512, b"\xaa" * (vhdimages.BLOCK_SIZE // 512 // 8))
     with open_chain(str(child)) as chain:
         reference = chain.read(0, chain.size)
         extents = sum(1 for _ in chain.iter_extents())
-    assert extents == hostile.DISK_SIZE // 512  # one per sector
+    assert extents == vhdimages.DISK_SIZE // 512  # one per sector
     monkeypatch.setattr(chain_module, "EXTENT_CACHE_EXTENTS", 2500)
     with open_chain(str(child)) as chain:
         assert sum(1 for _ in chain.iter_extents()) == extents

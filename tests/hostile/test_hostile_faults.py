@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.hostile import BLOCK_SIZE, KIB, MIB, make_child, make_dynamic, pattern, read_footer
+from tests.fixtures.vhdimages import BLOCK_SIZE, KIB, MIB, make_child, make_dynamic, pattern, read_footer
 from vhdfs.errors import ImageIOError
 from vhdfs.maintain.check import check_image
 from vhdfs.resolve import OpenOptions, open_chain

@@ -13,7 +13,7 @@ disk. Measured in the same run, against the same Azurite (data on disk):
     are all zeros; default max_concurrency=1), and the same with max_concurrency=8.
 Bytes sent are counted on the wire (request bodies).
 
-Remote cat: a 2 GiB Windows disk (tools/guestimage) as a dynamic base and a child that
+Remote cat: a 2 GiB Windows disk (tests/fixtures/windows.py) as a dynamic base and a child that
 changed inetpub/wwwroot/Welcome.png; the base uploaded flat, the child --as-is, linked with
 set-parent; `vhdfs cat az://.../child.vhd 'C:\\inetpub\\wwwroot\\Welcome.png' --stats` against
 the same `vhdfs cat` of the local chain.
@@ -34,7 +34,8 @@ import time
 from pathlib import Path
 
 from tests.azure.helpers import service, stats_of
-from tests.fixtures.guestimage import build_windows_disk, make_png
+from tests.fixtures.content import make_png
+from tests.fixtures.windows import build_windows_disk
 from tools.azurite import Azurite, azurite_binary
 from tools.bench.common import GiB, KiB, MiB
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of

@@ -1,4 +1,4 @@
-"""Tests of tests/fixtures/guestimage.py: the images are checked with independent tools.
+"""The guest disks of tests/fixtures (windows.py, linux.py), checked with independent tools.
 
 The partition table is read back with ``sfdisk --json``; partitions are cut
 out of the image at the offsets *sfdisk* reports and inspected with
@@ -9,7 +9,6 @@ ntfs-3g's ``ntfscat``/``ntfsls``/``ntfsinfo``, e2fsprogs' ``e2fsck``/
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -25,12 +24,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fixtures import common, content, linux, partitions, windows
+
 ROOT = Path(__file__).resolve().parents[2]
-# tools/ is not an installed package: make the project root importable when
-# pytest is started through its console script (``python -m pytest`` does this)
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-gi = importlib.import_module("tests.fixtures.guestimage")
 MiB = 1024 * 1024
 DISK_SIZE = 128 * MiB
 
@@ -130,9 +126,9 @@ def parse_png(data: bytes) -> tuple[int, int, bytes]:
 
 
 def test_make_png_is_valid_and_seed_dependent():
-    a = gi.make_png(64, 40, seed=1)
-    b = gi.make_png(64, 40, seed=2)
-    assert gi.make_png(64, 40, seed=1) == a  # deterministic
+    a = content.make_png(64, 40, seed=1)
+    b = content.make_png(64, 40, seed=2)
+    assert content.make_png(64, 40, seed=1) == a  # deterministic
     wa, ha, raw_a = parse_png(a)
     wb, hb, raw_b = parse_png(b)
     assert (wa, ha) == (wb, hb) == (64, 40)
@@ -146,16 +142,16 @@ def test_make_png_is_valid_and_seed_dependent():
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 48), st.integers(1, 48), st.integers(0, 2**32))
 def test_make_png_any_size(width, height, seed):
-    assert parse_png(gi.make_png(width, height, seed))[:2] == (width, height)
+    assert parse_png(content.make_png(width, height, seed))[:2] == (width, height)
 
 
 def test_parse_size():
-    assert gi.parse_size("256M") == 256 * MiB
-    assert gi.parse_size("1G") == 1024 * MiB
-    assert gi.parse_size("64MiB") == 64 * MiB
-    assert gi.parse_size("4096") == 4096
+    assert common.parse_size("256M") == 256 * MiB
+    assert common.parse_size("1G") == 1024 * MiB
+    assert common.parse_size("64MiB") == 64 * MiB
+    assert common.parse_size("4096") == 4096
     with pytest.raises(ValueError):
-        gi.parse_size("lots")
+        common.parse_size("lots")
 
 
 # --------------------------------------------------------------------------
@@ -164,7 +160,7 @@ def test_parse_size():
 
 
 def test_distlib_launcher_has_genuine_version_resource():
-    launcher = gi.find_distlib_launcher()
+    launcher = content.find_distlib_launcher()
     assert launcher.name == "t64.exe" and launcher.is_file()
     pe = pefile.PE(str(launcher))
     assert pe.FILE_HEADER.Machine == pefile.MACHINE_TYPE["IMAGE_FILE_MACHINE_AMD64"]
@@ -185,7 +181,7 @@ def test_distlib_launcher_has_genuine_version_resource():
 
 
 def test_efi_stub_is_pe32plus_efi_application():
-    pe = pefile.PE(data=gi.make_efi_stub())
+    pe = pefile.PE(data=content.make_efi_stub())
     assert pe.FILE_HEADER.Machine == 0x8664
     assert pe.OPTIONAL_HEADER.Magic == 0x20B
     assert pe.OPTIONAL_HEADER.Subsystem == 10  # EFI_APPLICATION
@@ -198,7 +194,7 @@ def test_efi_stub_is_pe32plus_efi_application():
 # --------------------------------------------------------------------------
 
 WIN_TOOLS = ("mkntfs", "ntfs-3g", "sfdisk", "ntfscat", "ntfsls", "ntfsinfo")
-AGENT_EXE = f"{gi.WINDOWS_AGENT_DIR}/WindowsAzureGuestAgent.exe"
+AGENT_EXE = f"{windows.WINDOWS_AGENT_DIR}/WindowsAzureGuestAgent.exe"
 
 
 @pytest.fixture(scope="module")
@@ -207,9 +203,9 @@ def windows_disk(tmp_path_factory):
     if not os.path.exists("/dev/fuse"):
         pytest.skip("ntfs-3g needs /dev/fuse to populate NTFS volumes")
     d = tmp_path_factory.mktemp("win")
-    png = gi.make_png(96, 64, seed=4242)
+    png = content.make_png(96, 64, seed=4242)
     bcd = b"regf-not-really" + bytes(range(256)) * 8
-    layout = gi.build_windows_disk(d / "win.raw", DISK_SIZE, welcome_png=png, bcd=bcd)
+    layout = windows.build_windows_disk(d / "win.raw", DISK_SIZE, welcome_png=png, bcd=bcd)
     return d, d / "win.raw", layout, png, bcd
 
 
@@ -218,7 +214,7 @@ def test_windows_partition_table(windows_disk):
     assert image.stat().st_size == DISK_SIZE
     table = sfdisk_json(image)
     assert table["label"] == "dos"
-    assert int(table["id"], 16) == gi.DEFAULT_DISK_SIGNATURE
+    assert int(table["id"], 16) == windows.DEFAULT_DISK_SIGNATURE
     parts = table["partitions"]
     assert len(parts) == 2
     assert [p["type"] for p in parts] == ["7", "7"]
@@ -232,7 +228,7 @@ def test_windows_partition_table(windows_disk):
     # the MBR itself: signature at 440, boot flag of entry 1, 0x55AA
     with open(image, "rb") as f:
         mbr = f.read(512)
-    assert struct.unpack_from("<I", mbr, 440)[0] == gi.DEFAULT_DISK_SIGNATURE
+    assert struct.unpack_from("<I", mbr, 440)[0] == windows.DEFAULT_DISK_SIGNATURE
     assert mbr[446] == 0x80 and mbr[446 + 16] == 0x00
     assert mbr[510:] == b"\x55\xaa"
     # sparse: far less allocated than the nominal size
@@ -244,7 +240,7 @@ def test_windows_volumes_content(windows_disk):
     parts = sfdisk_json(image)["partitions"]
     p1 = extract(image, parts[0], d / "p1.ntfs")
     p2 = extract(image, parts[1], d / "p2.ntfs")
-    launcher = gi.find_distlib_launcher().read_bytes()
+    launcher = content.find_distlib_launcher().read_bytes()
 
     volumes = ((p1, parts[0], "System Reserved"), (p2, parts[1], "Windows"))
     for (part_file, part, label), lp in zip(volumes, layout["partitions"], strict=True):
@@ -285,17 +281,17 @@ def test_windows_agent_placement_options(tmp_path):
     need(*WIN_TOOLS)
     if not os.path.exists("/dev/fuse"):
         pytest.skip("ntfs-3g needs /dev/fuse to populate NTFS volumes")
-    layout = gi.build_windows_disk(
+    layout = windows.build_windows_disk(
         tmp_path / "sys.raw", 64 * MiB, agent_on_system_partition=True, system_size=16 * MiB
     )
     assert f"1:/{AGENT_EXE}" in layout["files"] and f"2:/{AGENT_EXE}" not in layout["files"]
     parts = sfdisk_json(tmp_path / "sys.raw")["partitions"]
     p1 = extract(tmp_path / "sys.raw", parts[0], tmp_path / "p1")
     p2 = extract(tmp_path / "sys.raw", parts[1], tmp_path / "p2")
-    assert ntfscat(p1, "/" + AGENT_EXE) == gi.find_distlib_launcher().read_bytes()
+    assert ntfscat(p1, "/" + AGENT_EXE) == content.find_distlib_launcher().read_bytes()
     assert not any("WindowsAzure" in p for p in ntfs_tree(p2))
 
-    layout = gi.build_windows_disk(tmp_path / "none.raw", 64 * MiB, agent=False)
+    layout = windows.build_windows_disk(tmp_path / "none.raw", 64 * MiB, agent=False)
     assert not any("WindowsAzure" in k for k in layout["files"])
     parts = sfdisk_json(tmp_path / "none.raw")["partitions"]
     p2 = extract(tmp_path / "none.raw", parts[1], tmp_path / "n2")
@@ -317,7 +313,7 @@ WAAGENT = "2.10.0.8"
 def linux_disk(tmp_path_factory):
     need(*LINUX_TOOLS, *CHECK_TOOLS)
     d = tmp_path_factory.mktemp("linux")
-    layout = gi.build_linux_disk(d / "linux.raw", DISK_SIZE, waagent_version=WAAGENT)
+    layout = linux.build_linux_disk(d / "linux.raw", DISK_SIZE, waagent_version=WAAGENT)
     parts = sfdisk_json(d / "linux.raw")["partitions"]
     esp = extract(d / "linux.raw", parts[0], d / "esp.vfat")
     root = extract(d / "linux.raw", parts[1], d / "root.ext4")
@@ -340,10 +336,10 @@ def test_linux_partition_table(linux_disk):
     d, image, layout, _, _ = linux_disk
     table = sfdisk_json(image)
     assert table["label"] == "gpt"
-    assert table["id"] == gi.DEFAULT_LINUX_DISK_GUID
+    assert table["id"] == linux.DEFAULT_LINUX_DISK_GUID
     parts = table["partitions"]
-    assert [p["type"] for p in parts] == [gi.GPT_TYPE_ESP, gi.GPT_TYPE_LINUX_DATA]
-    assert [p["uuid"] for p in parts] == [gi.DEFAULT_ESP_PARTUUID, gi.DEFAULT_ROOT_PARTUUID]
+    assert [p["type"] for p in parts] == [partitions.GPT_TYPE_ESP, partitions.GPT_TYPE_LINUX_DATA]
+    assert [p["uuid"] for p in parts] == [linux.DEFAULT_ESP_PARTUUID, linux.DEFAULT_ROOT_PARTUUID]
     assert parts[0]["start"] == 2048
     assert all(p["start"] % 2048 == 0 for p in parts)
     assert table["lastlba"] >= parts[1]["start"] + parts[1]["size"] - 1
@@ -364,7 +360,7 @@ def test_linux_root_fs(linux_disk):
     run("e2fsck", "-fn", str(root))
     header = run("dumpe2fs", "-h", str(root)).stdout
     root_uuid = re.search(r"^Filesystem UUID:\s*(\S+)", header, re.M).group(1)
-    assert root_uuid == gi.DEFAULT_ROOT_UUID == layout["partitions"][1]["uuid"]
+    assert root_uuid == linux.DEFAULT_ROOT_UUID == layout["partitions"][1]["uuid"]
     assert "extent" in re.search(r"^Filesystem features:(.*)$", header, re.M).group(1)
 
     os_release = debugfs_cat(root, "/etc/os-release")
@@ -414,9 +410,9 @@ def test_linux_esp(linux_disk):
         check=True,
         env=dict(os.environ, MTOOLS_SKIP_CHECK="1"),
     ).stdout
-    assert efi == gi.make_efi_stub()
+    assert efi == content.make_efi_stub()
     grub = run("mtype", "-i", str(esp), "::/EFI/debian/grub.cfg").stdout
-    assert f"search.fs_uuid {gi.DEFAULT_ROOT_UUID} root" in grub
+    assert f"search.fs_uuid {linux.DEFAULT_ROOT_UUID} root" in grub
     assert "configfile $prefix/grub.cfg" in grub
     # FAT32 boot sector: hidden sectors == partition start
     boot = esp.read_bytes()[:512]
@@ -433,7 +429,7 @@ def test_cli_linux(tmp_path):
     need(*LINUX_TOOLS)
     out = tmp_path / "cli.raw"
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.fixtures.guestimage", "linux", str(out), "--size", "96M"],
+        [sys.executable, "-m", "tests.fixtures", "linux", str(out), "--size", "96M"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -448,7 +444,7 @@ def test_cli_linux(tmp_path):
 
 def test_cli_rejects_bad_size(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.fixtures.guestimage", "windows", str(tmp_path / "x")]
+        [sys.executable, "-m", "tests.fixtures", "windows", str(tmp_path / "x")]
         + ["--size", "huge"],
         cwd=ROOT,
         capture_output=True,
