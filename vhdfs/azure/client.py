@@ -37,9 +37,10 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from vhdfs.azure.credentials import Credential, credential_for
-from vhdfs.azure.location import BlobLocation, scrub
+from vhdfs.azure.location import BlobLocation
 from vhdfs.azure.stats import TRANSFER
 from vhdfs.errors import RemoteError, VhdfsError
+from vhdfs.secrets import scrub
 
 # The SDK logs requests and retries on the "azure" logger; nothing of it reaches the user
 # (our own messages say what matters, scrubbed).

@@ -21,6 +21,7 @@ from typing import Any
 
 from vhdfs.azure.location import BlobLocation, is_loopback, parse_blob_url, split_az
 from vhdfs.errors import RemoteError, UsageError
+from vhdfs.secrets import register, register_query
 
 CONNECTION_STRING_VAR = "AZURE_STORAGE_CONNECTION_STRING"
 ACCOUNT_VARS = ("AZURE_STORAGE_ACCOUNT", "AZURE_STORAGE_ACCOUNT_NAME")
@@ -83,9 +84,13 @@ def _endpoint(url: str, account: str, where: str) -> BlobLocation:
 def account_from_connection_string(text: str) -> EnvAccount:
     fields = parse_connection_string(text)
     where = CONNECTION_STRING_VAR
+    # Masked from here on, wherever they appear (vhdfs.secrets), even out of their string.
+    register(fields.get("accountkey", ""))
+    register_query(fields.get("sharedaccesssignature", ""))
     if fields.get("usedevelopmentstorage", "").lower() == "true":
         proxy = fields.get("developmentstorageproxyuri")
         url = DEV_ENDPOINT if not proxy else proxy.rstrip("/") + ":10000/" + DEV_ACCOUNT
+        register(DEV_KEY)  # public, but a key all the same: never shown
         return EnvAccount(_endpoint(url, DEV_ACCOUNT, where), key=DEV_KEY)
     account = fields.get("accountname", "")
     key = fields.get("accountkey", "")
@@ -116,6 +121,8 @@ def env_account(environ: dict[str, str] | None = None) -> EnvAccount | None:
         return None
     key = next((env[v].strip() for v in KEY_VARS if env.get(v, "").strip()), "")
     sas = env.get(SAS_VAR, "").strip().lstrip("?")
+    register(key)
+    register_query(sas)
     names = f"{ACCOUNT_VARS[0]}/{KEY_VARS[0] if key else SAS_VAR}"
     endpoint = _endpoint(f"https://{account}.blob.core.windows.net", account, names)
     return EnvAccount(endpoint, key=key, sas=sas, source=names)

@@ -1,4 +1,4 @@
-"""Where a page blob lives: parse the blob forms users write, and keep secrets out of text.
+"""Where a page blob lives: parse the blob forms users write.
 
 Accepted forms:
   https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB[?SAS]   (any ACCOUNT.blob.SUFFIX host)
@@ -6,43 +6,20 @@ Accepted forms:
   az://CONTAINER/BLOB                                          (account from the environment)
 
 Nothing here talks to the network or imports the Azure SDK: the command line parses every
-image argument through `parse_blob_spec`, and most arguments are local files.
+image argument that looks remote through here, and most arguments are local files. Parsing a URL
+registers its query string (a SAS) with vhdfs.secrets, so it is masked wherever it appears.
 """
 
 from __future__ import annotations
 
-import re
 import urllib.parse
 from dataclasses import dataclass, replace
 
 from vhdfs.errors import UsageError
+from vhdfs.secrets import register_query, scrub
 
 SCHEMES = ("https://", "http://", "az://")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
-REDACTED = "REDACTED"
-# Query parameters of a SAS that are a secret (the signature) or that we never need to show.
-_SAS_SECRET = re.compile(r"(?i)\b(sig|signature)=[^&\s'\"<>]+")
-_KEY_IN_TEXT = re.compile(r"(?i)\b(AccountKey|SharedAccessSignature)=[^;\s'\"<>]+")
-_SHAREDKEY_HEADER = re.compile(r"(?i)\b(SharedKey(?:Lite)?\s+[^:\s]+:)[A-Za-z0-9+/=]+")
-_BEARER = re.compile(r"(?i)\b(Bearer\s+)[A-Za-z0-9._~+/=-]+")
-# Azure echoes the request's signature in some 403 answers ("The MAC signature found in the
-# HTTP request '...' is not the same as any computed signature").
-_ECHOED_SIGNATURE = re.compile(r"(?i)(signature found in the HTTP request ')[^']*(')")
-
-
-def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """`text` without SAS signatures, account keys, bearer tokens or any of `secrets`."""
-    for secret in secrets:
-        if secret and len(secret) >= 8:
-            text = text.replace(secret, REDACTED)
-            quoted = urllib.parse.quote(secret, safe="")
-            if quoted != secret:
-                text = text.replace(quoted, REDACTED)
-    text = _SAS_SECRET.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
-    text = _KEY_IN_TEXT.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
-    text = _SHAREDKEY_HEADER.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
-    text = _BEARER.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
-    return _ECHOED_SIGNATURE.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(2)}", text)
 
 
 def looks_remote(spec: str) -> bool:
@@ -128,6 +105,7 @@ class BlobLocation:
 def parse_blob_url(spec: str, *, want_blob: bool = True) -> BlobLocation:
     """An http(s) URL of a blob (or of a container or folder when not `want_blob`)."""
     parts = urllib.parse.urlsplit(spec)
+    register_query(parts.query)  # before any message can quote it
     scheme = parts.scheme.lower()
     host = parts.netloc
     shown = scrub(spec)
@@ -163,6 +141,7 @@ def split_az(spec: str, *, want_blob: bool = True) -> tuple[str, str]:
         raise UsageError(f"{spec}: expected az://CONTAINER/BLOB (the account comes from "
                          "AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT)")
     if "?" in blob:
+        register_query(blob.partition("?")[2])
         raise UsageError(f"{scrub(spec)}: az:// names take no query; put a SAS in "
                          "AZURE_STORAGE_SAS_TOKEN or use the https:// URL")
     return container, blob

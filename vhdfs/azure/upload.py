@@ -63,6 +63,7 @@ from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
 from vhdfs.layer import Layer
 from vhdfs.progress import Progress
 from vhdfs.resolve import OpenOptions, open_chain, open_layer, open_source
+from vhdfs.secrets import scrub, without_query
 from vhdfs.sources.local import LocalFile
 from vhdfs.units import human
 
@@ -371,11 +372,20 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def source_name(spec: str) -> str:
+    """How the metadata names the source: a local file by its name, a blob by its URL
+    without the query string (anyone who can read the blob reads its metadata: a SAS there
+    would hand them the source)."""
+    if looks_remote(spec):
+        return urllib.parse.quote(without_query(spec), safe=":/")
+    return urllib.parse.quote(os.path.basename(spec.rstrip("/")) or spec)
+
+
 def start_metadata(plan: SourcePlan) -> dict[str, str]:
     meta = {
         STATE_KEY: "uploading",
         "vhdfs_mode": plan.mode,
-        "vhdfs_source": urllib.parse.quote(os.path.basename(plan.name.rstrip("/")) or plan.name),
+        "vhdfs_source": source_name(plan.name),
         "vhdfs_source_size": str(plan.source_size),
         "vhdfs_source_mtime": _iso(plan.source_mtime),
         "vhdfs_source_id": plan.fingerprint,
@@ -543,7 +553,7 @@ def _upload(plan: SourcePlan, dest: BlobLocation, options: UploadOptions,
     secrets = credential.secrets
     name = dest.display
     client = blob_client(dest, credential)
-    report = UploadReport(plan.name, name, plan.mode, plan.blob_size)
+    report = UploadReport(scrub(plan.name), name, plan.mode, plan.blob_size)
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
@@ -667,5 +677,5 @@ def describe(report: UploadReport) -> str:
         text += f", {report.seconds:.1f} s ({human(int(rate))}/s); digest {report.digest}"
     if report.verified:
         text += "; verified"
-    return text
+    return scrub(text)
 

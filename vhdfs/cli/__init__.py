@@ -7,16 +7,19 @@ they are discovered, so a new command is a new module.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import pkgutil
 import sys
+import traceback
 from typing import NoReturn
 
 from vhdfs import __version__
 from vhdfs.errors import VhdfsError
 from vhdfs.format.dynheader import printable
+from vhdfs.secrets import ScrubbingWriter, scrub_logger
 
 INTERNAL_ERROR_EXIT = 70
 
@@ -57,6 +60,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("vhdfs")
+    # Every text the command prints or logs passes the one scrubber (vhdfs.secrets): no SAS,
+    # key or token reaches the terminal, a --json reader or the mount's log.
+    scrub_logger(log)
+    terminal = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = ScrubbingWriter(terminal[0]), ScrubbingWriter(terminal[1])
     handler = _OneLineWarnings()
     log.addHandler(handler)
     log.propagate = False
@@ -83,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:  # a bug: one line, a report hint, the trace only on request
         if os.environ.get("VHDFS_DEBUG"):
-            raise
+            traceback.print_exc()  # through the scrubbing stderr
+            return INTERNAL_ERROR_EXIT
         print(f"vhdfs: internal error: {type(exc).__name__}: {exc} (this is a bug; run with "
               "VHDFS_DEBUG=1 for details and report it)", file=sys.stderr)
         return INTERNAL_ERROR_EXIT
@@ -93,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print_stats(args)
         log.removeHandler(handler)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError):  # a reader gone away: nothing more to say
+                stream.flush()
+        sys.stdout, sys.stderr = terminal
 
 
 def run() -> None:

@@ -29,6 +29,7 @@ import trio
 from vhdfs.chain import Chain
 from vhdfs.errors import VhdfsError
 from vhdfs.fuse.tree import DiskFile
+from vhdfs.secrets import scrub
 
 log = logging.getLogger("vhdfs")
 
@@ -162,8 +163,8 @@ class ChainOperations(pyfuse3.Operations):
         if inode == ROOT:
             if name == XATTR_PID:
                 return str(os.getpid()).encode()
-            if name == XATTR_IMAGE:
-                return os.fsencode(self.chain.top.name)
+            if name == XATTR_IMAGE:  # readable by every user who sees the mount: no secret
+                return os.fsencode(scrub(self.chain.top.name))
             if name == XATTR_WRITABLE:
                 return b"1" if self.writable else b"0"
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
