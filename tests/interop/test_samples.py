@@ -1,4 +1,8 @@
-"""The qemu sample images (Virtual PC, Hyper-V 2012 R2, Disk2vhd) open with our size rule.
+"""Third-party sample images (Virtual PC, Hyper-V 2012 R2, Disk2vhd) open with our size rule.
+
+Only those programs write these files, so they are not part of the repository: each test
+skips, naming the file and the samples folder, when the folder does not hold it
+(tests/fixtures/samples.py: $VHDFS_SAMPLES, else ../shared/samples beside the repository).
 
 Rule (documented in the README, overridable with --size-rule): the footer's current size,
 except for disks made by Virtual PC ('vpc ') or old qemu ('qemu'), which size disks by CHS
@@ -7,26 +11,11 @@ geometry, unless the geometry is the maximum (then it cannot express the size).
 
 from __future__ import annotations
 
-import bz2
-import shutil
-from pathlib import Path
-
 import pytest
 
+from tests.fixtures.samples import unpack_sample as sample
 from tests.tooling import run
 from vhdfs.resolve import OpenOptions, open_chain
-
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
-
-
-def sample(tmp_path: Path, name: str) -> Path:
-    packed = SAMPLES / f"{name}.bz2"
-    if not packed.exists():
-        pytest.skip(f"sample {name} is not available beside the repository (shared/samples)")
-    out = tmp_path / name
-    with bz2.open(packed) as src, open(out, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return out
 
 
 @pytest.mark.parametrize(("name", "auto", "current", "chs"), [
@@ -35,7 +24,7 @@ def sample(tmp_path: Path, name: str) -> Path:
     ("d2v-zerofilled.vhd", 263454720, 263454720, 136899993600),
 ])
 def test_sample_sizes(tmp_path, name, auto, current, chs):
-    path = sample(tmp_path, name)
+    path = sample(name, tmp_path)
     for rule, expected in (("auto", auto), ("current", current)):
         with open_chain(str(path), OpenOptions(size_rule=rule)) as chain:
             assert chain.size == expected
@@ -47,7 +36,7 @@ def test_sample_sizes(tmp_path, name, auto, current, chs):
 
 
 def test_d2v_sample_reads_like_qemu(tmp_path):
-    path = sample(tmp_path, "d2v-zerofilled.vhd")
+    path = sample("d2v-zerofilled.vhd", tmp_path)
     reference = tmp_path / "ref.raw"
     run("qemu-img", "convert", "-f", "vpc", "-O", "raw", str(path), str(reference))
     with open_chain(str(path)) as chain:

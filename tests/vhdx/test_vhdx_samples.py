@@ -1,4 +1,9 @@
-"""The qemu sample VHDX images read as qemu-img reads them (after log replay)."""
+"""Sample VHDX images read as qemu-img reads them (after log replay).
+
+Each case runs on an image made here (qemu-img's dynamic VHDX; the test writer's file with an
+unreplayed log) and on the matching qemu iotest sample when the samples folder has it
+(tests/fixtures/samples.py says where; skipped with that place otherwise).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,19 @@ import shutil
 import pytest
 from vhdxtools import differences_from_raw, qemu_raw, run
 
+from tests.fixtures.samples import MADE_DIRTY_LOG, MADE_DYNAMIC, QEMU_DIRTY_LOG_SAMPLE, QEMU_DYNAMIC_SAMPLE
 from vhdfs.convert import convert
 from vhdfs.resolve import open_chain
 from vhdfs.sources.local import LocalFile
 from vhdfs.vhdx import layer as vhdx_layer
 from vhdfs.vhdx.layer import VhdxLayer
 
-DYNAMIC = "iotest-dynamic-1G.vhdx"
-DIRTY = "iotest-dirtylog-10G-4M.vhdx"
+#: Dynamic VHDX, 1 GiB, 32 MiB blocks: made by qemu-img here, and qemu's sample (Hyper-V's).
+DYNAMIC = [pytest.param(MADE_DYNAMIC, id="made"),
+           pytest.param(QEMU_DYNAMIC_SAMPLE, id="sample")]
+#: Dynamic VHDX, 10 GiB, 1 MiB blocks, one unreplayed log entry, with the creator it names.
+DIRTY = [pytest.param(MADE_DIRTY_LOG, "vhdfs test writer", id="made"),
+         pytest.param(QEMU_DIRTY_LOG_SAMPLE, "QEMU", id="sample")]
 
 
 def _digest(path) -> str:
@@ -41,47 +51,52 @@ def qemu_reading(samples, tmp_path_factory):
     return get
 
 
-def test_dynamic_sample_reads_as_qemu(samples, qemu_reading):
-    with open_chain(str(samples(DYNAMIC))) as chain:
+@pytest.mark.parametrize("name", DYNAMIC)
+def test_dynamic_sample_reads_as_qemu(samples, qemu_reading, name):
+    with open_chain(str(samples(name))) as chain:
         layer = chain.top
         assert isinstance(layer, VhdxLayer)
         assert (chain.size, layer.block_size, layer.logical_sector_size) == (1 << 30, 32 << 20, 512)
         assert layer.replay is None and not layer.warnings
-        assert differences_from_raw(chain, qemu_reading(DYNAMIC)) == []
+        assert differences_from_raw(chain, qemu_reading(name)) == []
 
 
-def test_dirty_log_sample_is_replayed_in_memory(samples, qemu_reading):
-    image = samples(DIRTY)
+@pytest.mark.parametrize(("name", "creator"), DIRTY)
+def test_dirty_log_sample_is_replayed_in_memory(samples, qemu_reading, name, creator):
+    image = samples(name)
     before = _digest(image)
     with open_chain(str(image)) as chain:
         layer = chain.top
         assert layer.replay is not None and len(layer.replay.entries) == 1
         assert any("not yet replayed" in w for w in layer.warnings)
-        assert differences_from_raw(chain, qemu_reading(DIRTY)) == []
+        assert differences_from_raw(chain, qemu_reading(name)) == []
     assert _digest(image) == before, "reading must not change the file"
 
 
-def test_dirty_log_sample_without_replay_reads_differently(samples, qemu_reading, monkeypatch):
+@pytest.mark.parametrize(("name", "creator"), DIRTY)
+def test_dirty_log_sample_without_replay_reads_differently(samples, qemu_reading, monkeypatch, name,
+                                                           creator):
     """The replay matters: with it switched off the image reads differently from qemu."""
     monkeypatch.setattr(vhdx_layer, "replay_log", lambda *args: None)
-    with open_chain(str(samples(DIRTY))) as chain:
+    with open_chain(str(samples(name))) as chain:
         assert chain.top.replay is None
-        assert differences_from_raw(chain, qemu_reading(DIRTY)) != []
+        assert differences_from_raw(chain, qemu_reading(name)) != []
 
 
-def test_info_facts_of_the_dirty_sample(samples):
-    with VhdxLayer(LocalFile(samples(DIRTY))) as layer:
+@pytest.mark.parametrize(("name", "creator"), DIRTY)
+def test_info_facts_of_the_dirty_sample(samples, name, creator):
+    with VhdxLayer(LocalFile(samples(name))) as layer:
         facts = layer.describe()
     assert facts["format"] == "vhdx" and facts["disk_type"] == "dynamic"
     assert facts["block_size"] == 1 << 20 and facts["virtual_size"] == 10 << 30
     assert facts["log"] == "1 entries replayed in memory"
-    assert facts["creator"].startswith("QEMU")
+    assert facts["creator"].startswith(creator)
 
 
-def test_sample_converts_to_azure_fixed_vhd(samples, qemu_reading, tmp_path):
+@pytest.mark.parametrize("name", DYNAMIC)
+def test_sample_converts_to_azure_fixed_vhd(samples, qemu_reading, tmp_path, name):
     """A fixed VHD from a VHDX: raw data + footer, read by qemu-img as the same disk.
     (The 1 GiB sample only: a fixed VHD is read whole, the 10 GiB one would cost seconds.)"""
-    name = DYNAMIC
     out = tmp_path / "out.vhd"
     with open_chain(str(samples(name))) as chain:
         convert(chain, out, "fixed")

@@ -1,17 +1,11 @@
-"""Helpers for the VHDX tests: qemu-img and libvhdi cross-checks, the samples folder."""
+"""Helpers for the VHDX tests: qemu-img and libvhdi cross-checks."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 from tests.tooling import need, run
-
-HERE = Path(__file__).resolve().parent
-
-# The shared samples live beside the repository; VHDFS_SAMPLES may point elsewhere.
-SAMPLES = Path(os.environ.get("VHDFS_SAMPLES", HERE.parents[1] / ".." / "shared" / "samples"))
 
 
 def qemu_compare(image: Path, raw: Path) -> subprocess.CompletedProcess:
