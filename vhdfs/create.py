@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from vhdfs.azure.location import looks_remote
 from vhdfs.errors import RefusedError, UsageError
 from vhdfs.format.dynheader import (
     HEADER_SIZE,
@@ -33,6 +34,7 @@ from vhdfs.format.dynheader import (
 )
 from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer
 from vhdfs.layer import MAX_BAT_ENTRIES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, SECTOR
+from vhdfs.quoting import escape
 
 DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024
 # The VHD specification's limit for dynamic and differencing disks.
@@ -46,11 +48,23 @@ _EPOCH_2000 = 946684800
 class ParentInfo:
     """What a new differencing child records about its parent."""
 
-    path: Path  # where the parent is now (absolute)
+    path: Path | None  # where a local parent is now (absolute); None for a blob
     unique_id: bytes
     size: int
     timestamp: int  # VHD time of the parent's last modification (advisory)
     block_size: int = 0
+    url: str = ""  # a parent in blob storage: its URL, never with a query (a SAS)
+
+    @property
+    def name(self) -> str:
+        """The parent's file name (the header's parent name)."""
+        if self.path is not None:
+            return self.path.name
+        return urllib.parse.unquote(urllib.parse.urlsplit(self.url).path.rsplit("/", 1)[-1])
+
+    @property
+    def shown(self) -> str:
+        return str(self.path) if self.path is not None else self.url
 
 
 def check_size(size: int, disk_type: DiskType) -> None:
@@ -129,6 +143,7 @@ def write_fixed(path: Path, size: int) -> Footer:
 def parent_locators(child_folder: Path, parent: Path) -> list[tuple[bytes, bytes]]:
     """W2ru (relative), W2ku (absolute) and MacX (file URL) for a child in `child_folder`."""
     parent_abs = parent.resolve()
+    require_text_path(parent_abs)
     rel = os.path.relpath(parent_abs, child_folder.resolve())
     rel_win = rel.replace("/", "\\")
     if not rel_win.startswith(".."):
@@ -138,6 +153,30 @@ def parent_locators(child_folder: Path, parent: Path) -> list[tuple[bytes, bytes
         (PLATFORM_W2KU, str(parent_abs).encode("utf-16-le")),
         (PLATFORM_MACX, ("file://" + urllib.parse.quote(str(parent_abs))).encode("utf-8")),
     ]
+
+
+def require_text_path(path: Path) -> None:
+    """Refuse a parent path that is not valid UTF-8: locators and the parent name hold
+    Unicode text (UTF-16), so such a path cannot be recorded as it is, and a guessed
+    spelling would make the child find nothing (or another file)."""
+    text = str(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(f"{escape(text, backslash=False)}: the parent's path is not valid UTF-8 "
+                         "(shown with \\ooo for its raw bytes), and a VHD records its parent's "
+                         "path as Unicode text; rename the parent (or its folder) to a UTF-8 "
+                         "name and link again") from None
+
+
+def url_locators(url: str) -> list[tuple[bytes, bytes]]:
+    """The one locator of a parent in blob storage: MacX, its URL (without query) as UTF-8.
+
+    Windows' locators (W2ru, W2ku) hold file paths and are left out; vhdfs follows the URL
+    only to the account the environment holds credentials for (vhdfs.resolve)."""
+    if "?" in url or "#" in url:
+        raise ValueError("a parent URL is recorded without query or fragment")
+    return [(PLATFORM_MACX, url.encode("utf-8"))]
 
 
 def sparse_layout(size: int, block_size: int, disk_type: DiskType,
@@ -158,7 +197,7 @@ def sparse_layout(size: int, block_size: int, disk_type: DiskType,
     if parent is not None:
         header.parent_unique_id = parent.unique_id
         header.parent_timestamp = parent.timestamp
-        header.parent_name_raw = DynamicHeader.encode_parent_name(parent.path.name)
+        header.parent_name_raw = DynamicHeader.encode_parent_name(parent.name)
     header.table_offset = position
     footer_at = position + _round_up(entries * 4, SECTOR)
     return footer, header, placed, footer_at
@@ -166,7 +205,10 @@ def sparse_layout(size: int, block_size: int, disk_type: DiskType,
 
 def write_sparse(path: Path, size: int, block_size: int, disk_type: DiskType,
                  parent: ParentInfo | None = None) -> Footer:
-    locators = parent_locators(path.parent, parent.path) if parent else []
+    locators: list[tuple[bytes, bytes]] = []
+    if parent is not None:
+        locators = parent_locators(path.parent, parent.path) if parent.path is not None \
+            else url_locators(parent.url)
     footer, header, placed, footer_at = sparse_layout(size, block_size, disk_type, parent,
                                                      locators)
     table = header.table_offset
@@ -204,7 +246,7 @@ def create_differencing(out: str | os.PathLike[str], parent: ParentInfo,
     block_size = block_size or parent.block_size or DEFAULT_BLOCK_SIZE
     check_block_size(block_size, size)
     target = Path(out)
-    if target.exists() and target.resolve() == parent.path.resolve():
+    if parent.path is not None and target.exists() and target.resolve() == parent.path.resolve():
         raise RefusedError(f"{target}: is the parent itself; choose another name for the child")
     with atomic_output(out, force=force) as tmp:
         # Locators are computed for the final name's folder (same folder as tmp).
@@ -212,13 +254,21 @@ def create_differencing(out: str | os.PathLike[str], parent: ParentInfo,
 
 
 def parent_info_of(path: str | os.PathLike[str], layer) -> ParentInfo:
-    """ParentInfo for an opened local layer (the top of the chain a child will extend)."""
+    """ParentInfo for an opened layer (the top of the chain a child will extend): a local
+    file, or a page blob (`az://`, `https://`), whose URL is recorded without its query."""
     if getattr(layer, "image_format", "VHD") != "VHD":
         # Hyper-V links a VHD differencing disk to a VHD parent only.
         raise RefusedError(f"{path}: is a {layer.image_format} image; a VHD differencing disk "
                            f"can only have a VHD parent; convert it first: vhdfs convert {path} "
                            "base.vhd --to dynamic")
+    if looks_remote(str(path)):
+        from vhdfs.azure.credentials import parse_location
+
+        return ParentInfo(path=None, unique_id=layer.unique_id, size=layer.size,
+                          timestamp=layer.footer.timestamp, block_size=layer.block_size,
+                          url=parse_location(str(path)).url)
     where = Path(path).resolve()
+    require_text_path(where)
     mtime = int(where.stat().st_mtime) - _EPOCH_2000
     return ParentInfo(path=where, unique_id=layer.unique_id, size=layer.size,
                       timestamp=min(max(0, mtime), 0xFFFFFFFF),

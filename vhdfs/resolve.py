@@ -30,6 +30,7 @@ from vhdfs.errors import (
     ChainCycle,
     ChainTooDeep,
     FormatError,
+    ImageBusy,
     ParentMismatch,
     ParentNotFound,
     VhdfsError,
@@ -59,16 +60,19 @@ class OpenOptions:
     search: list[str] = field(default_factory=list)  # --search DIR (repeatable)
     size_rule: str = "auto"  # --size-rule auto|current|chs
     max_depth: int = MAX_CHAIN_DEPTH
+    # --force-share: read layers a writer holds (None: the command's default, see
+    # vhdfs.sources.locks). The writable top layer is always held exclusively.
+    force_share: bool | None = None
 
 
-def open_source(spec: str, *, writable: bool = False) -> Source:
-    """A local file, or a page blob for `https://`, `http://` and `az://` specs (the Azure
-    code is imported only when a blob is named)."""
+def open_source(spec: str, *, writable: bool = False, force_share: bool | None = None) -> Source:
+    """A local file (locked: vhdfs.sources.locks), or a page blob for `https://`, `http://`
+    and `az://` specs (the Azure code is imported only when a blob is named)."""
     if looks_remote(spec):
         from vhdfs.sources.blob import open_blob_spec
 
         return open_blob_spec(spec, writable)
-    return LocalFile(spec, writable=writable)
+    return LocalFile(spec, writable=writable, force_share=force_share)
 
 
 def looks_like_vhd(source: Source) -> bool:
@@ -92,7 +96,7 @@ def open_chain(spec: str, options: OpenOptions | None = None, *, writable: bool 
                allow_raw: bool = False) -> Chain:
     """Open the image `spec` and its parents. Only the top layer may be writable."""
     options = options or OpenOptions()
-    source = open_source(spec, writable=writable)
+    source = open_source(spec, writable=writable, force_share=options.force_share)
     try:
         if allow_raw and not writable and not looks_like_vhd(source):
             return Chain([RawLayer(source)])
@@ -204,6 +208,7 @@ class ParentSearch:
         self.tried: list[str] = []
         self.mismatches: list[str] = []
         self.cycle: str | None = None
+        self.busy: ImageBusy | None = None  # a candidate another process holds
 
     def consider(self, shown: str, open_candidate: Callable[[], Source],
                  explain: Callable[[VhdfsError], str] = str, note: str = "") -> Layer | None:
@@ -212,6 +217,10 @@ class ParentSearch:
         child = self.child
         try:
             source = open_candidate()
+        except ImageBusy as exc:
+            self.busy = self.busy or exc
+            self.tried.append(f"{shown} (in use)")
+            return None
         except VhdfsError as exc:
             self.tried.append(f"{shown} ({explain(exc)})")
             return None
@@ -264,6 +273,8 @@ class ParentSearch:
              nothing: str = "nothing: no locator names a local file") -> NoReturn:
         """Raise the error that says why no candidate was the parent."""
         child, expected = self.child, self.expected
+        if self.busy is not None:  # most likely the parent, held by another process
+            raise self.busy
         wanted = child.parent_name or (
             child.locator_entries[0].text if child.locator_entries else "")
         if self.cycle and not self.mismatches:
@@ -291,7 +302,8 @@ def find_parent(child: Layer, options: OpenOptions, seen: set) -> tuple[Layer, P
     search = ParentSearch(child, options, seen)
     for spec in options.parents:
         if looks_remote(spec):  # opened with that blob's own credential, lazily
-            parent = search.consider(spec, lambda spec=spec: open_source(spec))
+            parent = search.consider(
+                spec, lambda spec=spec: open_source(spec, force_share=options.force_share))
             if parent is not None:
                 return search.found(parent, "--parent", spec, spec)
     for cand in _candidates(child, options):
@@ -316,7 +328,20 @@ def find_parent(child: Layer, options: OpenOptions, seen: set) -> tuple[Layer, P
         if not stat.S_ISREG(info.st_mode):
             search.tried.append(f"{shown} ({describe_mode(info.st_mode)}, not opened)")
             continue
-        parent = search.consider(shown, lambda path=cand.path: open_source(str(path)))
+        parent = search.consider(shown, lambda path=cand.path: open_source(
+            str(path), force_share=options.force_share))
         if parent is not None:
             return search.found(parent, cand.found_by, cand.hint, shown)
+    for entry in child.locator_entries:  # a base in blob storage (vhdfs create --parent az://)
+        if entry.code == "MacX" and looks_remote(entry.text):
+            from vhdfs.azure.credentials import recorded_parent
+
+            if recorded_parent(entry.text) is None:
+                search.tried.append(f"{entry.text} (from MacX: a blob URL is only fetched on the "
+                                    "account AZURE_STORAGE_CONNECTION_STRING or "
+                                    "AZURE_STORAGE_ACCOUNT names)")
+                continue
+            parent = search.consider(entry.text, lambda url=entry.text: open_source(url))
+            if parent is not None:
+                return search.found(parent, "MacX", entry.text, entry.text)
     search.fail()

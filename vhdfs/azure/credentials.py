@@ -149,6 +149,24 @@ def parse_location(spec: str, *, want_blob: bool = True,
     return parse_blob_url(spec, want_blob=want_blob)
 
 
+def recorded_parent(url: str, environ: dict[str, str] | None = None) -> BlobLocation | None:
+    """The blob a URL recorded inside an image names (the MacX locator of a local child
+    over a base in blob storage, as `vhdfs create --parent az://...` writes it), when vhdfs
+    may fetch it: an http(s) blob URL without query, on the account the environment holds
+    a credential for. Any other URL is never fetched: an image must not make vhdfs send
+    requests, let alone a credential, to a host of its choosing."""
+    if not url.lower().startswith(("https://", "http://")) or "?" in url or "#" in url:
+        return None
+    try:
+        loc = parse_blob_url(url)
+        account = env_account(environ)
+    except UsageError:
+        return None
+    if account is None or not account.matches(loc):
+        return None
+    return loc
+
+
 def is_azure_host(loc: BlobLocation) -> bool:
     host = loc.host.split(":")[0].lower()
     return loc.scheme == "https" and host.endswith(AZURE_BLOB_SUFFIXES)

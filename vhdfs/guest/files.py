@@ -1,4 +1,4 @@
-"""Guest files: directory listings, reading a file's contents, copying files out.
+"""Guest files: directory listings and reading a file's contents (copying out: copyout.py).
 
 Contents come from TSK's read of the file's default data stream ($DATA on NTFS), in chunks, so a
 large file never sits in memory whole.
@@ -6,15 +6,11 @@ large file never sits in memory whole.
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytsk3
 
-from vhdfs.errors import ImageIOError, RefusedError
 from vhdfs.guest.errors import GuestError
 from vhdfs.guest.image import tsk_call
 from vhdfs.guest.paths import (
@@ -25,11 +21,9 @@ from vhdfs.guest.paths import (
     META_VIRT_DIR,
     Found,
     read_link,
-    resolve,
 )
 
 CHUNK = 1024 * 1024
-log = logging.getLogger("vhdfs")
 KIND_NAMES = {META_DIR: "dir", META_VIRT_DIR: "dir", META_REG: "file", META_LINK: "link"}
 
 
@@ -55,12 +49,13 @@ def entry_of(found: Found, name: str | None = None) -> Entry:
     return entry
 
 
-def list_dir(directory: Found) -> list[Entry]:
-    """The entries of a directory, by name; hidden system entries of TSK are left out."""
+def listing(directory: Found) -> list[tuple[Entry, Found | None]]:
+    """The entries of a directory by name, each with its Found (None for a damaged entry,
+    whose metadata cannot be read); hidden system entries of TSK are left out."""
     volume = directory.volume
     opened = tsk_call(volume.image, f"{volume.describe()}: {directory.path}",
                       directory.file.as_directory)
-    entries: dict[str, Entry] = {}
+    entries: dict[str, tuple[Entry, Found | None]] = {}
     for item in opened:
         name = item.info.name
         meta = item.info.meta
@@ -69,16 +64,21 @@ def list_dir(directory: Found) -> list[Entry]:
         text = name.name.decode("utf-8", errors="surrogateescape")
         if meta is None:  # the name is there but its metadata (MFT record, inode) is unreadable
             if text not in (".", ".."):
-                entries[text] = Entry(text, "/".join((directory.path.rstrip("/"), text)),
-                                      "damaged", 0, 0, int(name.meta_addr))
+                entries[text] = (Entry(text, "/".join((directory.path.rstrip("/"), text)),
+                                       "damaged", 0, 0, int(name.meta_addr)), None)
             continue
         # "." and "..", and TSK's virtual entries ($OrphanFiles, FAT's $MBR, $FAT1, $FAT2), are
         # not files of the guest
         if text in (".", "..") or int(meta.type) in (META_VIRT_DIR, META_VIRT):
             continue
         child = Found(volume, item, (*directory.parts, text))
-        entries[text] = entry_of(child, text)
-    return sorted(entries.values(), key=lambda e: (e.name.casefold(), e.name))
+        entries[text] = (entry_of(child, text), child)
+    return sorted(entries.values(), key=lambda pair: (pair[0].name.casefold(), pair[0].name))
+
+
+def list_dir(directory: Found) -> list[Entry]:
+    """The entries of a directory, by name; hidden system entries of TSK are left out."""
+    return [entry for entry, _ in listing(directory)]
 
 
 def iter_content(found: Found, chunk: int = CHUNK) -> Iterator[bytes]:
@@ -109,50 +109,3 @@ def read_all(found: Found, limit: int | None = None) -> bytes:
 
 def read_text(found: Found, limit: int = 4 * 1024 * 1024) -> str:
     return read_all(found, limit).decode("utf-8", errors="replace")
-
-
-def copy_out(found: Found, dest: Path, *, force: bool = False,
-             skipped: list[str] | None = None) -> list[tuple[str, Path]]:
-    """Copy a file (or a directory, recursively) to `dest`; returns (guest path, local path) pairs.
-
-    Each file is written to a temporary name and renamed, so no half-written file is left.
-    Entries whose metadata is unreadable are left out, with a warning, and added to `skipped`.
-    """
-    copied: list[tuple[str, Path]] = []
-    if found.is_dir:
-        if dest.exists() and not dest.is_dir():
-            raise RefusedError(f"{dest}: exists and is not a folder")
-        dest.mkdir(parents=True, exist_ok=True)
-        for entry in list_dir(found):
-            if entry.kind == "damaged":
-                log.warning(f"{found.volume.describe()}: {entry.path}: its metadata is "
-                            "unreadable (damaged file system); not copied")
-                if skipped is not None:
-                    skipped.append(entry.path)
-            if entry.kind not in ("file", "dir"):
-                continue
-            child = resolve(found.volume, entry.path, follow_last=False)
-            if child is not None:
-                copied += copy_out(child, dest / entry.name, force=force, skipped=skipped)
-        return copied
-    if dest.exists() and not force:
-        raise RefusedError(f"{dest}: exists; use --force to replace it")
-    tmp = dest.with_name(f".{dest.name}.vhdfs-tmp")
-    try:
-        with open(tmp, "wb") as out:
-            for data in iter_content(found):
-                out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ImageIOError.from_os_error(str(dest), "writing", 0, exc) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    mtime = int(found.file.info.meta.mtime)
-    if mtime > 0:
-        os.utime(dest, (mtime, mtime))
-    copied.append((found.path, dest))
-    return copied

@@ -17,6 +17,7 @@ import pytsk3
 from vhdfs.guest.errors import AmbiguousPath, FileSystemError, GuestPathNotFound
 from vhdfs.guest.image import tsk_call, tsk_message
 from vhdfs.guest.volumes import DiskVolumes, Volume
+from vhdfs.quoting import escape
 
 MAX_SYMLINKS = 40
 META_DIR = int(pytsk3.TSK_FS_META_TYPE_DIR)
@@ -25,6 +26,7 @@ META_REG = int(pytsk3.TSK_FS_META_TYPE_REG)
 META_VIRT = int(pytsk3.TSK_FS_META_TYPE_VIRT)
 META_ALLOC = int(pytsk3.TSK_FS_META_FLAG_ALLOC)
 META_VIRT_DIR = int(pytsk3.TSK_FS_META_TYPE_VIRT_DIR)
+NAME_ALLOC = int(pytsk3.TSK_FS_NAME_FLAG_ALLOC)
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,43 @@ class Found:
         return self.meta_type in (META_DIR, META_VIRT_DIR)
 
 
+def is_text(name: str) -> bool:
+    """Whether a name (decoded with surrogateescape) was valid UTF-8 on the disk."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _open_by_listing(volume: Volume, parts: list[str]) -> pytsk3.File | None:
+    """`_open` for a path with a name that is not UTF-8 (ext allows any bytes but "/" and
+    NUL): TSK opens paths given as UTF-8 text only, so the directories from the last name
+    TSK can open down are listed and their entries matched byte for byte."""
+    known = 0
+    while known < len(parts) and is_text(parts[known]):
+        known += 1
+    current = _open(volume, parts[:known]) if known else \
+        tsk_call(volume.image, f"{volume.describe()}: root directory", volume.require_fs().open, "/")
+    for index in range(known, len(parts)):
+        meta = current.info.meta if current is not None else None
+        if meta is None or int(meta.type) not in (META_DIR, META_VIRT_DIR):
+            return None
+        wanted = parts[index].encode("utf-8", "surrogateescape")
+        where = "/" + "/".join(parts[:index])
+        listing = tsk_call(volume.image, f"{volume.describe()}: {where}", current.as_directory)
+        current = next((entry for entry in listing if entry.info.name is not None
+                        and entry.info.name.name == wanted
+                        and int(entry.info.name.flags) & NAME_ALLOC), None)
+    return current
+
+
 def _open(volume: Volume, parts: list[str]) -> pytsk3.File | None:
     """The file at `parts`, None when it does not exist; a damaged entry is an error."""
     fs = volume.require_fs()
     path = "/" + "/".join(parts)
+    if not is_text(path):
+        return _open_by_listing(volume, parts)
     volume.image.failure = None
     try:
         return fs.open(path)
@@ -139,6 +174,11 @@ def resolve(volume: Volume, path: GuestPath | str, *, follow_last: bool = True) 
     return Found(volume, current, tuple(done))
 
 
+def _shown(path: GuestPath) -> str:
+    """A path as the user typed it, for messages (raw bytes and control characters escaped)."""
+    return escape(path.text, backslash=False)
+
+
 def locate(volumes: DiskVolumes, path: GuestPath, volume_number: int | None) -> Found:
     """Find `path` on the volume asked, or on the single volume that has it."""
     if volume_number is not None:
@@ -146,7 +186,7 @@ def locate(volumes: DiskVolumes, path: GuestPath, volume_number: int | None) -> 
         volume.require_fs()
         found = resolve(volume, path)
         if found is None:
-            raise GuestPathNotFound(f"{path.text}: not found on {volume.describe()}")
+            raise GuestPathNotFound(f"{_shown(path)}: not found on {volume.describe()}")
         return found
     hits = []
     for volume in volumes.with_fs():
@@ -157,13 +197,13 @@ def locate(volumes: DiskVolumes, path: GuestPath, volume_number: int | None) -> 
         return hits[0]
     if not hits:
         searched = ", ".join(v.describe() for v in volumes.with_fs()) or "no readable volume"
-        raise GuestPathNotFound(f"{path.text}: not found on any volume (searched {searched})")
+        raise GuestPathNotFound(f"{_shown(path)}: not found on any volume (searched {searched})")
     if not path.parts:
         raise AmbiguousPath(f"the disk has {len(hits)} volumes with a file system "
                             f"({', '.join(str(h.volume.number) for h in hits)}; see vhdfs "
                             "volumes); choose one with --volume N")
     where = ", ".join(h.volume.describe() for h in hits)
-    raise AmbiguousPath(f"{path.text} exists on {where}; choose one with --volume N")
+    raise AmbiguousPath(f"{_shown(path)} exists on {where}; choose one with --volume N")
 
 
 def glob(volume: Volume, pattern: str) -> list[Found]:

@@ -8,6 +8,7 @@ import os
 from vhdfs.cli.common import add_image_options, open_image, print_json
 from vhdfs.errors import UsageError
 from vhdfs.guest.changes import ChangedItem, find_changes
+from vhdfs.quoting import escape
 from vhdfs.units import human
 
 STATUS_LETTERS = {"added": "A", "modified": "M", "deleted": "D", "unlinked": "U", "freed": "F"}
@@ -33,7 +34,8 @@ def _what(item: ChangedItem) -> str:
 
 
 def _path(item: ChangedItem) -> str:
-    return item.path + ("/" if item.kind == "dir" and item.path != "/" else "")
+    """A guest path escaped as `ls -b` does (a crafted name cannot fake a line)."""
+    return escape(item.path) + ("/" if item.kind == "dir" and item.path != "/" else "")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print_json(changes.to_json())
             return 0
-        top, parent = os.path.basename(changes.top), os.path.basename(changes.parent)
+        top = escape(os.path.basename(changes.top))
+        parent = escape(os.path.basename(changes.parent))
         print(f"{top} changes {human(changes.changed_bytes)} of the disk over its parent "
               f"{parent} ({human(changes.written_bytes)} written, "
               f"{human(changes.identical_bytes)} of it identical to the parent)")
@@ -53,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
             print("no guest file changes")
             return 0
         for vol in changes.volumes:
-            print(f"\n{vol.volume.describe()}: {human(vol.changed_bytes)} in {vol.ranges} "
-                  "range(s)")
+            print(f"\n{escape(vol.volume.describe())}: {human(vol.changed_bytes)} in "
+                  f"{vol.ranges} range(s)")
             if vol.error:
-                print(f"  cannot read the file system: {vol.error}")
+                print(f"  cannot read the file system: {escape(vol.error, backslash=False)}")
                 continue
             width = max((len(_path(i)) for i in vol.items + vol.metadata), default=0)
             for item in vol.items:

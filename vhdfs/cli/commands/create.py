@@ -13,6 +13,7 @@ from vhdfs.create import (
 )
 from vhdfs.errors import UsageError
 from vhdfs.format.footer import SIZE_RULES, format_unique_id
+from vhdfs.quoting import escape
 from vhdfs.resolve import OpenOptions, open_chain
 from vhdfs.units import parse_size
 
@@ -26,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", help="virtual size, e.g. 64M, 10G (multiple of 512 bytes)")
     parser.add_argument("--fixed", action="store_true", help="fixed disk instead of dynamic")
     parser.add_argument("--block-size", help=f"block size (default {DEFAULT_BLOCK_SIZE >> 20}M)")
-    parser.add_argument("--parent", help="create a differencing child over this disk or chain")
+    parser.add_argument("--parent", help="create a differencing child over this disk or chain "
+                        "(a local file, or a page blob: az://CONTAINER/BLOB or its URL; the "
+                        "child records the blob's URL without any SAS)")
     parser.add_argument("--search", action="append", default=[], metavar="DIR",
                         help="folders to look for the parent's own parents")
     parser.add_argument("--size-rule", choices=SIZE_RULES, default="auto")
@@ -44,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
         with open_chain(args.parent, options) as chain:  # the whole chain must be intact
             info = parent_info_of(args.parent, chain.top)
         footer = create_differencing(args.out, info, block_size, force=args.force)
-        print(f"created {args.out}: differencing, {footer.current_size} bytes, parent "
-              f"{info.path.name} ({format_unique_id(info.unique_id)})")
+        where = f" at {info.url}" if info.path is None else ""
+        print(f"created {escape(args.out, backslash=False)}: differencing, "
+              f"{footer.current_size} bytes, parent {escape(info.name, backslash=False)}{where} "
+              f"({format_unique_id(info.unique_id)})")
         return 0
     if not args.size:
         raise UsageError("create needs --size SIZE (new disk) or --parent PARENT (child disk)")
@@ -58,6 +63,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         footer = create_dynamic(args.out, size, block_size or DEFAULT_BLOCK_SIZE, force=args.force)
         kind = "dynamic"
-    print(f"created {args.out}: {kind}, {footer.current_size} bytes, unique id "
+    print(f"created {escape(args.out, backslash=False)}: {kind}, {footer.current_size} bytes, unique id "
           f"{format_unique_id(footer.unique_id)}")
     return 0

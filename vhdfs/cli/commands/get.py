@@ -7,9 +7,10 @@ from pathlib import Path
 
 from vhdfs.cli.commands.ls import add_volume_option
 from vhdfs.cli.common import add_image_options, open_image
-from vhdfs.guest.files import copy_out
+from vhdfs.guest.copyout import copy_out
 from vhdfs.guest.paths import locate, parse_guest_path
 from vhdfs.guest.volumes import open_volumes
+from vhdfs.quoting import escape
 from vhdfs.units import human
 
 
@@ -17,13 +18,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("get", help="copy a guest file or directory out of the image",
                             description="Copy a file (or a directory, recursively) from inside "
                             "the guest to DEST. When DEST is an existing folder, the file keeps "
-                            "its name inside it. Entries a damaged file system cannot describe are "
-                            "left out with a warning, and the exit status is then 1.")
+                            "its name inside it. All or nothing: the copy is written next to DEST "
+                            "first and renamed into place; what is in the way (a file, a link) "
+                            "is replaced only with --force, and a link is never followed. "
+                            "Entries a damaged file system cannot describe are left out with a "
+                            "warning, and the exit status is then 1.")
     parser.add_argument("image")
     parser.add_argument("path")
     parser.add_argument("dest")
     add_volume_option(parser)
-    parser.add_argument("--force", action="store_true", help="replace files that exist")
+    parser.add_argument("--force", action="store_true",
+                        help="replace files and links in the way (a link itself, never its "
+                        "target; never a folder)")
     add_image_options(parser)
     parser.set_defaults(func=run)
 
@@ -37,12 +43,13 @@ def run(args: argparse.Namespace) -> int:
         skipped: list[str] = []
         copied = copy_out(found, dest, force=args.force, skipped=skipped)
         total = sum(local.stat().st_size for _, local in copied)
+        guest, where = escape(found.path), escape(str(dest))
         if len(copied) == 1 and not found.is_dir:
-            print(f"copied {found.path} from volume {found.volume.number} to {copied[0][1]} "
+            print(f"copied {guest} from volume {found.volume.number} to {where} "
                   f"({human(total)})")
         else:
-            print(f"copied {len(copied)} file(s) from {found.path} on volume "
-                  f"{found.volume.number} to {dest} ({human(total)})")
+            print(f"copied {len(copied)} file(s) from {guest} on volume "
+                  f"{found.volume.number} to {where} ({human(total)})")
         if skipped:
             print(f"left out {len(skipped)} damaged entr{'y' if len(skipped) == 1 else 'ies'} "
                   "(see the warnings above)")

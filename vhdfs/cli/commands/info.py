@@ -8,6 +8,7 @@ from vhdfs.cli.common import add_image_options, open_image, print_json
 from vhdfs.format.footer import MAX_GEOMETRY
 from vhdfs.info import layer_facts
 from vhdfs.maintain.marker import describe_state
+from vhdfs.quoting import escape
 from vhdfs.units import human
 
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
               f"({human(chain.size)})")
         for depth, item in enumerate(facts):
             role = "top" if depth == 0 else ("base" if depth == len(facts) - 1 else "parent")
-            print(f"\n[{depth}] {item['path']} ({role})")
+            print(f"\n[{depth}] {escape(item['path'], backslash=False)} ({role})")
             rows = [("type", item["disk_type"]),
                     ("virtual size", f"{item['virtual_size']} ({human(item['virtual_size'])})")]
             if item["disk_type"] != "raw":
@@ -60,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
                                  "run vhdfs check"))
                 if item.get("commit_in_progress"):
                     rows.append(("mid-commit", describe_state(item["path"], item["commit_in_progress"])))
-            for key, value in rows:
-                print(f"  {key:<14} {value}")
+            for key, value in rows:  # names and Windows paths: control characters escaped
+                print(f"  {key:<14} {escape(str(value), backslash=False)}")
     return 0

@@ -9,6 +9,7 @@ from vhdfs.cli.common import add_image_options, open_image, print_json
 from vhdfs.guest.files import Entry, entry_of, list_dir
 from vhdfs.guest.paths import locate, parse_guest_path
 from vhdfs.guest.volumes import open_volumes
+from vhdfs.quoting import escape
 
 
 def add_volume_option(parser: argparse.ArgumentParser) -> None:
@@ -34,9 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _line(entry: Entry, long: bool) -> str:
-    name = entry.name + ("/" if entry.kind == "dir" else "")
+    """One entry as `ls` shows it, its names escaped as `ls -b` does (--json: exact)."""
+    name = escape(entry.name) + ("/" if entry.kind == "dir" else "")
     if entry.kind == "link":
-        name += f" -> {entry.link_target}"
+        name += f" -> {escape(entry.link_target)}"
     if entry.kind == "damaged":
         name += "  (damaged: its metadata cannot be read)"
     if not long:

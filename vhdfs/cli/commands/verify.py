@@ -6,6 +6,7 @@ import argparse
 
 from vhdfs.cli.common import add_image_options, open_image, print_json
 from vhdfs.guest.verify import verify
+from vhdfs.quoting import escape
 
 LABELS = {"pass": "ok", "fail": "FAIL", "warn": "warn", "info": "info"}
 PASSED = "Successfully passed the verification tests."
@@ -37,8 +38,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_json())
     else:
-        print(f"verify {args.image}")
+        # Findings are sentences that quote guest names and labels, and Windows paths:
+        # control characters are escaped, backslashes left as they are.
+        print(f"verify {escape(args.image, backslash=False)}")
         for finding in report.findings:
-            print(f"  {LABELS[finding.status]:<4}  {finding.check}: {finding.message}")
+            print(f"  {LABELS[finding.status]:<4}  {finding.check}: "
+                  f"{escape(finding.message, backslash=False)}")
         print(PASSED if report.passed else FAILED)
     return 0 if report.passed else 1

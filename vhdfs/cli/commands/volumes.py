@@ -6,6 +6,7 @@ import argparse
 
 from vhdfs.cli.common import add_image_options, open_image, print_json
 from vhdfs.guest.volumes import open_volumes
+from vhdfs.quoting import escape
 from vhdfs.units import human
 
 
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             head += f", disk GUID {table.disk_guid}"
         print(f"disk: {human(chain.size)} ({chain.size} bytes), {head}")
         for warning in table.warnings:
-            print(f"warning: {warning}")
+            print(f"warning: {escape(warning, backslash=False)}")
         if not rows:
             print("no partitions, and the whole disk holds no file system TSK recognises")
             return 0
@@ -58,12 +59,12 @@ def run(args: argparse.Namespace) -> int:
             if row["boot"]:
                 flags.append("active" if table.scheme == "mbr" else "legacy-boot")
             table_rows.append((str(row["number"]), human(row["start"]), human(row["size"]),
-                               row["type"], row["file_system"] or "-", row["label"] or "-",
-                               ",".join(flags) or "-"))
+                               escape(row["type"]), escape(row["file_system"] or "-"),
+                               escape(row["label"] or "-"), ",".join(flags) or "-"))
         widths = [max(len(r[i]) for r in table_rows) for i in range(len(table_rows[0]))]
         for r in table_rows:
             print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
         for row in rows:
             if row["error"]:
-                print(f"volume {row['number']}: {row['error']}")
+                print(f"volume {row['number']}: {escape(row['error'], backslash=False)}")
     return 0
