@@ -163,30 +163,24 @@ def _log(image: Vhdx, log_guid: bytes, file_size: int) -> bytes:
     tail = position
     for number, writes in enumerate(image.log_entries):
         seq = image.log_first_sequence + number
-        desc_sectors = fmt.descriptor_sectors(len(writes))
-        datas = [w for w in writes if w.data is not None]
-        length = (desc_sectors + len(datas)) * fmt.LOG_SECTOR
-        entry = bytearray(length)
-        entry[:64] = fmt.LOG_ENTRY_HEADER.build(dict(
-            checksum=0, entry_length=length, tail=tail, sequence_number=seq,
-            descriptor_count=len(writes), reserved=0, log_guid=log_guid,
-            flushed_file_offset=file_size, last_file_offset=file_size))
-        data_at = desc_sectors * fmt.LOG_SECTOR
-        for i, w in enumerate(writes):
+        descriptors, sectors = [], []
+        for w in writes:
             if w.data is None:
-                desc = dict(signature=b"zero", trailing_bytes=bytes(4),
-                            leading_bytes=w.zero_length.to_bytes(8, "little"),
-                            file_offset=w.file_offset, sequence_number=seq)
+                descriptors.append(dict(signature=fmt.ZERO_DESCRIPTOR, trailing_bytes=bytes(4),
+                                        leading_bytes=w.zero_length.to_bytes(8, "little"),
+                                        file_offset=w.file_offset, sequence_number=seq))
             else:
                 assert len(w.data) == fmt.LOG_SECTOR
-                desc = dict(signature=b"desc", trailing_bytes=w.data[-4:],
-                            leading_bytes=w.data[:8], file_offset=w.file_offset,
-                            sequence_number=seq)
-                entry[data_at:data_at + fmt.LOG_SECTOR] = fmt.LOG_DATA_SECTOR.build(dict(
-                    sequence_high=seq >> 32, data=w.data[8:-4], sequence_low=seq & 0xFFFFFFFF))
-                data_at += fmt.LOG_SECTOR
-            entry[64 + 32 * i:96 + 32 * i] = fmt.LOG_DESCRIPTOR.build(desc)
-        entry[4:8] = fmt.crc32c_of(bytes(entry)).to_bytes(4, "little")
+                descriptors.append(dict(signature=fmt.DATA_DESCRIPTOR, trailing_bytes=w.data[-4:],
+                                        leading_bytes=w.data[:8], file_offset=w.file_offset,
+                                        sequence_number=seq))
+                sectors.append(dict(sequence_high=seq >> 32, data=w.data[8:-4],
+                                    sequence_low=seq & 0xFFFFFFFF))
+        entry = fmt.build_log_entry(dict(
+            tail=tail, sequence_number=seq, reserved=0, log_guid=log_guid,
+            flushed_file_offset=file_size, last_file_offset=file_size,
+            descriptors=descriptors, data_sectors=sectors))
+        length = len(entry)
         for i in range(0, length, fmt.LOG_SECTOR):  # circular: an entry may wrap
             at = (position + i) % LOG_LENGTH
             log[at:at + fmt.LOG_SECTOR] = entry[i:i + fmt.LOG_SECTOR]

@@ -41,8 +41,23 @@ def lsb_runs(bitmap: bytes | bytearray, first: int, count: int) -> list[tuple[in
 
 
 def set_lsb_bits(bitmap: bytearray, first: int, count: int, value: bool = True) -> None:
-    for index in range(first, first + count):
-        if value:
-            bitmap[index >> 3] |= 1 << (index & 7)
-        else:
-            bitmap[index >> 3] &= ~(1 << (index & 7)) & 0xFF
+    """Set (or clear) bits first..first+count-1; whole bytes inside the range at once."""
+    end = first + count
+    index = first
+    while index < end and index & 7:
+        _set_bit(bitmap, index, value)
+        index += 1
+    whole = (end - index) >> 3
+    if whole > 0:
+        bitmap[index >> 3:(index >> 3) + whole] = (b"\xff" if value else b"\x00") * whole
+        index += whole << 3
+    while index < end:
+        _set_bit(bitmap, index, value)
+        index += 1
+
+
+def _set_bit(bitmap: bytearray, index: int, value: bool) -> None:
+    if value:
+        bitmap[index >> 3] |= 1 << (index & 7)
+    else:
+        bitmap[index >> 3] &= ~(1 << (index & 7)) & 0xFF

@@ -198,17 +198,22 @@ PARENT_LOCATOR_ENTRY = Struct(
     "value_length" / Int16ul,
 )
 
-LOG_ENTRY_HEADER = Struct(
-    "signature" / Const(b"loge"),
-    "checksum" / Int32ul,  # CRC-32C of the whole entry (entry_length bytes), this field as zero
-    "entry_length" / Int32ul,
-    "tail" / Int32ul,
+# The fields of a log entry after its signature and checksum, declared once for the two
+# structs below: the 64-byte header a reader peeks at, and the whole entry.
+_LOG_ENTRY_FIELDS = (
+    "entry_length" / Int32ul,  # the whole entry: header and descriptor sectors, data sectors
+    "tail" / Int32ul,  # log offset of the first entry of the sequence ending with this one
     "sequence_number" / Int64ul,
     "descriptor_count" / Int32ul,
     "reserved" / Int32ul,
     "log_guid" / Bytes(16),
-    "flushed_file_offset" / Int64ul,
-    "last_file_offset" / Int64ul,
+    "flushed_file_offset" / Int64ul,  # the file was at least this long, durably, when written
+    "last_file_offset" / Int64ul,  # every structure the file holds ends before this
+)
+LOG_ENTRY_HEADER = Struct(
+    "signature" / Const(b"loge"),
+    "checksum" / Int32ul,  # checked by LOG_ENTRY, which covers the whole entry
+    *_LOG_ENTRY_FIELDS,
 )
 LOG_ENTRY_HEADER_SIZE = 64
 
@@ -221,13 +226,65 @@ LOG_DESCRIPTOR = Struct(
     "sequence_number" / Int64ul,
 )
 LOG_DESCRIPTOR_SIZE = 32
+DATA_DESCRIPTOR = b"desc"
+ZERO_DESCRIPTOR = b"zero"
 
 LOG_DATA_SECTOR = Struct(
     "signature" / Const(b"data"),
     "sequence_high" / Int32ul,
-    "data" / Bytes(4084),
+    "data" / Bytes(4084),  # the 4 KiB written minus 8 leading and 4 trailing bytes
     "sequence_low" / Int32ul,
 )
+
+
+def _descriptor_padding(ctx) -> int:
+    used = LOG_ENTRY_HEADER_SIZE + LOG_DESCRIPTOR_SIZE * ctx.descriptor_count
+    return descriptor_sectors(ctx.descriptor_count) * LOG_SECTOR - used
+
+
+def _data_sector_count(ctx) -> int:
+    return sum(1 for desc in ctx.descriptors if desc.signature == DATA_DESCRIPTOR)
+
+
+def _entry_rest(ctx) -> int:
+    """Bytes the entry length claims beyond its descriptors and data (none when well formed)."""
+    used = descriptor_sectors(ctx.descriptor_count) * LOG_SECTOR + len(ctx.data_sectors) * LOG_SECTOR
+    return max(0, ctx.entry_length - used)
+
+
+# One whole log entry, its CRC-32C over all of it (entry_length bytes, the field as zero).
+LOG_ENTRY = _with_crc32c(b"loge", Struct(
+    *_LOG_ENTRY_FIELDS,
+    "descriptors" / Array(lambda ctx: ctx.descriptor_count, LOG_DESCRIPTOR),
+    Padding(_descriptor_padding),
+    "data_sectors" / Array(_data_sector_count, LOG_DATA_SECTOR),
+    "rest" / Bytes(_entry_rest),
+))
+
+
+def build_log_entry(fields: dict) -> bytes:
+    """The bytes of a log entry (fields as LOG_ENTRY's, descriptors and data sectors included);
+    entry_length is computed here and the checksum by the struct."""
+    count = len(fields["descriptors"])
+    data = sum(1 for desc in fields["descriptors"] if desc["signature"] == DATA_DESCRIPTOR)
+    length = (descriptor_sectors(count) + data) * LOG_SECTOR
+    body = dict(fields, entry_length=length, descriptor_count=count, rest=b"")
+    return LOG_ENTRY.build(dict(head=dict(value=None), tail=dict(value=body), checksum=None))
+
+
+def build_header(fields: dict) -> bytes:
+    """The 4 KiB of a header (fields as HEADER's tail, `reserved` optional), checksum included."""
+    body = dict(fields)
+    body.setdefault("reserved", bytes(HEADER_SIZE - 80))
+    return HEADER.build(dict(head=dict(value=None), tail=dict(value=body), checksum=None))
+
+
+def build_region_table(entries: list[tuple[bytes, int, int, bool]]) -> bytes:
+    """64 KiB region table of (guid, file offset, length, required) entries, checksum included."""
+    rows = [dict(guid=g, file_offset=o, length=n, required=int(r)) for g, o, n, r in entries]
+    body = dict(entry_count=len(rows), reserved=0, entries=rows,
+                rest=bytes(REGION_TABLE_SIZE - 16 - 32 * len(rows)))
+    return REGION_TABLE.build(dict(head=dict(value=None), tail=dict(value=body), checksum=None))
 
 
 def descriptor_sectors(count: int) -> int:

@@ -31,18 +31,24 @@ from typing import Any
 from construct import ChecksumError as ConstructChecksumError
 from construct import ConstructError
 
-from vhdfs.errors import FormatError, ImageIOError, RefusedError
+from vhdfs.errors import FormatError, ImageIOError, RefusedError, VhdfsError
 from vhdfs.format.footer import DiskType
 from vhdfs.layer import LocatorEntry, Run, RunKind
 from vhdfs.sources.base import Source
 from vhdfs.vhdx import format as fmt
-from vhdfs.vhdx.bitmap import lsb_runs
+from vhdfs.vhdx.bitmap import lsb_runs, set_lsb_bits
+from vhdfs.vhdx.headers import Headers
+from vhdfs.vhdx.journal import Journal
 from vhdfs.vhdx.log import LogReplay, replay_log
 
 log = logging.getLogger("vhdfs")
 
 MiB = fmt.MiB
 BITMAP_CACHE_BLOCKS = 1024
+# Dirty metadata sectors after which a write flushes on its own: bounds memory and what a
+# crash can lose, and keeps a commit within one entry of a 1 MiB log (254 sectors).
+AUTO_FLUSH_SECTORS = 64
+BAT_ENTRIES_PER_SECTOR = fmt.LOG_SECTOR // 8
 # Parent locator keys that name a file, in the order they are tried.
 PATH_KEYS = ("relative_path", "volume_path", "absolute_win32_path")
 
@@ -69,7 +75,7 @@ class Region:
 
 
 class VhdxLayer:
-    """One VHDX file: fixed, dynamic or differencing. Read-only."""
+    """One VHDX file: fixed, dynamic or differencing; writable when opened so."""
 
     image_format = "VHDX"
     header = None  # no VHD dynamic header
@@ -79,16 +85,18 @@ class VhdxLayer:
     def __init__(self, source: Source, *, size_rule: str = "auto", writable: bool = False) -> None:
         self.source = source
         self.name = source.name
-        self.writable = False
-        if writable:
-            raise RefusedError(
-                f"{self.name}: vhdfs reads VHDX images but cannot write them yet; open it "
-                f"read-only, or convert it first: vhdfs convert {self.name} out.vhd --to dynamic")
+        self.writable = writable
         self.warnings: list[str] = []
         self.bad_blocks: dict[int, str] = {}
         self.replay: LogReplay | None = None
-        self._lock = threading.Lock()
-        self._bitmaps: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.RLock()
+        self._flush_lock = threading.Lock()
+        self._bitmaps: OrderedDict[int, bytearray] = OrderedDict()
+        self._dirty_bitmaps: set[int] = set()  # payload blocks whose bitmap bits changed
+        self._dirty_bat: set[int] = set()  # 4 KiB sectors of the BAT region that changed
+        self._committing: set[int] = set()  # bitmaps being flushed, not yet in the file
+        self.bad_bitmaps: dict[int, str] = {}  # chunk -> why its sector bitmap entry is bad
+        self._pending_sync = False
         self.parent_ids: tuple[bytes, ...] = ()
 
         self.file_size = source.size()
@@ -97,12 +105,12 @@ class VhdxLayer:
                               "it is not a VHDX image")
         ident = fmt.FILE_IDENTIFIER.parse(source.read_at(0, 520))
         self.creator = ident.creator.decode("utf-16-le", "replace").split("\0", 1)[0]
-        self.current_header, self.header_number = self._read_headers()
+        self.headers = Headers.read(source, self._warn)
         hdr = self.current_header
         if hdr.log_guid != fmt.ZERO_GUID:
             self.replay = replay_log(source.read_at, self.name, self.file_size, hdr.log_guid,
                                      hdr.log_offset, hdr.log_length)
-            if self.replay is not None:
+            if self.replay is not None and not writable:
                 self._warn(f"{self.name}: the log holds {len(self.replay.entries)} entr"
                            f"{'y' if len(self.replay.entries) == 1 else 'ies'} not yet replayed "
                            f"({self.replay.write_count} sector write(s), left by a crash or an "
@@ -111,6 +119,9 @@ class VhdxLayer:
         self.regions = self._read_region_table()
         self._read_metadata()
         self._read_bat()
+        self.journal: Journal | None = None
+        if writable:
+            self._open_for_writing()
 
     # ---------------------------------------------------------------- opening
     def _warn(self, text: str) -> None:
@@ -126,36 +137,6 @@ class VhdxLayer:
         data += bytes(length - stored)  # the log may have grown the file
         self.replay.apply(offset, data)
         return bytes(data)
-
-    def _read_headers(self) -> tuple[Any, int]:
-        valid: list[tuple[Any, int]] = []
-        problems: list[str] = []
-        for number, offset in enumerate(fmt.HEADER_OFFSETS, start=1):
-            raw = self.source.read_at(offset, fmt.HEADER_SIZE)
-            try:
-                header = fmt.HEADER.parse(raw).tail.value
-            except ConstructChecksumError:
-                problems.append(f"header {number} at offset {offset} fails its CRC-32C check")
-                continue
-            except ConstructError:
-                problems.append(f"header {number} at offset {offset} has no 'head' signature")
-                continue
-            if header.version != 1:
-                problems.append(f"header {number} at offset {offset} has version "
-                                f"{header.version} (expected 1)")
-                continue
-            valid.append((header, number))
-        if not valid:
-            raise FormatError(self.name, "both VHDX headers are damaged (" + "; ".join(problems)
-                              + ")", "the file cannot be read; restore it from a copy")
-        header, number = max(valid, key=lambda item: item[0].sequence_number)
-        if problems:
-            self._warn(f"{self.name}: {problems[0]}; using header {number} (sequence "
-                       f"{header.sequence_number})")
-        if header.log_version != 0:
-            raise FormatError(self.name, f"header {number}: log version {header.log_version} "
-                              "is not supported (expected 0)", "")
-        return header, number
 
     def _read_region_table(self) -> dict[bytes, Region]:
         table = None
@@ -300,6 +281,10 @@ class VhdxLayer:
                 except UnicodeDecodeError:
                     raise FormatError(self.name, f"{what}, entry {index}: not UTF-16 text",
                                       "the metadata is damaged") from None
+            if texts[0] in values:
+                raise FormatError(self.name, f"{what}, entry {index}: key {texts[0]!r} is listed "
+                                  "twice", "the metadata is damaged (which parent is meant is "
+                                  "ambiguous); vhdfs set-parent rewrites the locator")
             values[texts[0]] = texts[1]
         linkage = values.get("parent_linkage")
         if linkage is None:
@@ -335,7 +320,8 @@ class VhdxLayer:
     def _check_bat(self) -> None:
         """Mark payload blocks whose BAT entry (or sector bitmap entry) cannot be followed."""
         ratio, bs = self.chunk_ratio, self.block_size
-        stored: list[tuple[int, int, str, int]] = []  # (start, end, what, block or -1)
+        # (start, end, what, block) with block -1 - chunk for a chunk's sector bitmap
+        stored: list[tuple[int, int, str, int]] = []
         for block in range(self.block_count):
             entry = self.bat[fmt.payload_index(block, ratio)]
             state, offset = entry & fmt.STATE_MASK, entry & fmt.OFFSET_MASK
@@ -366,20 +352,28 @@ class VhdxLayer:
                                               f"points to file offset {sb_offset}, {reason}")
         if self.has_parent:
             for chunk in range(-(-self.block_count // ratio)):
-                sb = self.bat[fmt.bitmap_index(chunk * ratio, ratio)]
-                if sb & fmt.STATE_MASK == fmt.SB_BLOCK_PRESENT:
-                    start = sb & fmt.OFFSET_MASK
+                sb_index = fmt.bitmap_index(chunk * ratio, ratio)
+                sb = self.bat[sb_index]
+                state, start = sb & fmt.STATE_MASK, sb & fmt.OFFSET_MASK
+                where = f"BAT entry {sb_index} (the sector bitmap of chunk {chunk})"
+                if state == fmt.SB_BLOCK_PRESENT:
+                    if reason := self._storage_problem(start, fmt.SECTOR_BITMAP_BLOCK):
+                        self.bad_bitmaps[chunk] = f"{where} points to file offset {start}, {reason}"
+                        continue
                     stored.append((start, start + fmt.SECTOR_BITMAP_BLOCK,
-                                   f"the sector bitmap of chunk {chunk}", -1))
+                                   f"the sector bitmap of chunk {chunk}", -1 - chunk))
+                elif state != fmt.SB_BLOCK_NOT_PRESENT:
+                    self.bad_bitmaps[chunk] = f"{where} has state {state}, which is undefined"
         stored.sort()
         previous: tuple[int, int, str, int] | None = None
         for item in stored:
             if previous is not None and item[0] < previous[1]:
                 for one, other in ((item, previous), (previous, item)):
+                    reason = f"{one[2]} at file offset {one[0]} shares its storage with {other[2]}"
                     if one[3] >= 0:
-                        self.bad_blocks.setdefault(
-                            one[3], f"{one[2]} at file offset {one[0]} shares its storage with "
-                            f"{other[2]}")
+                        self.bad_blocks.setdefault(one[3], reason)
+                    else:  # a sector bitmap: only writing would go wrong (refused)
+                        self.bad_bitmaps.setdefault(-1 - one[3], reason)
             if previous is None or item[1] > previous[1]:
                 previous = item
         for block in sorted(self.bad_blocks)[:3]:
@@ -398,6 +392,20 @@ class VhdxLayer:
         return ""
 
     # ---------------------------------------------------------------- facts
+    @property
+    def current_header(self) -> Any:
+        return self.headers.current
+
+    @property
+    def header_number(self) -> int:
+        return self.headers.number
+
+    @property
+    def sector_size(self) -> int:
+        """Writes are whole multiples of this, aligned to it: a differencing file says per
+        logical sector whether it holds the data, other files store any 512 bytes."""
+        return self.logical_sector_size if self.has_parent else 512
+
     @property
     def disk_type(self) -> DiskType:
         if self.has_parent:
@@ -487,20 +495,30 @@ class VhdxLayer:
         else:
             view[:] = self._read(file_offset, len(view))
 
-    def _block_bitmap(self, block: int) -> bytes:
+    @property
+    def _bitmap_bytes(self) -> int:
+        """Bytes of sector bitmap per payload block."""
+        return fmt.SECTOR_BITMAP_BLOCK // self.chunk_ratio
+
+    def _bitmap_offset(self, block: int) -> int:
+        sb = self.bat[fmt.bitmap_index(block, self.chunk_ratio)] & fmt.OFFSET_MASK
+        return sb + (block % self.chunk_ratio) * self._bitmap_bytes
+
+    def _block_bitmap(self, block: int) -> bytearray:
+        """The block's bitmap, cached (the caller holds the lock while it uses it)."""
         with self._lock:
             cached = self._bitmaps.get(block)
             if cached is not None:
                 self._bitmaps.move_to_end(block)
                 return cached
-        per_block = fmt.SECTOR_BITMAP_BLOCK // self.chunk_ratio
-        sb = self.bat[fmt.bitmap_index(block, self.chunk_ratio)] & fmt.OFFSET_MASK
-        bitmap = self._read(sb + (block % self.chunk_ratio) * per_block, per_block)
-        with self._lock:
+            bitmap = bytearray(self._read(self._bitmap_offset(block), self._bitmap_bytes))
             self._bitmaps[block] = bitmap
             while len(self._bitmaps) > BITMAP_CACHE_BLOCKS:
-                self._bitmaps.popitem(last=False)
-        return bitmap
+                oldest = next(iter(self._bitmaps))
+                if oldest in self._dirty_bitmaps or oldest in self._committing:
+                    break  # kept until flushed: the file may not hold these bits yet
+                del self._bitmaps[oldest]
+            return bitmap
 
     def block_runs(self, block: int) -> list[Run]:
         """The runs of one whole block (clipped at the disk size)."""
@@ -519,7 +537,9 @@ class VhdxLayer:
             return [Run(RunKind.HERE, start, length, offset)]
         lss = self.logical_sector_size
         out = []
-        for first, count, here in lsb_runs(self._block_bitmap(block), 0, -(-length // lss)):
+        with self._lock:
+            runs = lsb_runs(self._block_bitmap(block), 0, -(-length // lss))
+        for first, count, here in runs:
             inner = first * lss
             size = min(count * lss, length - inner)
             if here:
@@ -546,14 +566,195 @@ class VhdxLayer:
             block += 1
         return out
 
-    def write(self, offset: int, data: bytes) -> None:
-        raise RefusedError(f"{self.name}: VHDX images are opened read-only")
+    # ---------------------------------------------------------------- writing
+    def _open_for_writing(self) -> None:
+        """Refuse what cannot be written safely; make a pending log replay permanent."""
+        problems = dict(self.bad_blocks)
+        if problems or self.bad_bitmaps:
+            reason = problems[min(problems)] if problems else \
+                self.bad_bitmaps[min(self.bad_bitmaps)]
+            raise FormatError(self.name, reason, "refusing to write to a damaged image; copy "
+                              f"what reads with vhdfs convert {self.name} out.vhdx --to vhdx")
+        self.journal = Journal(self.source, self.headers)
+        if self.replay is not None:
+            entries = len(self.replay.entries)
+            self.journal.replay_into_file(self.replay)
+            self.replay = None
+            self.file_size = self.data_size = self.source.size()
+            log.info("%s: replayed %d log entr%s into the file", self.name, entries,
+                     "y" if entries == 1 else "ies")
+        # New storage goes past everything the file holds (and whatever a crash left
+        # there unreferenced), on a whole MiB as the spec wants payload and bitmap blocks.
+        self._next_free = -(-self.file_size // MiB) * MiB
+
+    def _require_writable(self) -> None:
+        if not self.writable or self.journal is None:
+            raise RefusedError(f"{self.name}: opened read-only")
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Write whole sectors (see `sector_size`) at an aligned offset of the virtual disk.
+
+        Per block: the data first, in place or in new space past the end of the file; the
+        BAT entry and the sector bitmap bits only in memory, until `flush` sends them
+        through the log. A crash before the flush leaves the previous contents.
+        """
+        self._require_writable()
+        assert self.journal is not None
+        length = len(data)
+        unit = self.sector_size
+        if offset % unit or length % unit:
+            raise ImageIOError(f"{self.name}: write of {length} bytes at {offset} is not "
+                               f"aligned to the {unit}-byte sector", errno.EINVAL)
+        if offset < 0 or offset + length > self.size:
+            raise ImageIOError(f"{self.name}: write of {length} bytes at {offset} runs past the "
+                               f"end of the disk ({self.size} bytes)", errno.ENOSPC)
+        if length == 0:
+            return
+        self.journal.begin_data()  # a new DataWriteGuid before the disk's contents change
+        view = memoryview(data)
+        done = 0
+        while done < length:
+            block, inner = divmod(offset + done, self.block_size)
+            count = min(self.block_size - inner, length - done)
+            with self._lock:
+                state, storage = self._storage_for(block)
+            self.source.write_at(storage + inner, view[done:done + count])
+            if state == fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT:
+                with self._lock:
+                    self._mark_written(block, storage, inner, count)
+            done += count
+        with self._lock:
+            self._pending_sync = True
+            dirty = len(self._dirty_bat) + len(self._dirty_bitmaps) * -(
+                -self._bitmap_bytes // fmt.LOG_SECTOR)
+        if dirty >= AUTO_FLUSH_SECTORS:
+            self.flush()
+
+    def _storage_for(self, block: int) -> tuple[int, int]:
+        """(state, file offset) of the block's storage, allocated now if it has none
+        (caller holds the lock)."""
+        if block in self.bad_blocks:
+            raise FormatError(self.name, self.bad_blocks[block], "the image is damaged")
+        index = fmt.payload_index(block, self.chunk_ratio)
+        entry = self.bat[index]
+        state = entry & fmt.STATE_MASK
+        if state >= fmt.PAYLOAD_BLOCK_FULLY_PRESENT:
+            return state, entry & fmt.OFFSET_MASK
+        storage = self._allocate(self.block_size)
+        if self.has_parent and state == fmt.PAYLOAD_BLOCK_NOT_PRESENT:
+            # The parent shows through what is not written: per sector, from bits that
+            # start clear whatever an earlier crash left in this block's bitmap.
+            self._ensure_bitmap_block(block)
+            self._bitmaps[block] = bytearray(self._bitmap_bytes)
+            self._dirty_bitmaps.add(block)
+            state = fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT
+        else:
+            # Not present in a file without a parent, or zero / unmapped / undefined: the
+            # block reads as zeros, and so does new file space where nothing is written.
+            state = fmt.PAYLOAD_BLOCK_FULLY_PRESENT
+        self._set_entry(index, state, storage)
+        return state, storage
+
+    def _ensure_bitmap_block(self, block: int) -> None:
+        index = fmt.bitmap_index(block, self.chunk_ratio)
+        if self.bat[index] & fmt.STATE_MASK == fmt.SB_BLOCK_PRESENT:
+            return
+        self._set_entry(index, fmt.SB_BLOCK_PRESENT, self._allocate(fmt.SECTOR_BITMAP_BLOCK))
+
+    def _mark_written(self, block: int, storage: int, inner: int, count: int) -> None:
+        """After the data of a partially present block is written: its sectors are here."""
+        block_length = min(self.block_size, self.size - block * self.block_size)
+        if inner == 0 and count == block_length:
+            # Every sector is this file's now: the bitmap no longer matters.
+            self._set_entry(fmt.payload_index(block, self.chunk_ratio),
+                            fmt.PAYLOAD_BLOCK_FULLY_PRESENT, storage)
+            return
+        lss = self.logical_sector_size
+        set_lsb_bits(self._block_bitmap(block), inner // lss, count // lss)
+        self._dirty_bitmaps.add(block)
+
+    def _allocate(self, length: int) -> int:
+        """`length` bytes of new space at the end of the file (zeros until written)."""
+        storage = self._next_free
+        self.source.truncate(storage + length)
+        self._next_free = storage + length
+        self.file_size = self.data_size = self._next_free
+        return storage
+
+    def _set_entry(self, index: int, state: int, offset: int) -> None:
+        self.bat[index] = fmt.bat_entry(state, offset)
+        self._dirty_bat.add(index // BAT_ENTRIES_PER_SECTOR)
 
     def flush(self) -> None:
-        pass
+        """Make every completed write durable: the data, then the metadata through the log."""
+        if not self.writable or self.journal is None:
+            return
+        with self._flush_lock:
+            with self._lock:
+                bitmaps, bat_sectors = set(self._dirty_bitmaps), set(self._dirty_bat)
+                sectors = self._metadata_sectors(bitmaps, bat_sectors)
+                self._dirty_bitmaps.clear()
+                self._dirty_bat.clear()
+                self._committing = bitmaps
+                pending, self._pending_sync = self._pending_sync, False
+            try:
+                if sectors:
+                    self.journal.commit(sectors)
+                elif pending:
+                    self.source.sync()
+            except VhdfsError:
+                with self._lock:  # not durable: kept dirty for the next attempt
+                    self._dirty_bitmaps |= bitmaps
+                    self._dirty_bat |= bat_sectors
+                    self._pending_sync = True
+                raise
+            finally:
+                with self._lock:
+                    self._committing = set()
+
+    def _metadata_sectors(self, bitmaps: set[int], bat_sectors: set[int]) -> list[tuple[int, bytes]]:
+        """The 4 KiB sectors to log, in an order whose every prefix is a consistent file
+        (caller holds the lock): first the sector bitmaps (bits of sectors already written,
+        or of blocks no entry points at yet), then the BAT sectors from the last one back, so
+        a chunk's sector bitmap entry (after its payload entries) is never applied after a
+        payload entry that needs it."""
+        per_block = self._bitmap_bytes
+        pieces: dict[int, bytearray] = {}
+        for block in sorted(bitmaps):
+            bits = self._bitmaps[block]
+            start = self._bitmap_offset(block)
+            done = 0
+            while done < per_block:
+                at = start + done
+                sector = at - at % fmt.LOG_SECTOR
+                buf = pieces.get(sector)
+                if buf is None:
+                    buf = pieces[sector] = bytearray(self._read(sector, fmt.LOG_SECTOR))
+                n = min(per_block - done, sector + fmt.LOG_SECTOR - at)
+                buf[at - sector:at - sector + n] = bits[done:done + n]
+                done += n
+        out = [(offset, bytes(buf)) for offset, buf in sorted(pieces.items())]
+        bat_start = self.regions[fmt.BAT_REGION].start
+        for sector in sorted(bat_sectors, reverse=True):
+            first = sector * BAT_ENTRIES_PER_SECTOR
+            chunk = array.array("Q", self.bat[first:first + BAT_ENTRIES_PER_SECTOR])
+            if sys.byteorder == "big":
+                chunk.byteswap()
+            raw = chunk.tobytes()
+            at = bat_start + sector * fmt.LOG_SECTOR
+            if len(raw) < fmt.LOG_SECTOR:  # the region's spare entries past the table stay
+                raw += self._read(at + len(raw), fmt.LOG_SECTOR - len(raw))
+            out.append((at, raw))
+        return out
 
     def close(self) -> None:
-        self.source.close()
+        """Flush, and empty the log a write session used (a clean close)."""
+        try:
+            if self.writable and self.journal is not None:
+                self.flush()
+                self.journal.close()
+        finally:
+            self.source.close()
 
     def __enter__(self) -> VhdxLayer:
         return self

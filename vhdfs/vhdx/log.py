@@ -26,14 +26,13 @@ from construct import ConstructError
 
 from vhdfs.errors import FormatError
 from vhdfs.vhdx.format import (
-    LOG_DATA_SECTOR,
-    LOG_DESCRIPTOR,
-    LOG_DESCRIPTOR_SIZE,
+    DATA_DESCRIPTOR,
+    LOG_ENTRY,
     LOG_ENTRY_HEADER,
     LOG_ENTRY_HEADER_SIZE,
     LOG_SECTOR,
+    ZERO_DESCRIPTOR,
     MiB,
-    crc32c_of,
     descriptor_sectors,
 )
 
@@ -130,41 +129,30 @@ def _parse_entry(log: _CircularLog, position: int, log_guid: bytes) -> LogEntry 
         return None
     if head.sequence_number == 0 or head.log_guid != log_guid:
         return None
-    count = head.descriptor_count
-    desc_sectors = descriptor_sectors(count)
-    if desc_sectors * LOG_SECTOR > length:
+    if descriptor_sectors(head.descriptor_count) * LOG_SECTOR > length:
         return None
-    raw = bytearray(log.read(position, length))
-    raw[4:8] = bytes(4)
-    if crc32c_of(bytes(raw)) != head.checksum:
+    try:  # the checksum over the whole entry, and the data sectors' signatures
+        body = LOG_ENTRY.parse(log.read(position, length)).tail.value
+    except ConstructError:
         return None
     entry = LogEntry(position, length, head.sequence_number, head.tail,
                      head.flushed_file_offset, head.last_file_offset)
-    data_index = desc_sectors
-    for i in range(count):
-        at = LOG_ENTRY_HEADER_SIZE + i * LOG_DESCRIPTOR_SIZE
-        desc = LOG_DESCRIPTOR.parse(bytes(raw[at:at + LOG_DESCRIPTOR_SIZE]))
+    sectors = iter(body.data_sectors)
+    for desc in body.descriptors:
         if desc.sequence_number != head.sequence_number or desc.file_offset % LOG_SECTOR:
             return None
-        if desc.signature == b"zero":
+        if desc.signature == ZERO_DESCRIPTOR:
             zero_length = int.from_bytes(desc.leading_bytes, "little")
             if zero_length % LOG_SECTOR:
                 return None
             entry.writes.append((desc.file_offset, zero_length))
-        elif desc.signature == b"desc":
-            at = data_index * LOG_SECTOR
-            if at + LOG_SECTOR > length:
-                return None
-            try:
-                sector = LOG_DATA_SECTOR.parse(bytes(raw[at:at + LOG_SECTOR]))
-            except ConstructError:
-                return None
+        elif desc.signature == DATA_DESCRIPTOR:
+            sector = next(sectors)
             if (sector.sequence_high << 32 | sector.sequence_low) != head.sequence_number:
                 return None
             # 4 KiB to write: 8 leading bytes and 4 trailing bytes live in the descriptor.
             entry.writes.append((desc.file_offset,
                                  desc.leading_bytes + sector.data + desc.trailing_bytes))
-            data_index += 1
         else:
             return None
     return entry
