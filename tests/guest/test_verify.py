@@ -11,6 +11,7 @@ import sys
 from tests.fixtures.bcdstore import build_mbr_bcd
 from tests.fixtures.content import find_distlib_launcher
 from tests.fixtures.windows import DEFAULT_DISK_SIGNATURE
+from tests.fixtures.windows_state import WindowsState, windows_volume_files
 from tests.guest.conftest import DISK_SIZE, SYSTEM_SIZE, add_child, windows_disk
 
 WINLOAD = "Windows/System32/winload.exe"
@@ -69,7 +70,7 @@ def test_with_two_windows_volumes_the_bcd_decides(vhdfs, tmp_path):
     """Both volumes hold winload.exe and the agent is on volume 1: only a BCD that boots
     volume 1 makes the disk pass."""
     launcher = find_distlib_launcher().read_bytes()
-    extra = {1: {WINLOAD: launcher}}
+    extra = {1: {WINLOAD: launcher, **windows_volume_files(WindowsState())}}
     windows_disk(tmp_path / "bcd2.raw", agent_on_system_partition=True, extra_files=extra)
     result = vhdfs("verify", tmp_path / "bcd2.raw")
     assert result.code == 1
@@ -140,7 +141,7 @@ def test_profile_selection_and_profile_files(vhdfs, windows_raw, tmp_path):
     assert bad.code == 2
     assert bad.err.startswith(f"vhdfs: error: {custom}: [[agent]] number 1 lacks name, os, files")
     unknown = vhdfs("verify", raw, "--profile", "nope")
-    assert unknown.code == 2 and "no such agent profile" in unknown.err
+    assert unknown.code == 2 and "--profile nope: no such profile (verify profiles: " in unknown.err
 
 
 def test_no_active_partition_fails(vhdfs, windows_raw, tmp_path):

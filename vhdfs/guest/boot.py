@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from vhdfs.guest.bcd import BcdError, BcdStore, read_bcd
+from vhdfs.guest.bcd import BcdDevice, BcdError, BcdLoader, BcdStore, read_bcd
 from vhdfs.guest.errors import GuestError
 from vhdfs.guest.files import read_all, read_text
 from vhdfs.guest.paths import glob, resolve
@@ -33,6 +33,7 @@ class BootInfo:
     boot_volume: int | None = None
     system_volume: int | None = None  # Windows: where the boot manager and BCD live
     how: str = ""  # how the boot volume was decided, in words
+    loader: BcdLoader | None = None  # Windows: the BCD's default entry
     problems: list[str] = field(default_factory=list)  # each one stops the disk from booting
     warnings: list[str] = field(default_factory=list)
 
@@ -103,6 +104,20 @@ def windows_boot(disk: DiskVolumes) -> BootInfo | None:
     return info
 
 
+def device_volume(disk: DiskVolumes, device: BcdDevice, system: Volume) -> Volume | None:
+    """The volume of this disk a BCD device element names ("boot": the system volume)."""
+    if device.kind == "boot":
+        return system
+    if device.kind != "partition":
+        return None
+    if device.scheme == "mbr":
+        if disk.table.scheme != "mbr" or disk.table.disk_signature != device.disk_signature:
+            return None
+        return next((v for v in disk.volumes if v.start == device.partition_offset), None)
+    return next((v for v in disk.volumes if v.partition and v.partition.guid
+                 == device.partition_guid), None)
+
+
 def _windows_from_store(disk: DiskVolumes, store: BcdStore, system: Volume,
                         os_volumes: list[Volume], info: BootInfo) -> None:
     where = f"the BCD on volume {system.number}"
@@ -116,22 +131,18 @@ def _windows_from_store(disk: DiskVolumes, store: BcdStore, system: Volume,
         info.problems.append(f"{where}: {entry} boots {device.kind if device else 'no device'}, "
                              "not a partition of this disk")
         return
-    if device.kind == "boot":
-        target = system
-    elif device.scheme == "mbr":
-        if disk.table.scheme != "mbr" or disk.table.disk_signature != device.disk_signature:
-            mine = f"0x{disk.table.disk_signature:08X}" if disk.table.disk_signature is not None \
-                else "none"
-            info.problems.append(f"{where}: {entry} boots a partition of the disk with signature "
-                                 f"0x{device.disk_signature:08X}, but this disk's signature is "
-                                 f"{mine}; fix the store on the VM with "
-                                 "bcdedit /set {default} device partition=C: and "
-                                 "bcdedit /set {default} osdevice partition=C:")
-            return
-        target = next((v for v in disk.volumes if v.start == device.partition_offset), None)
-    else:
-        target = next((v for v in disk.volumes if v.partition and v.partition.guid
-                       == device.partition_guid), None)
+    if device.kind == "partition" and device.scheme == "mbr" and (
+            disk.table.scheme != "mbr" or disk.table.disk_signature != device.disk_signature):
+        mine = f"0x{disk.table.disk_signature:08X}" if disk.table.disk_signature is not None \
+            else "none"
+        info.problems.append(f"{where}: {entry} boots a partition of the disk with signature "
+                             f"0x{device.disk_signature:08X}, but this disk's signature is "
+                             f"{mine}; fix the store on the VM with "
+                             "bcdedit /set {default} device partition=C: and "
+                             "bcdedit /set {default} osdevice partition=C:")
+        return
+    info.loader = loader
+    target = device_volume(disk, device, system)
     if target is None:
         info.problems.append(f"{where}: {entry} boots the {device.describe()}, where this disk "
                              "has no partition")

@@ -7,7 +7,11 @@ What the old SDK's VHD verification did before an upload, and what Azure needs t
   size       the disk as `vhdfs upload` sends it (the flattened chain as a fixed VHD) against
              Azure's rules (vhdfs/data/azure_disks.toml)
   vm-sizes   which VM sizes it fits (vhdfs/data/vm_sizes.toml), for information
-Each finding is pass, fail, warn or info; any fail fails the verification.
+  guest OS   what Azure's preparation guides ask of a Windows (verify_windows.py) or Linux
+             (verify_linux.py) image; a verify profile (vhdfs/data/profiles/) says which checks
+             run and what a problem is worth, chosen by the OS found unless --profile says
+Each finding is pass, fail, warn or info, with the fix for a problem; any fail fails the
+verification. The report carries the inspection (vhdfs inspect) too.
 """
 
 from __future__ import annotations
@@ -19,9 +23,19 @@ from typing import Any
 
 from vhdfs.chain import Chain
 from vhdfs.errors import UsageError, VhdfsError
-from vhdfs.guest.agents import AgentFound, find_agents, load_profiles, select_profiles
+from vhdfs.guest.agents import AgentFound, AgentProfile, find_agents, load_profiles
 from vhdfs.guest.azure_rules import check_size, disk_rules, fitting_vm_sizes
 from vhdfs.guest.boot import BootInfo, find_boot
+from vhdfs.guest.inspect import Inspection, OsFound, inspect_disk
+from vhdfs.guest.verify_gate import Gate
+from vhdfs.guest.verify_linux import check_linux
+from vhdfs.guest.verify_profiles import (
+    DEFAULT_PROFILES,
+    VerifyProfile,
+    packaged_profiles,
+    read_profile_files,
+)
+from vhdfs.guest.verify_windows import check_windows
 from vhdfs.guest.volumes import DiskVolumes, open_volumes
 from vhdfs.rawlayer import RawLayer
 from vhdfs.units import human
@@ -38,9 +52,11 @@ class Finding:
     status: str
     message: str
     details: dict[str, Any] = field(default_factory=dict)
+    fix: str = ""  # what to do about a problem
 
     def to_json(self) -> dict:
         return {"check": self.check, "status": self.status, "message": self.message,
+                **({"fix": self.fix} if self.fix else {}),
                 **({"details": self.details} if self.details else {})}
 
 
@@ -48,17 +64,24 @@ class Finding:
 class Report:
     image: str
     findings: list[Finding] = field(default_factory=list)
+    profile: VerifyProfile | None = None
+    profile_how: str = ""
+    inspection: Inspection | None = None
 
     @property
     def passed(self) -> bool:
         return not any(f.status == FAIL for f in self.findings)
 
-    def add(self, check: str, status: str, message: str, **details: Any) -> None:
-        self.findings.append(Finding(check, status, message, details))
+    def add(self, check: str, status: str, message: str, *, fix: str = "",
+            **details: Any) -> None:
+        self.findings.append(Finding(check, status, message, details, fix))
 
     def to_json(self) -> dict:
         return {"image": self.image, "passed": self.passed,
-                "findings": [f.to_json() for f in self.findings]}
+                "profile": {**self.profile.to_json(), "chosen": self.profile_how}
+                if self.profile else None,
+                "findings": [f.to_json() for f in self.findings],
+                "inspection": self.inspection.to_json() if self.inspection else None}
 
 
 def _layer_kind(layer: Any) -> str:
@@ -181,12 +204,116 @@ def _check_boot(report: Report, boots: list[BootInfo]) -> None:
             report.add("boot", WARN, f"{boot.os.capitalize()}: {warning}")
 
 
+@dataclass
+class ProfileChoice:
+    """What --profile and --profile-file asked for, checked before the image is opened."""
+
+    verify_profiles: dict[str, VerifyProfile]
+    agent_profiles: dict[str, AgentProfile]
+    named: VerifyProfile | None  # the verify profile asked for, if any
+    agent_names: list[str]  # agent profiles asked for by --profile (the old meaning)
+
+
+def choose_profiles(names: list[str] | None, files: list[str] | None) -> ProfileChoice:
+    """Read the profiles and sort out --profile: each NAME is a verify profile (at most one)
+    or an agent profile (any number, as before verify profiles existed)."""
+    from_files = read_profile_files(files or [])
+    verify_profiles = {**packaged_profiles(), **from_files.profiles}
+    agent_profiles = load_profiles(from_files.agent_files)
+    names = names or []
+    unknown = [n for n in names if n not in verify_profiles and n not in agent_profiles]
+    if unknown:
+        raise UsageError(f"--profile {', '.join(unknown)}: no such profile (verify profiles: "
+                         f"{', '.join(sorted(verify_profiles))}; agent profiles: "
+                         f"{', '.join(sorted(agent_profiles))})")
+    chosen = [verify_profiles[n] for n in names if n in verify_profiles]
+    if len(chosen) > 1:
+        raise UsageError(f"--profile {', '.join(p.id for p in chosen)}: name one verify profile, "
+                         "not several")
+    if not chosen and len(from_files.profiles) == 1:
+        chosen = list(from_files.profiles.values())  # a profile file's own profile is the one
+    for profile in chosen:
+        missing = [a for a in profile.agents or [] if a not in agent_profiles]
+        if missing:
+            raise UsageError(f"{profile.source}: [profile] agents names {', '.join(missing)}, "
+                             f"no such agent profile (known: {', '.join(sorted(agent_profiles))})")
+    return ProfileChoice(verify_profiles, agent_profiles, chosen[0] if chosen else None,
+                         [n for n in names if n in agent_profiles and n not in verify_profiles])
+
+
+def _pick_profile(report: Report, choice: ProfileChoice, boots: list[BootInfo]
+                  ) -> VerifyProfile | None:
+    found = [b for b in boots if b.os_volumes]
+    if choice.named is not None:
+        report.profile, report.profile_how = choice.named, "named by --profile"
+        return choice.named
+    if not found:
+        return None
+    os_name = found[0].os
+    profile = choice.verify_profiles[DEFAULT_PROFILES[os_name]]
+    volume = found[0].boot_volume or found[0].os_volumes[0]
+    report.profile = profile
+    report.profile_how = f"{os_name.capitalize()} found on volume {volume}"
+    return profile
+
+
+def _agent_selection(choice: ProfileChoice, profile: VerifyProfile | None) -> list[AgentProfile]:
+    if choice.agent_names:
+        return [choice.agent_profiles[n] for n in choice.agent_names]
+    if profile is not None and profile.agents is not None:
+        return [choice.agent_profiles[n] for n in profile.agents]
+    return list(choice.agent_profiles.values())
+
+
+def _describe_os(system: OsFound) -> str:
+    parts = [system.product]
+    if system.windows:
+        w = system.windows
+        parts[0] += f" ({', '.join(p for p in (w.edition, w.installation_type) if p)})" \
+            if w.edition or w.installation_type else ""
+        if w.version or w.build:
+            parts.append(f"version {w.version} build {w.build}".replace("version  ", ""))
+    if system.linux and system.linux.kernels:
+        parts.append("kernels " + ", ".join(k.version for k in system.linux.kernels))
+    parts += [system.architecture or "architecture unknown",
+              f"hostname {system.hostname or 'not set'}",
+              f"{system.boot_mode.mode} boot: Hyper-V generation {system.boot_mode.generation}"]
+    return f"volume {system.root.number}: " + "; ".join(parts)
+
+
+def _check_guest(report: Report, disk: DiskVolumes, profile: VerifyProfile | None,
+                 inspection: Inspection) -> None:
+    for system in inspection.systems:
+        report.add("os", INFO, _describe_os(system), os=system.os, volume=system.root.number)
+    if profile is None:
+        return
+    report.add("profile", INFO, f"{profile.id}: {profile.name} ({report.profile_how})",
+               profile=profile.id, source=profile.source)
+    systems = [s for s in inspection.systems if s.os == profile.os]
+    if not systems:
+        others = ", ".join(f"{s.os.capitalize()} on volume {s.root.number}"
+                           for s in inspection.systems) or "no operating system"
+        better = [p for p, os_name in (("azure-windows-generalized", "windows"),
+                                       ("azure-linux-generalized", "linux"))
+                  if any(s.os == os_name for s in inspection.systems)]
+        report.add("profile", FAIL, f"profile {profile.id} is for {profile.os.capitalize()}, but "
+                   f"the disk holds {others}",
+                   fix=f"choose a {better[0].split('-')[1].capitalize()} profile, for example "
+                   f"--profile {better[0]}" if better else "")
+        return
+    gate = Gate(report, profile)
+    for system in systems:
+        if system.os == "windows":
+            check_windows(gate, disk, system)
+        else:
+            check_linux(gate, disk, system)
+
+
 def verify(open_chain: Callable[[], Chain], image: str, *, profiles: list[str] | None = None,
            profile_files: list[str] | None = None) -> Report:
     """Run every check; chain problems become failures, not exceptions."""
     report = Report(image)
-    available = load_profiles(profile_files)
-    selected = select_profiles(available, profiles)
+    choice = choose_profiles(profiles, profile_files)
     try:
         chain = open_chain()
     except UsageError:
@@ -218,12 +345,19 @@ def verify(open_chain: Callable[[], Chain], image: str, *, profiles: list[str] |
                            f"{volume.error}")
         try:
             boots = find_boot(disk)
+            profile = _pick_profile(report, choice, boots)
+            selected = _agent_selection(choice, profile)
             found = find_agents(disk, selected)
         except VhdfsError as exc:  # a damaged guest file system
             report.add("guest", FAIL, f"reading the guest files failed: {exc}")
         else:
             _check_boot(report, boots)
             _check_agents(report, disk, found, boots, [p.id for p in selected])
+            try:
+                report.inspection = inspect_disk(disk, boots)
+                _check_guest(report, disk, profile, report.inspection)
+            except VhdfsError as exc:
+                report.add("guest", FAIL, f"reading the guest files failed: {exc}")
         _check_upload(report, chain, image, disk.table.scheme)
         _check_vm_sizes(report, chain.size)
     return report

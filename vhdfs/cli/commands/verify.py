@@ -15,18 +15,25 @@ FAILED = "Failed the verification tests."
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "verify", help="check an image is ready for Azure (chain, agent, boot volume, size)",
+        "verify", help="check an image is ready for Azure (chain, agent, boot, guest OS, size)",
         description="Check that an image is ready to upload to Azure: the chain is intact, an "
-        "Azure agent is installed (and which version) on the volume the disk boots, and the disk "
-        "as vhdfs upload sends it (a fixed VHD) meets Azure's size rules. Exit status 0 when "
-        "every check passes, 1 when one fails.")
+        "Azure agent is installed (and which version) on the volume the disk boots, the guest "
+        "OS is prepared as Azure's guides ask (Windows: generalized, shut down cleanly, RDP, "
+        "DHCP...; Linux: kernel, initrd with the Hyper-V drivers, provisioning agent, fstab, "
+        "deprovisioned...), and the disk as vhdfs upload sends it (a fixed VHD) meets Azure's "
+        "size rules. Exit status 0 when no check fails, 1 when one fails.")
     parser.add_argument("image")
     parser.add_argument("--profile", action="append", metavar="NAME",
-                        help="only this agent profile (repeatable): windows-guest-agent, "
-                        "vm-role-agent, linux-agent, or one from --profile-file")
+                        help="the verify profile (azure-windows-generalized, the default for "
+                        "Windows; azure-windows-specialized; azure-linux-generalized, the "
+                        "default for Linux; azure-linux-specialized; vm-role), and/or only "
+                        "these agent profiles (repeatable): windows-guest-agent, vm-role-agent, "
+                        "linux-agent, or one from --profile-file")
     parser.add_argument("--profile-file", action="append", default=[], metavar="FILE",
-                        help="more agent profiles (TOML, same format as the packaged "
-                        "vhdfs/data/agents.toml; same ids replace packaged ones)")
+                        help="a verify profile ([profile] and [checks], as vhdfs/data/profiles/"
+                        "*.toml; used unless --profile names another) and/or more agent "
+                        "profiles ([[agent]], as vhdfs/data/agents.toml); same ids replace "
+                        "packaged ones")
     parser.add_argument("--json", action="store_true", help="every finding, machine-readable")
     add_image_options(parser)
     parser.set_defaults(func=run)
