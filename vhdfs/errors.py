@@ -15,6 +15,7 @@ Exit codes (documented in the README):
   6  refused: the operation would overwrite or damage something (output exists, read-only target)
   7  mount: FUSE mount or unmount failed
   8  remote: blob storage access failed (credentials, not found, not a page blob)
+  9  in use: another process holds the image (a mount, a commit, qemu); the message names it
 """
 
 from __future__ import annotations
@@ -111,6 +112,17 @@ class MountError(VhdfsError):
 
 class RemoteError(VhdfsError):
     exit_code = 8
+
+
+class ImageBusy(VhdfsError):
+    """Another process holds a lock on the image that this use conflicts with
+    (vhdfs.sources.locks): a writer, or readers where this command would write."""
+
+    exit_code = 9
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class Interrupted(VhdfsError):

@@ -57,7 +57,8 @@ def test_readers_racing_a_writer_see_old_or_new_data_and_the_end_state(tmp_path,
     # Only blocks the child does not hold yet: a sector there is written once, and its bitmap
     # bit is set after its data, so a reader sees the whole old or the whole new sector (a
     # sector rewritten in place could be seen half written, as on any file).
-    with Layer(LocalFile(top)) as layer:
+    # A look at the BAT under the writer: force-shared, as the writer holds the file.
+    with Layer(LocalFile(top, force_share=True)) as layer:
         free_blocks = [i for i, entry in enumerate(layer.bat) if entry == UNALLOCATED]
         per_block = layer.block_size // (64 * KiB)
     slots = [block * per_block + i for block in free_blocks for i in range(per_block)]

@@ -188,7 +188,9 @@ def test_periodic_flush_bounds_what_a_kill_loses(tmp_path, mount):
     on_disk = False
     while not on_disk and time.monotonic() < deadline:
         time.sleep(0.1)
-        with contextlib.suppress(VhdfsError), open_chain(str(top)) as chain:
+        # What a kill would leave: read under the live writer, so force-shared.
+        with contextlib.suppress(VhdfsError), \
+                open_chain(str(top), OpenOptions(force_share=True)) as chain:
             on_disk = chain.read(3 * MiB + 512, len(payload)) == payload
     assert on_disk, "the daemon never flushed the write on its own"
     os.kill(mounted.pid, signal.SIGKILL)

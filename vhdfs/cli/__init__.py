@@ -22,6 +22,9 @@ from vhdfs.format.dynheader import printable
 from vhdfs.secrets import ScrubbingWriter, scrub_logger
 
 INTERNAL_ERROR_EXIT = 70
+FORCE_SHARE = ("--force-share", "-U")
+FORCE_SHARE_HELP = ("read images that another process is writing (as qemu-img -U): reading "
+                    "commands only, with a warning, since what is read may be inconsistent")
 
 
 class _OneLineWarnings(logging.Handler):
@@ -47,6 +50,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         "mount, commit and upload.")
     parser.add_argument("--version", action="version", version=f"vhdfs {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no warnings or progress")
+    parser.add_argument(*FORCE_SHARE, action="store_true", help=FORCE_SHARE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     names = sorted(info.name for info in pkgutil.iter_modules(commands.__path__))
     wanted = next((a for a in argv or [] if not a.startswith("-")), None)
@@ -55,6 +59,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         names = [module_name]
     for name in names:
         importlib.import_module(f"vhdfs.cli.commands.{name}").register(sub)
+    for command in sub.choices.values():  # a global option, also after the command name
+        command.add_argument(*FORCE_SHARE, action="store_true", default=argparse.SUPPRESS,
+                             help=FORCE_SHARE_HELP)
     return parser
 
 
@@ -74,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser(arguments)
         args = parser.parse_args(arguments)
         log.setLevel(logging.ERROR if args.quiet else logging.WARNING)
+        _describe_for_locks(arguments, args.force_share)
         code = args.func(args)
         return int(code or 0)
     except VhdfsError as exc:
@@ -99,13 +107,26 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args is not None:
             from vhdfs.cli.common import print_stats
+            from vhdfs.sources import locks
 
             print_stats(args)
+            locks.set_force_share(False)  # in-process callers (tests) start afresh
         log.removeHandler(handler)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError):  # a reader gone away: nothing more to say
                 stream.flush()
         sys.stdout, sys.stderr = terminal
+
+
+def _describe_for_locks(arguments: list[str], force_share: bool) -> None:
+    """What the lock records say this process is (without secrets), and --force-share."""
+    import shlex
+
+    from vhdfs.sources import locks
+
+    locks.describe_process(command=locks.safe_text(shlex.join(["vhdfs", *arguments])),
+                           mountpoint="")
+    locks.set_force_share(force_share)
 
 
 def run() -> None:

@@ -2,7 +2,13 @@
 named image (its parents are reported with the command that mends them).
 
 Exit codes, as fsck: 0 clean, 1 problems found and all repaired, 4 problems left,
-8 the image could not be checked at all.
+8 the image could not be checked at all; and 9 (vhdfs's "in use"): another process holds a
+layer (a writer; for --repair, any user), so it was not checked.
+
+The layers are held (vhdfs.sources.locks) from the first read to the end: shared, so no
+writer changes them under the check; the image exclusively with --repair. With
+--force-share a layer a writer holds is read anyway, and its report names the writer:
+what was read may be a state the writer is half way through.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vhdfs.errors import ChainError, FormatError, VhdfsError
+from vhdfs.azure.location import looks_remote
+from vhdfs.errors import ChainError, FormatError, ImageBusy, VhdfsError
 from vhdfs.format.footer import DiskType
 from vhdfs.layer import Layer
 from vhdfs.maintain.faults import Faults, FaultySource
@@ -18,13 +25,16 @@ from vhdfs.maintain.files import read_only_reason
 from vhdfs.maintain.findings import ERROR, CannotCheck, FileScan, Finding
 from vhdfs.maintain.scan import scan_file
 from vhdfs.resolve import OpenOptions, find_parent, open_source
+from vhdfs.sources import locks
 from vhdfs.sources.base import Source
 from vhdfs.sources.local import LocalFile
+from vhdfs.sources.locks import Mode
 
 EXIT_CLEAN = 0
 EXIT_REPAIRED = 1
 EXIT_PROBLEMS = 4
 EXIT_UNCHECKED = 8
+EXIT_IN_USE = ImageBusy.exit_code
 MAX_REPAIR_PASSES = 12
 
 
@@ -36,6 +46,8 @@ class LayerReport:
     found_by: str = ""  # how the parent was found
     unchecked: str = ""  # why the file could not be checked
     disk_type: str = ""
+    in_use: str = ""  # not checked: the refusal that names who holds it
+    written_by: str = ""  # read anyway (--force-share) while this process writes it
 
     @property
     def problems(self) -> list[Finding]:
@@ -52,6 +64,10 @@ class LayerReport:
             item["found_by"] = self.found_by
         if self.unchecked:
             item["unchecked"] = self.unchecked
+        if self.in_use:
+            item["in_use"] = self.in_use
+        if self.written_by:
+            item["written_by"] = self.written_by
         return item
 
 
@@ -64,6 +80,8 @@ class CheckReport:
 
     @property
     def exit_code(self) -> int:
+        if any(layer.in_use for layer in self.layers):
+            return EXIT_IN_USE
         if not self.layers or self.layers[0].unchecked:
             return EXIT_UNCHECKED
         if any(layer.problems or layer.unchecked for layer in self.layers):
@@ -75,7 +93,12 @@ class CheckReport:
     @property
     def status(self) -> str:
         return {EXIT_CLEAN: "clean", EXIT_REPAIRED: "repaired", EXIT_PROBLEMS: "problems",
-                EXIT_UNCHECKED: "unchecked"}[self.exit_code]
+                EXIT_UNCHECKED: "unchecked", EXIT_IN_USE: "in-use"}[self.exit_code]
+
+    @property
+    def written_by(self) -> list[str]:
+        """Layers read while another process wrote them (--force-share), with the writer."""
+        return [f"{layer.path}: {layer.written_by}" for layer in self.layers if layer.written_by]
 
     def as_dict(self) -> dict:
         return {"image": self.image, "status": self.status, "exit_code": self.exit_code,
@@ -83,15 +106,15 @@ class CheckReport:
                 "layers": [layer.as_dict() for layer in self.layers]}
 
 
-def _open(path: str) -> Source:
-    try:
-        return open_source(path)  # a local file, or a page blob for a blob spec
+def _open(path: str, options: OpenOptions) -> Source:
+    try:  # a local file, or a page blob for a blob spec
+        return open_source(path, force_share=options.force_share)
     except VhdfsError as exc:
         raise CannotCheck(str(exc)) from None
 
 
 def _scan(path: str, options: OpenOptions) -> FileScan:
-    with _open(path) as source:
+    with _open(path, options) as source:
         # A remote image is checked without reading every block's bitmap (one request each).
         return scan_file(source, size_rule=options.size_rule, search=list(options.search),
                          bitmaps=not source.remote)
@@ -100,7 +123,7 @@ def _scan(path: str, options: OpenOptions) -> FileScan:
 def _opens(path: str, options: OpenOptions) -> str:
     """Layer's own verdict, a safety net behind the scan: "" when the file opens."""
     try:
-        with Layer(_open(path), size_rule=options.size_rule):
+        with Layer(_open(path, options), size_rule=options.size_rule):
             return ""
     except FormatError as exc:
         return str(exc)
@@ -120,7 +143,7 @@ def check_file(path: str, options: OpenOptions, role: str = "image", *, repair: 
         return report
     done: list[Finding] = []
     if repair and not dry_run and any(f.fix for f in scan.findings):
-        with _open(path) as probe:
+        with _open(path, options) as probe:
             local = isinstance(probe, LocalFile)
         reason = read_only_reason(Path(path)) if local else "repairs are made to local files only"
         if reason is not None:
@@ -170,16 +193,32 @@ def check_image(spec: str, options: OpenOptions | None = None, *, repair: bool =
     """Check `spec` and the links of its chain; with `repair`, mend `spec` itself."""
     options = options or OpenOptions()
     report = CheckReport(spec, repair, dry_run)
+    writes = repair and not dry_run
+    mode = Mode.EXCLUSIVE if writes else locks.mode_for(False, options.force_share)
+    try:
+        hold = locks.Hold(None, None) if looks_remote(spec) else locks.lock_path(spec, mode)
+    except ImageBusy as exc:
+        report.layers.append(LayerReport(spec, "image", in_use=str(exc)))
+        return report
+    with hold:
+        _check_chain(spec, options, report, repair, dry_run, faults)
+    return report
+
+
+def _check_chain(spec: str, options: OpenOptions, report: CheckReport, repair: bool,
+                 dry_run: bool, faults: Faults | None) -> None:
     first = check_file(spec, options, repair=repair, dry_run=dry_run, faults=faults)
+    first.written_by = _writer(spec, options)
     report.layers.append(first)
     if first.unchecked or first.disk_type != "differencing":
-        return report
+        return
     try:
-        layer = Layer(_open(spec), size_rule=options.size_rule)
+        layer = Layer(_open(spec, options), size_rule=options.size_rule)
     except VhdfsError:
-        return report  # the scan said why; the links are checked once it opens
+        return  # the scan said why; the links are checked once it opens
     current = first
     seen = {layer.source.identity()}
+    opened = [layer]  # every layer stays held until the whole chain is checked
     try:
         while layer.is_differencing:
             # Counted by layers, not by distinct files: a loop the resolver missed still ends.
@@ -191,17 +230,29 @@ def check_image(spec: str, options: OpenOptions | None = None, *, repair: bool =
                 break
             try:
                 parent, link = find_parent(layer, options, seen)
+            except ImageBusy as exc:
+                report.layers.append(LayerReport(exc.path or "parent", "parent", in_use=str(exc)))
+                break
             except ChainError as exc:
                 current.findings.append(Finding(
                     "parent-link", ERROR, str(exc), hint=f"vhdfs set-parent {layer.name} PARENT "
                     "re-links it; --parent PATH or --search DIR point at it for one command"))
                 break
-            layer.source.close()
             layer = parent
+            opened.append(parent)
             seen.add(parent.source.identity())
             current = check_file(link.path, options, "parent")
             current.found_by = link.found_by
+            current.written_by = _writer(link.path, options)
             report.layers.append(current)
     finally:
-        layer.source.close()
-    return report
+        for held in opened:
+            held.source.close()
+
+
+def _writer(path: str, options: OpenOptions) -> str:
+    """With --force-share: who writes `path` while it is checked ("" when nobody does)."""
+    if not (options.force_share if options.force_share is not None
+            else locks.force_share_default()) or looks_remote(path):
+        return ""
+    return locks.writer_of_path(path) or ""

@@ -55,7 +55,9 @@ from vhdfs.maintain.scan import scan_file
 from vhdfs.maintain.siblings import find_children
 from vhdfs.progress import Progress
 from vhdfs.resolve import OpenOptions, find_parent
+from vhdfs.sources import locks
 from vhdfs.sources.local import LocalFile
+from vhdfs.sources.locks import Mode
 from vhdfs.sources.writeback import WritebackAhead
 from vhdfs.vhdx.layer import refuse_vhdx
 
@@ -113,7 +115,8 @@ class _Commit:
 
     # ---------------------------------------------------------------- preparing
     def open_child(self) -> Layer:
-        source = LocalFile(self.child_path)
+        # Held alone for the whole job: nothing may write it, nor delete it under a reader.
+        source = LocalFile(self.child_path, lock=Mode.EXCLUSIVE)
         refuse_vhdx(source, "commit")
         child = Layer(source, size_rule=self.options.size_rule)
         if not child.is_differencing:
@@ -184,6 +187,7 @@ class _Commit:
     # ---------------------------------------------------------------- the job
     def run(self, delete_child: bool) -> CommitResult:
         child = self.open_child()
+        parent_hold: locks.Hold | None = None
         try:
             _refuse_damage(str(self.child_path), "child",
                            _damage(str(self.child_path), self.options.size_rule))
@@ -193,6 +197,9 @@ class _Commit:
                 parent_path = Path(link.path)
                 if not isinstance(parent.source, LocalFile) or type(parent) is not Layer:
                     raise RefusedError(f"{link.path}: commit writes only into local VHD parent files")
+                # Held alone from before its journal is read to the end: no reader sees it
+                # half written, and no mount, commit or repair writes it at the same time.
+                parent_hold = locks.lock_fd(parent.source.fd, link.path, Mode.EXCLUSIVE)
                 result = CommitResult(str(self.child_path), str(parent_path), link.found_by)
                 require_writable(parent_path, "the parent", "commit writes the child's data into "
                                  "it; make it writable if you mean to change it")
@@ -209,11 +216,13 @@ class _Commit:
             finally:
                 parent.close()
             self.copy(child, parent_path, parent_id, resume, result)
+            if delete_child:  # still held: nobody opened it meanwhile
+                remove_durably(self.child_path, self.faults)
+                result.child_deleted = True
         finally:
             child.close()
-        if delete_child:
-            remove_durably(self.child_path, self.faults)
-            result.child_deleted = True
+            if parent_hold is not None:
+                parent_hold.release()
         return result
 
     def copy(self, child: Layer, parent_path: Path, parent_id: bytes, resume: int | None,

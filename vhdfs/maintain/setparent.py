@@ -40,7 +40,9 @@ from vhdfs.maintain.files import remove_durably, require_writable, write_atomic
 from vhdfs.maintain.findings import CannotCheck
 from vhdfs.maintain.scan import scan_file
 from vhdfs.resolve import OpenOptions, open_chain
+from vhdfs.sources import locks
 from vhdfs.sources.local import LocalFile
+from vhdfs.sources.locks import Mode
 
 log = logging.getLogger("vhdfs")
 
@@ -153,6 +155,14 @@ def set_parent(child: str, parent: str, *, force: bool = False, options: OpenOpt
     options = options or OpenOptions()
     faults = faults or Faults.from_env()
     child_path, parent_path = Path(child), Path(parent)
+    # The child is held alone from its first read to its last write: a mount writing it
+    # would overwrite the new header with its own copy at its next flush.
+    with locks.lock_path(child_path, Mode.EXCLUSIVE):
+        return _set_parent(child_path, parent_path, force, options, faults)
+
+
+def _set_parent(child_path: Path, parent_path: Path, force: bool, options: OpenOptions,
+                faults: Faults) -> SetParentResult:
     if pending_header(child_path) is not None:
         raise RefusedError(f"{child_path}: an earlier set-parent was interrupted; run vhdfs check "
                            f"--repair {child_path} to finish it first")

@@ -14,9 +14,10 @@ from vhdfs.sources.local import LocalFile
 
 
 def read_ids(path: Path) -> tuple[bytes, bytes | None] | None:
-    """(unique id, parent unique id or None) of a VHD file, or None when it is not one."""
+    """(unique id, parent unique id or None) of a VHD file, or None when it is not one.
+    A glance at two ids takes no lock: a child another process holds is still found."""
     try:
-        with LocalFile(path) as source:
+        with LocalFile(path, lock=None) as source:
             size = source.size()
             if size < 2 * FOOTER_SIZE:
                 return None

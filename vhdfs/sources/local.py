@@ -1,4 +1,6 @@
-"""A local file as a source: os.pread / os.pwrite on one descriptor."""
+"""A local file as a source: os.pread / os.pwrite on one descriptor, locked as qemu locks its
+images (vhdfs.sources.locks): writable opens hold the file exclusively, read-only ones hold a
+shared "no writer" lock (or, with --force-share, nothing that keeps a writer out)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ import stat
 from pathlib import Path
 
 from vhdfs.errors import ImageIOError, RefusedError, VhdfsError
+from vhdfs.sources import locks
 from vhdfs.sources.base import Source
+from vhdfs.sources.locks import Mode
 
 
 class NotARegularFile(VhdfsError):
@@ -30,12 +34,18 @@ def describe_mode(mode: int) -> str:
 
 
 class LocalFile(Source):
+    """`lock`: "auto" (writable: EXCLUSIVE; read-only: SHARED, or FORCE_SHARED with
+    `force_share`, whose default is the command's --force-share), a `Mode`, or None for no
+    lock at all (a glance at a file's ids, never its data)."""
+
     remote = False
 
-    def __init__(self, path: str | os.PathLike[str], *, writable: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, writable: bool = False,
+                 lock: Mode | None | str = "auto", force_share: bool | None = None) -> None:
         self.path = Path(path)
         self.name = str(path)
         self.writable = writable
+        self._hold: locks.Hold | None = None
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             # O_NONBLOCK: opening a FIFO must never hang; checked to be regular right after.
@@ -59,6 +69,13 @@ class LocalFile(Source):
             os.close(fd)
             raise NotARegularFile(f"{self.name}: is {describe_mode(info.st_mode)}, not an image file")
         os.set_blocking(fd, True)
+        mode = locks.mode_for(writable, force_share) if lock == "auto" else lock
+        if mode is not None:
+            try:
+                self._hold = locks.lock_fd(fd, self.name, Mode(mode))
+            except BaseException:
+                os.close(fd)
+                raise
         self.fd = fd
         self._identity = (info.st_dev, info.st_ino)
 
@@ -136,10 +153,14 @@ class LocalFile(Source):
         return ranges
 
     def close(self) -> None:
+        hold, self._hold = getattr(self, "_hold", None), None
+        if hold is not None:
+            hold.release()
         fd, self.fd = getattr(self, "fd", -1), -1
         if fd >= 0:
             os.close(fd)
 
 
-def open_local(path: str | os.PathLike[str], *, writable: bool = False) -> LocalFile:
-    return LocalFile(path, writable=writable)
+def open_local(path: str | os.PathLike[str], *, writable: bool = False,
+               force_share: bool | None = None) -> LocalFile:
+    return LocalFile(path, writable=writable, force_share=force_share)

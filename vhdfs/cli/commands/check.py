@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from vhdfs.cli.common import add_image_options, open_options, print_json
-from vhdfs.errors import VhdfsError
+from vhdfs.errors import ImageBusy, UsageError, VhdfsError
 from vhdfs.maintain.check import EXIT_UNCHECKED, CheckReport, check_image
 
 
@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Check the structure of IMAGE (footer and its copy, checksums, header, BAT, "
         "bitmaps, locators, timestamps, unfinished commits) and every link of its chain. "
         "--repair mends IMAGE where no data has to be guessed and reports every change. "
-        "Exit codes as fsck: 0 clean, 1 problems repaired, 4 problems left, 8 could not check.")
+        "Exit codes as fsck: 0 clean, 1 problems repaired, 4 problems left, 8 could not check; "
+        "9: in use by another process (a writer; with --repair, anyone), not checked. "
+        "--force-share checks a chain a writer holds and names the writer in the report.")
     parser.add_argument("image")
     parser.add_argument("--repair", action="store_true", help="mend IMAGE (not its parents)")
     parser.add_argument("--dry-run", action="store_true",
@@ -31,6 +33,11 @@ def render(report: CheckReport) -> None:
         kind = f"{layer.disk_type}, " if layer.disk_type else ""
         how = f", found by {layer.found_by}" if layer.found_by else ""
         print(f"[{depth}] {layer.path} ({kind}{layer.role}{how})")
+        if layer.in_use:
+            print(f"  not checked: {layer.in_use}")
+        if layer.written_by:
+            print(f"  note     {layer.written_by} is writing it: read with --force-share, what "
+                  "was read may be a state the writer is half way through")
         if layer.unchecked:
             print(f"  could not check: {layer.unchecked}")
         for finding in layer.findings:
@@ -46,20 +53,29 @@ def render(report: CheckReport) -> None:
                     print(f"           repairable: {finding.fix.action} (--repair)")
             elif finding.hint and finding.severity == "error":
                 print(f"           to do: {finding.hint}")
-        if not layer.findings and not layer.unchecked:
-            print("  clean")
+        if not layer.findings and not layer.unchecked and not layer.in_use:
+            print("  clean, as read under a writer" if layer.written_by else "  clean")
     problems = sum(len(layer.problems) for layer in report.layers)
     repaired = sum(len(layer.repaired) for layer in report.layers)
     summary = {"clean": "clean", "repaired": f"{repaired} problem(s) repaired",
                "problems": f"{problems} problem(s) left" + (f", {repaired} repaired" if repaired else ""),
-               "unchecked": "could not check"}[report.status]
+               "unchecked": "could not check",
+               "in-use": "in use by another process, not checked"}[report.status]
+    if report.written_by and report.status != "in-use":
+        summary += f" (read while being written: {'; '.join(report.written_by)})"
     print(f"{report.image}: {summary} (exit {report.exit_code})")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.repair and not args.dry_run and getattr(args, "force_share", False):
+        raise UsageError("--force-share is for reading: check --repair writes IMAGE and holds "
+                         "it alone (check without --repair reads it under a writer)")
     try:
         report = check_image(args.image, open_options(args), repair=args.repair or args.dry_run,
                              dry_run=args.dry_run)
+    except ImageBusy as exc:
+        print(f"vhdfs: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except VhdfsError as exc:
         print(f"vhdfs: error: {exc}", file=sys.stderr)
         return EXIT_UNCHECKED

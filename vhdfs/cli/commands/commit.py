@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from vhdfs.cli.common import add_image_options, open_options
+from vhdfs.errors import UsageError
 from vhdfs.maintain.commit import commit
 from vhdfs.units import human
 
@@ -23,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "force_share", False):
+        raise UsageError("--force-share is for reading: commit writes the parent and holds the "
+                         "child and the parent alone while it runs")
     result = commit(args.child, open_options(args), delete_child=args.delete_child,
                     quiet=args.quiet)
     resumed = f" (resumed at block {result.resumed_at})" if result.resumed_at is not None else ""

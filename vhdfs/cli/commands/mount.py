@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import fcntl
+import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from vhdfs.chain import Chain
 from vhdfs.cli.common import add_image_options, open_image
-from vhdfs.errors import FormatError, RefusedError, UsageError, VhdfsError
+from vhdfs.errors import FormatError, UsageError, VhdfsError
 from vhdfs.fuse.daemon import FLUSH_INTERVAL, MountConfig, serve
 from vhdfs.fuse.launch import run_detached
 from vhdfs.fuse.mountpoint import check_fuse_available, check_mountpoint
 from vhdfs.fuse.tree import build_tree
+from vhdfs.maintain.siblings import find_children
 from vhdfs.resolve import looks_like_vhd, open_source
+from vhdfs.sources import locks
+from vhdfs.sources.local import LocalFile
 from vhdfs.vhdx.layer import is_vhdx
+
+log = logging.getLogger("vhdfs")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,16 +50,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _lock_for_writing(chain: Chain) -> None:
-    """One writer per image: a second `mount --rw` of the same file would corrupt it."""
-    fd = getattr(chain.top.source, "fd", None)
-    if fd is None:
+def _warn_children(chain: Chain, search: list[str]) -> None:
+    """Writing into a layer that has children changes what they read under their own data:
+    say so before the first write, naming the children found (as commit does)."""
+    top = chain.top
+    unique_id = getattr(top, "unique_id", None)
+    if not isinstance(top.source, LocalFile) or not unique_id:
         return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise RefusedError(f"{chain.top.name}: is open for writing by another process (another "
-                           "vhdfs mount --rw?); unmount that first") from None
+    image = Path(top.name)
+    folders = [image.parent] + [Path(folder) for folder in search]
+    children = find_children(unique_id, folders, exclude=[image])
+    if children:
+        log.warning("%s has children that become invalid once it is written (they would read "
+                    "changed data under their own): %s; mount it read-only, or write into a new "
+                    "child (vhdfs create --parent %s NEW.vhd)", image,
+                    ", ".join(map(str, children)), image)
 
 
 def _is_raw(spec: str) -> bool:
@@ -68,8 +79,12 @@ def run(args: argparse.Namespace) -> int:
     if not 0.1 <= args.flush_interval <= 3600:
         raise UsageError(f"--flush-interval {args.flush_interval:g}: give a number of seconds "
                          "from 0.1 to 3600")
+    if args.rw and getattr(args, "force_share", False):
+        raise UsageError("--force-share is for reading: mount --rw writes IMAGE and holds it "
+                         "alone (mount read-only to read a chain another process writes)")
     check_fuse_available()
     mountpoint = check_mountpoint(args.mountpoint)
+    locks.describe_process(mountpoint=str(mountpoint))  # who holds the images, for refusals
     log_file = Path(os.path.abspath(args.log)) if args.log else None
     try:
         chain = open_image(args, args.image, writable=args.rw, allow_raw=not args.rw)
@@ -81,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     try:
         if args.rw:
-            _lock_for_writing(chain)
+            _warn_children(chain, list(args.search))
         files = build_tree(chain, writable=args.rw)
         config = MountConfig(mountpoint, writable=args.rw, allow_other=args.allow_other,
                              flush_interval=args.flush_interval)
@@ -95,8 +110,12 @@ def run(args: argparse.Namespace) -> int:
             serve(chain, files, config, ready)
             print(f"unmounted {mountpoint}", flush=True)
             return 0
-        pid = run_detached(lambda ready: serve(chain, files, config, ready), mountpoint,
-                           log_file=log_file)
+        def daemon(ready: Callable[[], None]) -> None:
+            locks.adopt()  # the locks live on in this process's descriptions
+            serve(chain, files, config, ready)
+
+        pid = run_detached(daemon, mountpoint, log_file=log_file)
+        locks.hand_over()  # the daemon holds the images now: closing them here must not unlock
         print(f"mounted {args.image} at {mountpoint} ({mode}: {names}; daemon pid {pid}); "
               f"vhdfs umount {mountpoint} unmounts", file=sys.stdout)
         return 0

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "force_share", False):
+        raise UsageError("--force-share is for reading: set-parent rewrites CHILD's header and "
+                         "holds it alone")
     if looks_remote(args.child):  # a blob: the link goes into its metadata (vhdfs.azure.parents)
         return _run_remote(args)
     options = OpenOptions(search=list(args.search), size_rule=args.size_rule)
