@@ -51,5 +51,7 @@ def run(args: argparse.Namespace) -> int:
         for finding in report.findings:
             print(f"  {LABELS[finding.status]:<4}  {finding.check}: "
                   f"{escape(finding.message, backslash=False)}")
+            if finding.fix and finding.status in ("fail", "warn"):
+                print(f"        fix: {escape(finding.fix, backslash=False)}")
         print(PASSED if report.passed else FAILED)
     return 0 if report.passed else 1
