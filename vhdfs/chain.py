@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vhdfs.errors import ImageIOError
-from vhdfs.layer import SECTOR, Layer, RunKind
+from vhdfs.layer import Layer, RunKind
 
 ZERO = -1  # layer index of extents that read as zeros
 DEFAULT_UNIT = 2 * 1024 * 1024
@@ -204,15 +204,16 @@ class Chain:
         if offset < 0 or offset + length > self.size:
             raise ImageIOError(f"{self.top.name}: write of {length} bytes at {offset} runs past "
                                f"the end of the disk ({self.size} bytes)", errno.ENOSPC)
-        start = offset - offset % SECTOR
-        end = -(-(offset + length) // SECTOR) * SECTOR
+        sector = self.top.sector_size  # 512, or a 4 KiB logical sector of a VHDX child
+        start = offset - offset % sector
+        end = -(-(offset + length) // sector) * sector
         # One writer at a time: a partial-sector write reads, merges and writes back, and
         # must not interleave with another write to the same sector.
         with self._write_lock:
             if start != offset or end != offset + length:
                 buf = bytearray(end - start)
-                buf[:SECTOR] = self.read(start, SECTOR)
-                buf[-SECTOR:] = self.read(end - SECTOR, SECTOR)
+                buf[:sector] = self.read(start, sector)
+                buf[-sector:] = self.read(end - sector, sector)
                 buf[offset - start:offset - start + length] = data
                 data = buf
             try:
@@ -226,7 +227,7 @@ class Chain:
     def close(self) -> None:
         try:
             if self.writable:
-                self.top.flush()
+                self.top.close()  # flushes (and leaves a VHDX's log empty: a clean close)
         finally:
             for layer in self.layers:
                 try:

@@ -1,4 +1,5 @@
-"""Flatten a chain into a raw image, a fixed VHD or a dynamic VHD (or import a raw image).
+"""Flatten a chain into a raw image, a fixed or dynamic VHD, or a fixed or dynamic VHDX (or
+import a raw image).
 
 Only extents that hold data are read; ZERO extents cost nothing. Within data, all-zero
 pieces are not written either, so raw output stays sparse and dynamic output allocates
@@ -30,8 +31,10 @@ from vhdfs.layer import SECTOR, Layer
 from vhdfs.progress import Progress
 from vhdfs.sources.local import LocalFile
 from vhdfs.sources.writeback import WritebackAhead
+from vhdfs.vhdx import build as vhdx_build
+from vhdfs.vhdx.layer import VhdxLayer
 
-TARGETS = ("raw", "fixed", "dynamic")
+TARGETS = ("raw", "fixed", "dynamic", "vhdx")  # fixed and dynamic: VHD
 WINDOW = 4 * 1024 * 1024  # unit of reading, zero detection and writing
 ZERO_GRAIN = 64 * 1024  # all-zero pieces of this size inside data are not written
 _ZERO_GRAIN_BYTES = bytes(ZERO_GRAIN)
@@ -191,24 +194,59 @@ def _write_dynamic(chain: Chain, path: Path, block_size: int, stats: ConvertStat
         out.flush()
 
 
+def _write_vhdx(chain: Chain, path: Path, spec: vhdx_build.NewVhdx, stats: ConvertStats,
+                progress: Progress | None) -> None:
+    """Through a writable VhdxLayer: blocks with data allocated (dynamic) or written in place
+    (fixed), the BAT through the log, the log empty when it closes."""
+    vhdx_build.write_new(path, spec)
+    with VhdxLayer(LocalFile(path, writable=True), writable=True) as out:
+        _parallel_pieces(chain, stats, progress, out.write)
+
+
+def vhdx_spec_for(chain: Chain, *, fixed: bool, block_size: int | None,
+                  logical_sector_size: int | None = None) -> vhdx_build.NewVhdx:
+    """The VHDX a chain converts into: its size; the top's sector sizes when it is a VHDX
+    (the guest sees them), else 512/4096; Hyper-V's block size unless one is given."""
+    top = chain.top
+    lss, pss = 512, 4096
+    if isinstance(top, VhdxLayer):
+        lss, pss = top.logical_sector_size, top.physical_sector_size
+    spec = vhdx_build.NewVhdx(size=chain.size,
+                              block_size=block_size or vhdx_build.DEFAULT_BLOCK_SIZE,
+                              logical_sector_size=logical_sector_size or lss,
+                              physical_sector_size=pss, fixed=fixed)
+    vhdx_build.check_new(spec)
+    return spec
+
+
 def convert(chain: Chain, out: str | os.PathLike[str], to: str, *,
-            block_size: int = DEFAULT_BLOCK_SIZE, force: bool = False,
+            block_size: int | None = None, fixed: bool = False, force: bool = False,
             progress: Progress | None = None) -> ConvertStats:
+    """Write the chain's flat disk to `out` as `to` (see TARGETS; `fixed` makes a "vhdx"
+    output fixed). `block_size`: of dynamic output (default 2M for VHD, 32M for VHDX)."""
     if to not in TARGETS:
         raise UsageError(f"--to {to!r}: expected one of {', '.join(TARGETS)}")
+    if fixed and to != "vhdx":
+        raise UsageError("--fixed applies to --to vhdx (a fixed VHD is --to fixed)")
     target = Path(out)
     for layer in chain.layers:
         name = getattr(layer.source, "path", None)
         if name is not None and target.exists() and target.resolve() == Path(name).resolve():
             raise RefusedError(f"{target}: is part of the chain being converted; write to "
                                "another file")
-    if to != "raw":
+    spec = None
+    if to == "vhdx":
+        spec = vhdx_spec_for(chain, fixed=fixed, block_size=block_size)
+    elif to != "raw":
         check_size(chain.size, DiskType.FIXED if to == "fixed" else DiskType.DYNAMIC)
     if to == "dynamic":
+        block_size = block_size or DEFAULT_BLOCK_SIZE
         check_block_size(block_size, chain.size)
     stats = ConvertStats(size=chain.size)
     with atomic_output(target, force=force) as tmp:
-        if to == "dynamic":
+        if spec is not None:
+            _write_vhdx(chain, tmp, spec, stats, progress)
+        elif to == "dynamic":
             _write_dynamic(chain, tmp, block_size, stats, progress)
         else:
             footer = fixed_footer(chain.size).build() if to == "fixed" else b""

@@ -1,4 +1,5 @@
-"""Create fixed, dynamic and differencing VHDs.
+"""Create fixed, dynamic and differencing VHDs (and VHDX: `create_vhdx*`, whose layout is
+vhdfs.vhdx.build's).
 
 Every new file is written under a temporary name in the destination folder and renamed into
 place once complete and synced: a crash never leaves a half-written image under the name.
@@ -35,6 +36,9 @@ from vhdfs.format.dynheader import (
 from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer
 from vhdfs.layer import MAX_BAT_ENTRIES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, SECTOR
 from vhdfs.quoting import escape
+from vhdfs.vhdx import build as vhdx_build
+from vhdfs.vhdx.build import NewVhdx
+from vhdfs.vhdx.layer import VhdxLayer
 
 DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024
 # The VHD specification's limit for dynamic and differencing disks.
@@ -273,3 +277,39 @@ def parent_info_of(path: str | os.PathLike[str], layer) -> ParentInfo:
     return ParentInfo(path=where, unique_id=layer.unique_id, size=layer.size,
                       timestamp=min(max(0, mtime), 0xFFFFFFFF),
                       block_size=layer.block_size)
+
+
+# ---------------------------------------------------------------- VHDX
+def create_vhdx(out: str | os.PathLike[str], size: int, *, fixed: bool = False,
+                block_size: int = vhdx_build.DEFAULT_BLOCK_SIZE, logical_sector_size: int = 512,
+                physical_sector_size: int = 4096, force: bool = False) -> NewVhdx:
+    """A new fixed or dynamic VHDX (see vhdfs.vhdx.build for its layout)."""
+    spec = NewVhdx(size=size, block_size=block_size, logical_sector_size=logical_sector_size,
+                   physical_sector_size=physical_sector_size, fixed=fixed)
+    vhdx_build.check_new(spec)
+    with atomic_output(out, force=force) as tmp:
+        vhdx_build.write_new(tmp, spec)
+    return spec
+
+
+def create_vhdx_differencing(out: str | os.PathLike[str], parent_path: str | os.PathLike[str],
+                             parent: VhdxLayer, *, block_size: int | None = None,
+                             force: bool = False) -> NewVhdx:
+    """A new differencing VHDX (a checkpoint, .avhdx) over the local VHDX `parent`: its
+    size, sector sizes and virtual disk id, a locator naming its DataWriteGuid."""
+    where = Path(parent_path).resolve()
+    require_text_path(where)
+    target = Path(out)
+    if target.exists() and target.resolve() == where:
+        raise RefusedError(f"{target}: is the parent itself; choose another name for the child")
+    folder = target.parent if str(target.parent) else Path(".")
+    spec = NewVhdx(
+        size=parent.size, block_size=block_size or vhdx_build.DEFAULT_DIFFERENCING_BLOCK_SIZE,
+        logical_sector_size=parent.logical_sector_size,
+        physical_sector_size=parent.physical_sector_size,
+        parent_locator=vhdx_build.parent_locator_values(parent.unique_id, folder, where),
+        virtual_disk_id=parent.virtual_disk_id)
+    vhdx_build.check_new(spec)
+    with atomic_output(out, force=force) as tmp:
+        vhdx_build.write_new(tmp, spec)
+    return spec

@@ -96,6 +96,8 @@ def _check_file_size(source: Source, file_size: int) -> None:
 class Layer:
     """One VHD file: fixed, dynamic or differencing."""
 
+    sector_size = SECTOR  # writes are whole multiples of this, aligned to it
+
     def __init__(self, source: Source, *, size_rule: str = "auto", writable: bool = False) -> None:
         self.source = source
         self.name = source.name
