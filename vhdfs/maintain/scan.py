@@ -29,6 +29,7 @@ from vhdfs.format.dynheader import (
     PLATFORM_WI2K,
     PLATFORM_WI2R,
     DynamicHeader,
+    ParentLocator,
 )
 from vhdfs.format.footer import (
     COOKIE,
@@ -64,6 +65,8 @@ KNOWN_CODES = (PLATFORM_W2RU, PLATFORM_W2KU, PLATFORM_MACX, PLATFORM_MAC, PLATFO
                PLATFORM_WI2K)
 PATH_CODES = (PLATFORM_W2RU, PLATFORM_W2KU, PLATFORM_MACX, PLATFORM_WI2R, PLATFORM_WI2K)
 MAX_LOCATOR_BYTES = 64 * 1024
+URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # How far back from the end a fixed disk's footer is looked for behind trailing garbage.
 FIXED_FOOTER_SEARCH = 1 << 30
 SEARCH_CHUNK = 4 << 20
@@ -477,6 +480,46 @@ class Scanner:
             self.regions.append(Region(start, min(end, limit), f"parent locator {index}"))
             if loc.platform_code in (PLATFORM_W2RU, PLATFORM_W2KU) and length % 2:
                 self.add("locator-text", WARNING, f"{what}: UTF-16 path of odd length {length}")
+            elif loc.platform_code in PATH_CODES:
+                self._locator_text(what, loc, index, footer)
+
+    def _locator_text(self, what: str, loc: ParentLocator, index: int, footer: Footer) -> None:
+        """A locator's data must hold a path (or URL) a reader can use: not zeros (a writer
+        that flushed stale metadata over it), and text in the locator's own encoding."""
+        data = self.src.read_at(loc.data_offset, loc.data_length)
+        text = data.rstrip(b"\0")
+        if loc.platform_code in (PLATFORM_W2RU, PLATFORM_W2KU) and len(text) % 2:
+            text += b"\0"  # the high byte of a last UTF-16 character below 256
+        problem, code = "", "locator-undecodable"
+        if not text:
+            problem, code = f"its {loc.data_length} bytes of data at offset {loc.data_offset} " \
+                "are all zeros (no path)", "locator-zeroed"
+        elif loc.platform_code in (PLATFORM_W2RU, PLATFORM_W2KU):
+            try:
+                decoded = text.decode("utf-16-le")
+            except UnicodeDecodeError as exc:
+                problem = f"the data at offset {loc.data_offset} is not UTF-16 text (byte " \
+                    f"{exc.start}: {exc.reason})"
+            else:
+                if CONTROL.search(decoded):
+                    problem = f"the UTF-16 path at offset {loc.data_offset} holds NUL or control " \
+                        "characters (damaged or overwritten)"
+        elif loc.platform_code == PLATFORM_MACX:
+            try:
+                decoded = text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problem = f"the data at offset {loc.data_offset} is not UTF-8 text (byte " \
+                    f"{exc.start}: {exc.reason})"
+            else:
+                if not URL_START.match(decoded) or CONTROL.search(decoded):
+                    problem = f"the data at offset {loc.data_offset} is not a URL " \
+                        "(expected file://... or a blob URL)"
+        if problem:
+            self.add(code, ERROR, f"{what}: {problem}; readers cannot follow it",
+                     Fix(RANK_LOCATOR, f"clear parent locator {index} ({loc.code_text}); vhdfs "
+                         "set-parent writes fresh locators",
+                         repairs.clear_locator(footer.data_offset, index)),
+                     hint="vhdfs set-parent CHILD PARENT rewrites every locator")
 
     def _place_trailing_footer(self, footer: Footer) -> int:
         """The trailing footer is unusable but the copy at offset 0 is: where does it go?"""
