@@ -199,8 +199,14 @@ def _decompression_errors() -> tuple[type[BaseException], ...]:
 def read_initrd(found: Found, stop_when: set[str] | None = None) -> InitrdContents:
     """Every entry name of the initrd at `found`; stops early once all the kernel modules
     named in `stop_when` were seen (the rest of the file is then not read at all)."""
-    contents = InitrdContents(found.path)
-    raw = io.BufferedReader(GuestFileReader(found), buffer_size=256 * 1024)
+    return read_initrd_stream(GuestFileReader(found), found.path, stop_when)
+
+
+def read_initrd_stream(stream: io.RawIOBase, path: str, stop_when: set[str] | None = None
+                       ) -> InitrdContents:
+    """read_initrd over any binary stream (`path` names it in messages)."""
+    contents = InitrdContents(path)
+    raw = io.BufferedReader(stream, buffer_size=256 * 1024)
 
     def done() -> bool:
         return bool(stop_when) and stop_when <= contents.modules
@@ -241,6 +247,6 @@ def read_initrd(found: Found, stop_when: set[str] | None = None) -> InitrdConten
     except VhdfsError:
         raise
     except _decompression_errors() as exc:
-        raise InitrdError(f"{found.path}: {type(exc).__name__}: {exc}") from None
+        raise InitrdError(f"{path}: {type(exc).__name__}: {exc}") from None
     contents.complete = True
     return contents

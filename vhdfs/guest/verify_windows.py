@@ -277,8 +277,7 @@ def check_windows(gate: Gate, disk: DiskVolumes, found: OsFound) -> None:
     if not win.problems:
         gate.ok("hives", f"SYSTEM and SOFTWARE read ({win.product}, build {win.build}; "
                 f"CurrentControlSet is {win.control_set})")
-    if win.software is not None or win.image_state_ini is not None:
-        _image_state(gate, win)
+    _image_state(gate, win)
     _clean_shutdown(gate, disk, found)
     _hibernation(gate, found)
     _activation(gate, win)
