@@ -212,3 +212,26 @@ def test_inspect_shows_the_distribution_kernels_and_boot_mode(vhdfs, linux_varia
                                   "version_from": "bzImage header", "modules": True}]
     assert system["boot"]["hyperv_generation"] == "2"
     assert system["boot_loader"]["default"]["initrds"] == [f"/boot/initrd.img-{KERNEL}"]
+
+
+@pytest.mark.parametrize("variant, check, status, code", [
+    ("good", "hyperv-drivers", "pass", 0),
+    ("zstd", "hyperv-drivers", "pass", 0),
+    ("zstd-no-storvsc", "hyperv-drivers", "fail", 1),
+    ("gzip-no-storvsc", "hyperv-drivers", "fail", 1),
+    ("missing-kernel", "boot-entry", "fail", 1),
+    ("missing-initrd", "boot-entry", "fail", 1),
+    ("no-hyperv-driver", "hyperv-drivers", "fail", 1),
+    ("sda1-fstab", "fstab", "fail", 1),
+    ("ssh-host-keys", "ssh-host-keys", "fail", 1),
+    ("no-console", "console", "warn", 0),
+])
+def test_each_variant_in_json(vhdfs, linux_variant, variant, check, status, code):
+    result = vhdfs("verify", linux_variant(variant), "--json")
+    assert result.code == code
+    report = json.loads(result.out)
+    assert report["passed"] is (code == 0)
+    assert report["profile"]["id"] == "azure-linux-generalized"
+    assert status in [f["status"] for f in report["findings"] if f["check"] == check]
+    problems = [f for f in report["findings"] if f["status"] in ("fail", "warn")]
+    assert all(f.get("fix") for f in problems), problems

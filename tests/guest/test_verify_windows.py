@@ -252,3 +252,24 @@ def test_verify_reads_the_state_through_a_chain(vhdfs, windows_chain):
     result = vhdfs("verify", windows_chain.folder / "grandchild.vhd")
     assert result.code == 0, result.out
     assert findings(result, "ok", "image-state")
+
+
+@pytest.mark.parametrize("variant, check, status, code", [
+    ("generalized", "image-state", "pass", 0),
+    ("not-generalized", "image-state", "fail", 1),
+    ("dirty", "clean-shutdown", "fail", 1),
+    ("hibernated", "clean-shutdown", "fail", 1),
+    ("resumed", "hibernation", "warn", 0),
+    ("rdp-disabled", "rdp", "warn", 0),
+    ("settings-off", "san-policy", "warn", 0),
+    ("no-hives", "hives", "fail", 1),
+])
+def test_each_variant_in_json(vhdfs, windows_variant, variant, check, status, code):
+    result = vhdfs("verify", windows_variant(variant), "--json")
+    assert result.code == code
+    report = json.loads(result.out)
+    assert report["passed"] is (code == 0)
+    assert status in [f["status"] for f in report["findings"] if f["check"] == check]
+    if variant != "no-hives":  # there, what cannot be read is a warning without a fix
+        problems = [f for f in report["findings"] if f["status"] in ("fail", "warn")]
+        assert all(f.get("fix") for f in problems), problems
