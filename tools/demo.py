@@ -9,7 +9,8 @@ Run it through ``./scripts/demo`` (which sets up the venv first). It
    its partition file ``p2`` with ntfs-3g through a loop device and replaces
    ``inetpub/wwwroot/Welcome.png``; every write lands in the child;
 3. verifies the image: ``info``, ``volumes``, ``changes`` (what the child changed),
-   ``get`` (the new picture), ``verify`` (chain, agent, boot volume, Azure size rules);
+   ``get`` (the new picture), ``inspect`` (the Windows it holds, from its hives) and ``verify``
+   (chain, agent, boot volume, the generalized image Azure provisions, Azure size rules);
 4. starts Azurite on 127.0.0.1 and uploads the flattened disk as a fixed-VHD page blob
    (only the ranges that hold data), then the base and the child as they are, links them,
    and reads the picture back from blob storage lazily (``--stats`` shows how little);
@@ -163,6 +164,8 @@ def azure_steps(vhdfs: str, workdir: Path, new_png: bytes) -> None:
         if result.returncode:
             sys.exit(result.returncode)
         check_picture(workdir / "remote-Welcome.png", new_png)
+        # verify reads the blob chain lazily: --stats shows how little of the disk it fetched
+        run([vhdfs, "verify", f"{base_url}/child.vhd", "--stats"], workdir, env)
 
 
 def main() -> None:
@@ -175,7 +178,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="vhdfs-demo-"))
     try:
         say(f"working in {workdir}")
-        say("1. a Windows-like base disk (tests/fixtures/windows.py), imported as a dynamic VHD")
+        say("1. a Windows-like base disk (tests/fixtures/windows.py; generalized with Sysprep, as "
+            "its hives say), imported as a dynamic VHD")
         build_windows_disk(workdir / "base.raw", DISK_SIZE, welcome_png=make_png(320, 200, 2012))
         run([vhdfs, "convert", "base.raw", "base.vhd", "--to", "dynamic"], workdir)
         (workdir / "base.raw").unlink()
@@ -198,6 +202,7 @@ def main() -> None:
         run([vhdfs, "get", "child.vhd", "C:\\inetpub\\wwwroot\\Welcome.png", "Welcome.png"],
             workdir)
         check_picture(workdir / "Welcome.png", new_png)
+        run([vhdfs, "inspect", "child.vhd"], workdir)
         run([vhdfs, "verify", "child.vhd"], workdir)
 
         say("4. upload to Azure (Azurite stands in) and read back lazily")
