@@ -200,8 +200,8 @@ def test_top_truncated_under_a_writable_mount(tmp_path: Path, mounts) -> None:
     what is gone fail with EIO, the rest reads and takes writes, and afterwards the file is
     checkable: check names the missing footer, reading goes on from the footer copy."""
     base, child, flat = build_chain(tmp_path)
-    mount = mounts.vhdfs(child, tmp_path / "mnt", "--rw")
     cut = block_data_offset(child, 2) + 2048  # keeps block 0, cuts block 2's data short
+    mount = mounts.vhdfs(child, tmp_path / "mnt", "--rw")  # (holds child.vhd alone)
     fd = os.open(mount.mountpoint / "disk.raw", os.O_RDWR)
     try:
         os.truncate(child, cut)
