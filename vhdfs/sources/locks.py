@@ -30,6 +30,7 @@ for a process with a lock on it, and names it together with the fix.
 
 from __future__ import annotations
 
+import atexit
 import enum
 import errno
 import fcntl
@@ -129,6 +130,7 @@ class _Entry:
         self.fd = fd
         self.writable = writable
         self.name = name
+        self.path = os.path.abspath(name)  # for records, written again after a chdir
         self.counts = [0, 0, 0]
         self.mode: Mode | None = None
         self.owner = os.getpid()  # a forked child does not touch its parent's locks
@@ -151,6 +153,7 @@ class _Registry:
         self.mountpoint: str | None = None
         self.warned: set[tuple[int, int]] = set()
         self.paused = False
+        self.swept: set[Path] = set()  # record folders cleared of dead processes' records
 
 
 _REGISTRY = _Registry()
@@ -525,18 +528,48 @@ def _write_record(entry: _Entry) -> None:
     pid = os.getpid()
     record = {"pid": pid, "start": _own_start(), "mode": entry.mode.word,
               "command": _own_command(), "mountpoint": _REGISTRY.mountpoint,
-              "path": os.path.abspath(entry.name)}
+              "path": entry.path}
     for folder in _record_dirs():
         if not _usable_dir(folder):
             continue
+        _sweep(folder)
         target = folder / _record_name(entry.key, pid)
-        tmp = folder / f".{target.name}.tmp"
+        tmp = folder / f".{target.name[:-5]}.tmp"
         try:
             tmp.write_text(json.dumps(record))
             os.replace(tmp, target)
             return
         except OSError:
             continue
+
+
+def _sweep(folder: Path) -> None:
+    """Once per process and folder: drop the records of processes that are gone (killed
+    ones leave theirs; their locks went with them)."""
+    if folder in _REGISTRY.swept:
+        return
+    _REGISTRY.swept.add(folder)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        pid_text = name.rsplit("-", 1)[-1].removesuffix(".json").removesuffix(".tmp")
+        if pid_text.isdigit() and not os.path.exists(f"/proc/{pid_text}"):
+            try:
+                os.unlink(folder / name)
+            except OSError:
+                pass
+
+
+def _remove_own_records() -> None:
+    """At exit: a process that ends normally leaves no records (its locks end with it)."""
+    for entry in list(_REGISTRY.entries.values()):
+        if entry.owner == os.getpid():
+            _remove_record(entry)
+
+
+atexit.register(_remove_own_records)
 
 
 def _remove_record(entry: _Entry) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -112,7 +113,12 @@ def run(args: argparse.Namespace) -> int:
             return 0
         def daemon(ready: Callable[[], None]) -> None:
             locks.adopt()  # the locks live on in this process's descriptions
-            serve(chain, files, config, ready)
+            try:
+                serve(chain, files, config, ready)  # flushes the top layer before it returns
+            finally:
+                for layer in chain.layers:  # unlocks, and drops the records naming us
+                    with contextlib.suppress(OSError):
+                        layer.source.close()
 
         pid = run_detached(daemon, mountpoint, log_file=log_file)
         locks.hand_over()  # the daemon holds the images now: closing them here must not unlock
