@@ -93,6 +93,7 @@ def test_info_facts_of_the_dirty_sample(samples, name, creator):
     assert facts["creator"].startswith(creator)
 
 
+@pytest.mark.slow  # reads and writes 1 GiB
 @pytest.mark.parametrize("name", DYNAMIC)
 def test_sample_converts_to_azure_fixed_vhd(samples, qemu_reading, tmp_path, name):
     """A fixed VHD from a VHDX: raw data + footer, read by qemu-img as the same disk.

@@ -1,0 +1,66 @@
+"""Test tiers: every test gets the marker of its tier from where it lives (README, "Tests").
+
+    unit   in-process, no mount, no Azurite: formats, layers and chains, VHDX, the command
+           line, cross-checks against qemu-img                              (seconds)
+    ops    in-process operations: commit, check, set-parent on real files, and the FUSE
+           operations called with a fake request context (no mount)
+    fuse   real mounts: vhdfs mount, guest disks built through ntfs-3g, libvhdi's vhdimount,
+           fault injection under a mount
+    azure  Azurite on 127.0.0.1, started by the tests
+    slow   crash replay (also marked `crash`), the hostile corpus, the fuzzing profile of the
+           soak, the run from a fresh clone, and any test marked slow where it stands (such a
+           test is in this tier only, so `-m unit` stays quick)
+
+`./scripts/test -m unit` runs the first tier alone; `-m "not slow"` leaves out the long ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+
+#: Markers by place under tests/ (a folder or a file); the most specific place wins.
+TIERS: dict[str, tuple[str, ...]] = {
+    "format": ("unit",),
+    "layer_chain": ("unit",),
+    "cli": ("unit",),
+    "vhdx": ("unit",),
+    "interop": ("unit",),
+    "interop/test_libvhdi.py": ("fuse",),
+    "ops": ("ops",),
+    "ops/test_commit_crash.py": ("crash", "slow"),
+    "fuse": ("fuse",),
+    "fuse/test_times_ops.py": ("ops",),
+    "guest": ("fuse",),
+    "azure": ("azure",),
+    "hostile": ("fuse",),
+    "hostile/test_hostile_corpus.py": ("slow",),
+    "hostile/test_hostile_crash.py": ("crash", "slow"),
+    "hostile/test_hostile_fuzz.py": ("slow",),
+    "clone": ("slow",),
+    "test_tiers.py": ("unit",),
+}
+
+
+def tier_of(path: Path) -> tuple[str, ...] | None:
+    """The markers of a test file, from the most specific entry of TIERS that holds it."""
+    try:
+        rel = path.resolve().relative_to(TESTS)
+    except ValueError:  # a test file given on the command line from outside tests/
+        return None
+    for place in (rel, *rel.parents):
+        markers = TIERS.get(place.as_posix())
+        if markers is not None:
+            return markers
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            continue  # marked slow where it stands: the slow tier only
+        for marker in tier_of(Path(item.path)) or ():
+            item.add_marker(marker)
