@@ -198,7 +198,7 @@ def _write_vhdx(chain: Chain, path: Path, spec: vhdx_build.NewVhdx, stats: Conve
                 progress: Progress | None) -> None:
     """Through a writable VhdxLayer: blocks with data allocated (dynamic) or written in place
     (fixed), the BAT through the log, the log empty when it closes."""
-    vhdx_build.write_new(path, spec)
+    vhdx_build.write_new_file(path, spec)
     with VhdxLayer(LocalFile(path, writable=True), writable=True) as out:
         _parallel_pieces(chain, stats, progress, out.write)
 

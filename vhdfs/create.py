@@ -288,7 +288,7 @@ def create_vhdx(out: str | os.PathLike[str], size: int, *, fixed: bool = False,
                    physical_sector_size=physical_sector_size, fixed=fixed)
     vhdx_build.check_new(spec)
     with atomic_output(out, force=force) as tmp:
-        vhdx_build.write_new(tmp, spec)
+        vhdx_build.write_new_file(tmp, spec)
     return spec
 
 
@@ -311,5 +311,5 @@ def create_vhdx_differencing(out: str | os.PathLike[str], parent_path: str | os.
         virtual_disk_id=parent.virtual_disk_id)
     vhdx_build.check_new(spec)
     with atomic_output(out, force=force) as tmp:
-        vhdx_build.write_new(tmp, spec)
+        vhdx_build.write_new_file(tmp, spec)
     return spec

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from vhdfs import __version__
 from vhdfs.errors import UsageError
+from vhdfs.sources.base import Source
+from vhdfs.sources.local import LocalFile
 from vhdfs.vhdx import format as fmt
 
 MiB = fmt.MiB
@@ -103,9 +105,11 @@ def parent_locator_values(parent_data_write_guid: bytes, child_folder: Path,
 
     parent_linkage is the parent's DataWriteGuid as Hyper-V writes it ('{guid}', lower
     case, which libvhdi also parses). relative_path is Windows style (`.\\base.vhdx`), what
-    Hyper-V resolves when the files travel together. Linux has no volume GUID paths nor
-    drive letters: volume_path and absolute_win32_path hold the parent's absolute path as
-    it is here (vhdfs, like the VHD locators it writes, tries such a path as written).
+    Hyper-V resolves when the files travel together. Linux has neither volume GUID paths
+    nor drive letters: volume_path holds the parent's absolute path as it is here (vhdfs
+    tries such a path as written), absolute_win32_path the same path with backslashes
+    (libvhdi, which never reads relative_path, takes its last component and looks next to
+    the child; so does vhdfs when the path as written is not there).
     """
     parent_abs = parent.resolve()
     relative = os.path.relpath(parent_abs, child_folder.resolve()).replace("/", "\\")
@@ -115,7 +119,7 @@ def parent_locator_values(parent_data_write_guid: bytes, child_folder: Path,
         "parent_linkage": "{" + fmt.guid_text(parent_data_write_guid).lower() + "}",
         "relative_path": relative,
         "volume_path": str(parent_abs),
-        "absolute_win32_path": str(parent_abs),
+        "absolute_win32_path": str(parent_abs).replace("/", "\\"),
     }
 
 
@@ -182,9 +186,9 @@ def bat_table(spec: NewVhdx, payload_start: int) -> bytes:
     return bat.tobytes()
 
 
-def write_new(path: Path, spec: NewVhdx) -> bytes:
-    """Write the new file `spec` describes into the empty file `path` (not synced: the
-    caller renames it into place after a sync); return its DataWriteGuid."""
+def write_new(target: Source, spec: NewVhdx) -> bytes:
+    """Write the new file `spec` describes into the empty writable `target` (not synced: the
+    caller syncs and renames it into place); return its DataWriteGuid."""
     check_new(spec)
     if spec.fixed and spec.differencing:
         raise UsageError("a differencing disk cannot be fixed")
@@ -201,7 +205,8 @@ def write_new(path: Path, spec: NewVhdx) -> bytes:
     regions = fmt.build_region_table([(fmt.BAT_REGION, BAT_OFFSET, bat_length, True),
                                       (fmt.METADATA_REGION, METADATA_OFFSET, METADATA_LENGTH, True)])
     creator = spec.creator.encode("utf-16-le")[:510].ljust(512, b"\0")
-    pieces = [
+    target.truncate(file_size)
+    for offset, data in [
         (0, fmt.FILE_IDENTIFIER.build(dict(creator=creator))),
         (fmt.HEADER_OFFSETS[0], fmt.build_header(dict(header, sequence_number=1))),
         (fmt.HEADER_OFFSETS[1], fmt.build_header(dict(header, sequence_number=2))),
@@ -209,15 +214,12 @@ def write_new(path: Path, spec: NewVhdx) -> bytes:
         (fmt.REGION_TABLE_OFFSETS[1], regions),
         (METADATA_OFFSET, metadata_region(spec)),
         (BAT_OFFSET, bat),
-    ]
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.ftruncate(fd, file_size)
-        for offset, data in pieces:
-            view = memoryview(data)
-            while view:
-                done = os.pwrite(fd, view, offset)
-                view, offset = view[done:], offset + done
-    finally:
-        os.close(fd)
+    ]:
+        target.write_at(offset, data)
     return data_write_guid
+
+
+def write_new_file(path: Path, spec: NewVhdx) -> bytes:
+    """`write_new` into the empty local file `path`."""
+    with LocalFile(path, writable=True) as target:
+        return write_new(target, spec)
