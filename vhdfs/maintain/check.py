@@ -95,10 +95,6 @@ class CheckReport:
         return {EXIT_CLEAN: "clean", EXIT_REPAIRED: "repaired", EXIT_PROBLEMS: "problems",
                 EXIT_UNCHECKED: "unchecked", EXIT_IN_USE: "in-use"}[self.exit_code]
 
-    @property
-    def written_by(self) -> list[str]:
-        """Layers read while another process wrote them (--force-share), with the writer."""
-        return [f"{layer.path}: {layer.written_by}" for layer in self.layers if layer.written_by]
 
     def as_dict(self) -> dict:
         return {"image": self.image, "status": self.status, "exit_code": self.exit_code,
@@ -134,10 +130,12 @@ def _key(finding: Finding) -> tuple[str, str]:
 
 
 def check_file(path: str, options: OpenOptions, role: str = "image", *, repair: bool = False,
-               dry_run: bool = False, faults: Faults | None = None) -> LayerReport:
+               dry_run: bool = False, faults: Faults | None = None,
+               spec: str | None = None) -> LayerReport:
+    """Check one file, shown as `path`, opened from `spec` (a blob URL with its SAS)."""
     report = LayerReport(path, role)
     try:
-        scan = _scan(path, options)
+        scan = _scan(spec or path, options)
     except CannotCheck as exc:
         report.unchecked = str(exc)
         return report
@@ -154,7 +152,7 @@ def check_file(path: str, options: OpenOptions, role: str = "image", *, repair: 
     if scan.disk_type is not None:
         report.disk_type = DiskType(scan.disk_type).name.lower()
     if not scan.errors and not scan.fatal:
-        verdict = _opens(path, options)
+        verdict = _opens(spec or path, options)
         if verdict:
             report.findings.append(Finding("open-failed", ERROR, verdict))
     return report
@@ -241,13 +239,19 @@ def _check_chain(spec: str, options: OpenOptions, report: CheckReport, repair: b
             layer = parent
             opened.append(parent)
             seen.add(parent.source.identity())
-            current = check_file(link.path, options, "parent")
+            current = check_file(link.path, options, "parent", spec=_reopen_spec(parent))
             current.found_by = link.found_by
             current.written_by = _writer(link.path, options)
             report.layers.append(current)
     finally:
         for held in opened:
             held.source.close()
+
+
+def _reopen_spec(layer: Layer) -> str | None:
+    """How to open a remote parent again: its URL with the SAS it was found with (the
+    child's own); shown only as its name, and every output is scrubbed anyway."""
+    return layer.source.location.url_with_sas if layer.source.remote else None
 
 
 def _writer(path: str, options: OpenOptions) -> str:

@@ -61,8 +61,10 @@ def render(report: CheckReport) -> None:
                "problems": f"{problems} problem(s) left" + (f", {repaired} repaired" if repaired else ""),
                "unchecked": "could not check",
                "in-use": "in use by another process, not checked"}[report.status]
-    if report.written_by and report.status != "in-use":
-        summary += f" (read while being written: {'; '.join(report.written_by)})"
+    writers = list(dict.fromkeys(layer.written_by for layer in report.layers if layer.written_by))
+    if writers and report.status != "in-use":
+        summary += (f" (as read while {'; '.join(writers)} wrote it: what was read may be "
+                    "inconsistent)")
     print(f"{report.image}: {summary} (exit {report.exit_code})")
 
 
