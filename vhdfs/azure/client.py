@@ -153,17 +153,26 @@ def _client_options() -> dict[str, Any]:
     }
 
 
-def blob_client(loc: BlobLocation, credential: Credential | None = None) -> BlobClient:
+def _endpoint_and_credential(loc: BlobLocation, credential: Credential | None) -> tuple[str, Any]:
+    """The account URL and the credential to build a client with. A SAS (the URL's own, or
+    the environment's) goes into the account URL's query, where the SDK keeps the SAS fields
+    and drops anything else a user's URL may carry: given as the credential, a SAS with one
+    unknown field is not taken for a SAS at all, and every request goes out unsigned."""
     cred = credential or credential_for(loc)
     value = cred.value if cred.value is not None else (loc.sas or None)
-    return BlobClient(loc.account_url, loc.container, loc.blob, credential=value,
-                      **_client_options())
+    if isinstance(value, str):
+        return f"{loc.account_url}?{value.lstrip('?')}", None
+    return loc.account_url, value
+
+
+def blob_client(loc: BlobLocation, credential: Credential | None = None) -> BlobClient:
+    url, value = _endpoint_and_credential(loc, credential)
+    return BlobClient(url, loc.container, loc.blob, credential=value, **_client_options())
 
 
 def container_client(loc: BlobLocation, credential: Credential | None = None) -> ContainerClient:
-    cred = credential or credential_for(loc)
-    value = cred.value if cred.value is not None else (loc.sas or None)
-    return ContainerClient(loc.account_url, loc.container, credential=value, **_client_options())
+    url, value = _endpoint_and_credential(loc, credential)
+    return ContainerClient(url, loc.container, credential=value, **_client_options())
 
 
 def error_code(exc: HttpResponseError) -> str:
