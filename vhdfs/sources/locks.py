@@ -627,8 +627,8 @@ def _cmdline(pid: int) -> str:
 def safe_text(text: str, limit: int = 160) -> str:
     """Text that may name blob URLs, fit to print or store: no secrets, no control
     characters, not too long."""
-    from vhdfs.azure.location import scrub  # the one scrubber (it parses no URLs itself)
     from vhdfs.format.dynheader import printable
+    from vhdfs.secrets import scrub  # the one scrubber
 
     text = printable(scrub(text))
     return text if len(text) <= limit else text[:limit - 3] + "..."
