@@ -28,6 +28,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "layer_chain": ("unit",),
     "cli": ("unit",),
     "vhdx": ("unit",),
+    "vhdx/test_vhdx_write_crash.py": ("crash", "slow"),
     "interop": ("unit",),
     "interop/test_libvhdi.py": ("fuse",),
     "ops": ("ops",),

@@ -110,6 +110,14 @@ def pieces(event: Event) -> list[tuple[int, bytes | None]]:
     return out
 
 
+def resize(content: bytearray, size: int) -> None:
+    """A truncate: shorter, or longer with zeros (VHDX allocation extends the file)."""
+    if size < len(content):
+        del content[size:]
+    else:
+        content.extend(bytes(size - len(content)))
+
+
 def apply_write(content: bytearray, offset: int, data: bytes) -> None:
     if offset > len(content):
         content.extend(bytes(offset - len(content)))
@@ -166,12 +174,12 @@ def rebuild(initial: dict[str, bytes], events: list[Event], state: State, folder
         if event.kind == "write":
             apply_write(files[event.file], event.offset, event.data)
         elif event.kind == "truncate":
-            del files[event.file][event.offset:]
+            resize(files[event.file], event.offset)
         elif event.kind == "journal":
             journal = event.data
     for name, offset, data in state.extra:
         if data is None:
-            del files[name][offset:]
+            resize(files[name], offset)
         else:
             apply_write(files[name], offset, data)
     for name, data in files.items():

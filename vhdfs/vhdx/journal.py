@@ -175,6 +175,7 @@ class Journal:
                 self.source.truncate(replay.file_size)
             self.source.sync()
             self._update(log_guid=fmt.ZERO_GUID)
+            self.headers.update(self.source)  # both copies: no stale one names the old log
 
     def close(self) -> None:
         """Empty the log when this session used it: the file then opens without a replay."""
