@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import lzma
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import pytest
 from tests.fixtures.windows_state import GENERALIZED, WindowsState, build_system_hive
 from tests.guest.conftest import windows_disk
 from vhdfs.guest.hives import HiveError, current_control_set, parse_hive
+from vhdfs.guest.volumes import open_volumes
+from vhdfs.resolve import OpenOptions, open_chain
 
 REAL_SYSTEM = Path(__file__).resolve().parents[1] / "fixtures" / "hives" / "regipy-SYSTEM_2.xz"
 
@@ -99,3 +102,43 @@ def test_verify_and_inspect_read_a_real_hive_inside_an_image(vhdfs, tmp_path, re
     assert "warn  time: RealTimeIsUniversal is not set: Windows reads Azure's UTC clock as " \
         "local time (Pacific Standard Time)" in out
     assert "ok    san-policy: SAN policy OnlineAll" in out
+
+
+class CountingDisk:
+    """The chain as a flat disk that counts the bytes read through it."""
+
+    def __init__(self, chain) -> None:
+        self.chain = chain
+        self.size = chain.size
+        self.bytes_read = 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.bytes_read += length
+        return self.chain.read(offset, length)
+
+
+def test_opening_the_volumes_reads_only_what_their_signatures_need(windows_raw):
+    """TSK's autodetection tries every file system type (its YAFFS2 probe alone read 26 MiB
+    of the 47 MiB Windows volume); a volume whose boot sector says NTFS is opened as NTFS."""
+    raw, _ = windows_raw
+    with open_chain(str(raw), OpenOptions(), allow_raw=True) as chain:
+        disk = CountingDisk(chain)
+        volumes = open_volumes(disk)
+        assert [(v.fs_type, v.label) for v in volumes.volumes] == [
+            ("NTFS", "System Reserved"), ("NTFS", "Windows")]
+        assert disk.bytes_read < 1024 * 1024
+
+
+def test_a_volume_whose_signature_lies_is_still_detected(linux_raw, tmp_path):
+    """An ext4 volume with "NTFS    " written into its unused boot block: opening it as NTFS
+    fails, and TSK's autodetection then finds ext4."""
+    raw, layout = linux_raw
+    copy = tmp_path / "lying.raw"
+    shutil.copyfile(raw, copy)
+    root = layout["partitions"][1]
+    with open(copy, "r+b") as f:
+        f.seek(root["start"] + 3)
+        f.write(b"NTFS    ")
+    with open_chain(str(copy), OpenOptions(), allow_raw=True) as chain:
+        volume = open_volumes(chain).get(2)
+        assert volume.fs_type == "ext4" and volume.uuid == root["uuid"]
