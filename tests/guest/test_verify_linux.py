@@ -35,6 +35,10 @@ VARIANTS: dict[str, LinuxState] = {
     "no-console": LinuxState(console=False),
     "cloud-init": LinuxState(cloud_init=True),
     "swap": LinuxState(extra={"swapfile": b"\0" * 4096}),
+    "provisioning-disabled": LinuxState(extra={"etc/waagent.conf": b"Provisioning.Agent=disabled\n"
+                                               b"ResourceDisk.Format=n\n"}),
+    "cloud-init-not-azure": LinuxState(cloud_init=True, extra={
+        "etc/cloud/cloud.cfg.d/91-azure_datasource.cfg": b"datasource_list: [ NoCloud, None ]\n"}),
 }
 
 
@@ -187,6 +191,27 @@ def test_cloud_init_provisions_and_waagent_must_leave_the_resource_disk(vhdfs, l
     [message] = findings(result, "warn", "resource-disk")
     assert message.startswith("cloud-init provisions, yet waagent is set to format the resource")
     assert "ResourceDisk.Format=n" in fix_after(result, message)
+
+
+def test_provisioning_disabled_fails_a_generalized_image_and_suits_a_specialized_one(
+        vhdfs, linux_variant):
+    image = linux_variant("provisioning-disabled")
+    result = vhdfs("verify", image)
+    assert result.code == 1
+    [message] = findings(result, "fail", "provisioning")
+    assert message.startswith("Provisioning.Agent=disabled in /etc/waagent.conf and no cloud-init")
+    assert "Provisioning.Agent=auto" in fix_after(result, message)
+    specialized = vhdfs("verify", image, "--profile", "azure-linux-specialized")
+    assert specialized.code == 0, specialized.out
+    assert findings(specialized, "ok", "provisioning")[0].startswith("provisioning is off")
+
+
+def test_cloud_init_without_the_azure_datasource_fails(vhdfs, linux_variant):
+    result = vhdfs("verify", linux_variant("cloud-init-not-azure"))
+    assert result.code == 1
+    [message] = findings(result, "fail", "provisioning")
+    assert message == ("cloud-init provisions, but its datasource_list (NoCloud, None, in "
+                       "/etc/cloud/cloud.cfg.d/91-azure_datasource.cfg) lacks Azure")
 
 
 def test_swap_on_the_os_disk_is_a_warning(vhdfs, linux_variant):
