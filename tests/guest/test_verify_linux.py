@@ -4,6 +4,8 @@ the initrd (gzip and zstd), the console, provisioning, fstab, swap, and deprovis
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -260,3 +262,16 @@ def test_each_variant_in_json(vhdfs, linux_variant, variant, check, status, code
     assert status in [f["status"] for f in report["findings"] if f["check"] == check]
     problems = [f for f in report["findings"] if f["status"] in ("fail", "warn")]
     assert all(f.get("fix") for f in problems), problems
+
+
+def test_a_swap_partition_on_the_os_disk_is_a_warning(vhdfs, linux_variant, tmp_path):
+    image = tmp_path / "swap-partition.raw"
+    shutil.copyfile(linux_variant("good"), image)
+    sfdisk = shutil.which("sfdisk") or "/usr/sbin/sfdisk"
+    subprocess.run([sfdisk, "--part-type", "--no-reread", "--no-tell-kernel", "-q", str(image),
+                    "1", "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F"], check=True, capture_output=True)
+    result = vhdfs("verify", image)
+    assert result.code == 0, result.out
+    [message] = findings(result, "warn", "swap")
+    assert message == "swap on the OS disk: volume 1 is a swap partition"
+    assert "ResourceDisk.EnableSwap=y" in fix_after(result, message)
