@@ -208,7 +208,6 @@ class ParentSearch:
         self.tried: list[str] = []
         self.mismatches: list[str] = []
         self.cycle: str | None = None
-        self.busy: ImageBusy | None = None  # a candidate another process holds
 
     def consider(self, shown: str, open_candidate: Callable[[], Source],
                  explain: Callable[[VhdfsError], str] = str, note: str = "") -> Layer | None:
@@ -217,9 +216,12 @@ class ParentSearch:
         child = self.child
         try:
             source = open_candidate()
-        except ImageBusy as exc:
-            self.busy = self.busy or exc
-            self.tried.append(f"{shown} (in use)")
+        except ImageBusy:
+            # Held by another process: if it is the parent, that is the answer (another
+            # file with the same id further down the list must not stand in for it).
+            if self._is_parent(shown):
+                raise
+            self.tried.append(f"{shown} (in use by another process, and not the parent)")
             return None
         except VhdfsError as exc:
             self.tried.append(f"{shown} ({explain(exc)})")
@@ -258,6 +260,15 @@ class ParentSearch:
                 f"{child.size} bytes; the sizes must agree (was the parent resized?)")
         return parent
 
+    def _is_parent(self, path: str) -> bool:
+        """A glance, without a lock, at the unique id of a file another process holds."""
+        try:
+            with LocalFile(path, lock=None) as source:
+                unique_id = open_layer(source, self.options).unique_id
+        except (VhdfsError, OSError):
+            return False
+        return unique_id in (getattr(self.child, "parent_ids", None) or (self.expected,))
+
     def found(self, parent: Layer, found_by: str, hint: str, shown: str
               ) -> tuple[Layer, ParentLink]:
         if self.mismatches:  # e.g. the relative and the absolute locator name different files
@@ -273,8 +284,6 @@ class ParentSearch:
              nothing: str = "nothing: no locator names a local file") -> NoReturn:
         """Raise the error that says why no candidate was the parent."""
         child, expected = self.child, self.expected
-        if self.busy is not None:  # most likely the parent, held by another process
-            raise self.busy
         wanted = child.parent_name or (
             child.locator_entries[0].text if child.locator_entries else "")
         if self.cycle and not self.mismatches:
