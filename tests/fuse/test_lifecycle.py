@@ -13,7 +13,8 @@ from tests.fuse.conftest import flat_reference, make_chain, vhdfs
 from tests.tooling import force_unmount
 from vhdfs.errors import MountError
 from vhdfs.fuse import mountpoint as mountpoint_module
-from vhdfs.fuse.mountpoint import check_fuse_available, mount_entry
+from vhdfs.fuse.mountpoint import check_fuse_available
+from vhdfs.mounttable import mount_entry
 from vhdfs.resolve import open_chain
 
 

@@ -21,9 +21,9 @@ import trio
 
 from vhdfs.chain import Chain
 from vhdfs.errors import MountError, VhdfsError
-from vhdfs.fuse.mountpoint import FSTYPE
 from vhdfs.fuse.ops import ChainOperations
 from vhdfs.fuse.tree import DiskFile
+from vhdfs.mounttable import FSTYPE
 
 log = logging.getLogger("vhdfs")
 

@@ -1,4 +1,4 @@
-"""Checks before mounting, and what the kernel says is mounted where.
+"""Checks before mounting (what is mounted where: vhdfs.mounttable).
 
 Each check names the folder, what was found and what to do, so a failed mount leaves
 nothing behind and says why in one line.
@@ -7,47 +7,12 @@ nothing behind and says why in one line.
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from vhdfs.errors import MountError
+from vhdfs.mounttable import FSTYPE, mount_entry
 
 FUSE_DEVICE = "/dev/fuse"
-FSTYPE = "fuse.vhdfs"  # what our mounts show in the mount table (subtype vhdfs)
-
-
-@dataclass(frozen=True)
-class MountEntry:
-    mountpoint: str
-    fstype: str
-    source: str
-
-
-def _unescape(field: str) -> str:
-    """Mount table fields escape space, tab, newline and backslash as octal (\\040)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mount_entries() -> list[MountEntry]:
-    entries = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-        for line in table:
-            left, _, right = line.partition(" - ")
-            fields, tail = left.split(), right.split()
-            if len(fields) >= 5 and len(tail) >= 2:
-                entries.append(MountEntry(_unescape(fields[4]), tail[0], _unescape(tail[1])))
-    return entries
-
-
-def mount_entry(path: str | os.PathLike[str]) -> MountEntry | None:
-    """The mount whose mount point is exactly `path` (the last one, if stacked)."""
-    target = os.path.abspath(path)
-    found = None
-    for entry in mount_entries():
-        if entry.mountpoint == target:
-            found = entry
-    return found
 
 
 def check_fuse_available() -> None:

@@ -29,19 +29,22 @@ import trio
 from vhdfs.chain import Chain
 from vhdfs.errors import VhdfsError
 from vhdfs.fuse.tree import DiskFile
+from vhdfs.mounttable import XATTR_IMAGE, XATTR_PID, XATTR_WRITABLE
 from vhdfs.secrets import scrub
 
 log = logging.getLogger("vhdfs")
 
 ROOT = pyfuse3.ROOT_INODE
-# File sizes never change while mounted, so the kernel may keep names and attributes long.
+# Names and sizes never change while mounted, so the kernel may keep them long. Times do
+# change on a writable mount: every write advances the mtime and ctime of every file (they
+# are all windows on the one disk), and there the kernel keeps no attributes, so that `stat`
+# sees each write at once (an upload of MNT/disk.vhd compares times before and after it).
+# A read-only mount's times never change: its files are stable sources.
 ATTR_TIMEOUT = 60.0
+WRITABLE_ATTR_TIMEOUT = 0.0
 WORKER_THREADS = 8
 LOGGED_FAILURES_LIMIT = 4096  # distinct failures remembered for "logged once"
 
-XATTR_PID = b"user.vhdfs.pid"
-XATTR_IMAGE = b"user.vhdfs.image"
-XATTR_WRITABLE = b"user.vhdfs.writable"
 
 
 def chain_is_remote(chain: Chain) -> bool:
@@ -64,7 +67,8 @@ class ChainOperations(pyfuse3.Operations):
         self.limiter = trio.CapacityLimiter(WORKER_THREADS)
         self.dirty = False  # written since the last flush
         self.uid, self.gid = os.getuid(), os.getgid()
-        self.mounted_ns = self.mtime_ns = time.time_ns()
+        self.mounted_ns = self.changed_ns = time.time_ns()  # changed: the last write
+        self.attr_timeout = WRITABLE_ATTR_TIMEOUT if writable else ATTR_TIMEOUT
         self._logged: set[tuple] = set()
 
     # ---------------------------------------------------------------- errors
@@ -101,9 +105,10 @@ class ChainOperations(pyfuse3.Operations):
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = inode
         attrs.st_uid, attrs.st_gid = self.uid, self.gid
-        attrs.st_atime_ns = attrs.st_ctime_ns = self.mounted_ns
-        attrs.st_mtime_ns = self.mtime_ns
-        attrs.entry_timeout = attrs.attr_timeout = ATTR_TIMEOUT
+        attrs.st_atime_ns = self.mounted_ns
+        attrs.st_mtime_ns = attrs.st_ctime_ns = self.changed_ns
+        attrs.entry_timeout = ATTR_TIMEOUT
+        attrs.attr_timeout = self.attr_timeout
         attrs.st_blksize = 4096
         if inode == ROOT:
             attrs.st_mode = stat.S_IFDIR | 0o755
@@ -229,8 +234,13 @@ class ChainOperations(pyfuse3.Operations):
                 self.chain.write(file.start + off, data)
         except Exception as exc:
             raise self._failure("write", file, off, exc) from None
-        self.mtime_ns = time.time_ns()
+        finally:  # a failed write may have changed some bytes too
+            self._changed()
         return count
+
+    def _changed(self) -> None:
+        """Advance the times of every file: strictly, even within one clock tick."""
+        self.changed_ns = max(time.time_ns(), self.changed_ns + 1)
 
     async def fsync(self, fh, datasync):
         await self.flush_chain("fsync", self.files.get(fh))

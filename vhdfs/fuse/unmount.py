@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 from vhdfs.errors import ImageIOError, MountError
-from vhdfs.fuse.mountpoint import FSTYPE, mount_entry
-from vhdfs.fuse.ops import XATTR_PID, XATTR_WRITABLE
+from vhdfs.mounttable import FSTYPE, XATTR_PID, XATTR_WRITABLE, mount_entry
 
 EXIT_TIMEOUT = 60.0
 
