@@ -1,7 +1,9 @@
 """vhdfs upload: a disk (or any file) to a page blob, sparse, parallel, resumable, verified.
 
 The order of one upload:
-  1. open the source and check Azure's disk rules (before anything is sent);
+  1. open the source and check Azure's disk rules (before anything is sent); a file of a
+     writable vhdfs mount is refused (a writer may change it while it is read), and the
+     size, times and inode of every local file read are recorded (watch.py);
   2. look at the destination: refuse to replace it without --overwrite; with --resume,
      check that its metadata describes an interrupted upload of the same source;
   3. take a lease (held, renewed, for the whole upload: a second uploader fails at once);
@@ -9,7 +11,9 @@ The order of one upload:
   4. send the writes from vhdfs.azure.planning, --concurrency at a time, each at most
      4 MiB, 512-byte aligned, with a Content-MD5 (validate_content); --resume skips writes
      whose pages the blob already holds (its page ranges);
-  5. --verify: read every written range back and compare digests;
+  5. after the last read, check that no source file changed while it was read (else fail,
+     leaving the blob marked incomplete: --resume then starts over); --verify: read every
+     written range back and compare digests;
   6. set the metadata with the source's size, time and digest, last, as the completion mark,
      and release the lease.
 
@@ -48,10 +52,12 @@ from vhdfs.azure.planning import (
     range_hash,
 )
 from vhdfs.azure.rules import check_disk, check_page_blob
+from vhdfs.azure.watch import RESTART, WatchedFiles, pause_for_test
 from vhdfs.chain import Chain
 from vhdfs.create import fixed_footer
 from vhdfs.errors import (
     FormatError,
+    ImageIOError,
     Interrupted,
     ParentMismatch,
     RefusedError,
@@ -121,6 +127,7 @@ class SourcePlan:
     top: Layer | None = None
     base: BlobLocation | None = None
     base_id: bytes = b""
+    watched: WatchedFiles = field(default_factory=WatchedFiles)
 
 
 # ------------------------------------------------------------------ the source
@@ -155,8 +162,10 @@ def upload_footer(chain: Chain, fingerprint: str, mtime: float) -> bytes:
 
 
 def _plan_flat(spec: str, options: UploadOptions) -> SourcePlan:
+    watched = WatchedFiles.before_opening(spec)
     chain = open_chain(spec, options.open_options, allow_raw=True)
     try:
+        watched.add_layers(chain.layers)
         check_disk(spec, chain.size)
         facts = [_file_facts(layer.source) for layer in chain.layers]
         parts = [f"{getattr(layer, 'unique_id', b'').hex()}:{tag}"
@@ -168,14 +177,16 @@ def _plan_flat(spec: str, options: UploadOptions) -> SourcePlan:
         raise
     return SourcePlan(spec, "flat", chain.size + FOOTER_SIZE, fingerprint, facts[0][0], facts[0][1],
                       lambda progress: flat_writes(chain, footer, progress), chain.close,
-                      top=chain.top)
+                      top=chain.top, watched=watched)
 
 
 def _plan_as_is(spec: str) -> SourcePlan:
     if looks_remote(spec):
         raise UsageError(f"{spec}: --as-is uploads a local file; this is a blob")
+    watched = WatchedFiles.before_opening(spec)
     source = LocalFile(spec)
     try:
+        watched.add_source(source)
         size, mtime, tag = _file_facts(source)
         check_page_blob(spec, size)
         top = None
@@ -188,7 +199,8 @@ def _plan_as_is(spec: str) -> SourcePlan:
         raise
     fingerprint = _fingerprint("as-is", [tag])
     return SourcePlan(spec, "as-is", size, fingerprint, size, mtime,
-                      lambda progress: file_writes(source, progress), source.close, top=top)
+                      lambda progress: file_writes(source, progress), source.close, top=top,
+                      watched=watched)
 
 
 def _read_base_footer(base: Any) -> Footer:
@@ -212,6 +224,7 @@ def _plan_patch(spec: str, base_spec: str, options: UploadOptions) -> SourcePlan
                          "as it is (--as-is); --patch-base needs a fixed-VHD disk blob (upload "
                          "the base without --as-is)")
     base_disk = base.size - FOOTER_SIZE
+    watched = WatchedFiles.before_opening(spec)
     top_source = open_source(spec)
     try:
         top = open_layer(top_source, options.open_options)
@@ -241,6 +254,7 @@ def _plan_patch(spec: str, base_spec: str, options: UploadOptions) -> SourcePlan
             raise ParentMismatch(f"{spec}: is a disk of {chain.size} bytes but the base blob "
                                  f"{base.name} holds {base_disk} bytes of disk; the sizes must agree")
         check_disk(spec, chain.size)
+        watched.add_layers(chain.layers[:upto])
         facts = [_file_facts(chain.layers[i].source) for i in range(upto)]
         parts = [f"{chain.layers[i].unique_id.hex()}:{facts[i][2]}" for i in range(upto)]
         fingerprint = _fingerprint("patch", [*parts, footer.unique_id.hex(), base.etag])
@@ -250,7 +264,8 @@ def _plan_patch(spec: str, base_spec: str, options: UploadOptions) -> SourcePlan
         raise
     return SourcePlan(spec, "patch", chain.size + FOOTER_SIZE, fingerprint, facts[0][0],
                       facts[0][1], lambda progress: patch_writes(chain, upto, new_footer, progress),
-                      chain.close, top=chain.top, base=base_loc, base_id=footer.unique_id)
+                      chain.close, top=chain.top, base=base_loc, base_id=footer.unique_id,
+                      watched=watched)
 
 
 def plan_source(spec: str, options: UploadOptions) -> SourcePlan:
@@ -407,6 +422,9 @@ def _check_resumable(dest: str, props: Any, plan: SourcePlan) -> str:
     if state not in ("uploading", "complete"):
         raise RefusedError(f"{dest}: has no vhdfs upload metadata ({STATE_KEY}), so it is not an "
                            f"interrupted vhdfs upload; {fix}")
+    if state == "uploading" and meta.get("vhdfs_source_id") == RESTART and \
+            meta.get("vhdfs_mode") == plan.mode:
+        return "restart"  # its source changed while it was read: what it holds is of no use
     if props.size != plan.blob_size:
         raise RefusedError(f"{dest}: is {props.size} bytes, but this upload makes {plan.blob_size}; "
                            f"it was started from another source; {fix}")
@@ -581,11 +599,16 @@ def _upload(plan: SourcePlan, dest: BlobLocation, options: UploadOptions,
         else:
             lease = keeper.acquire(wait_for_expiry=resuming, on_wait=lambda: note(
                 f"{name}: waiting for the lease of the interrupted upload to expire"))
+            state = ""
             if resuming:
                 with remote_errors(name, "reading its properties", secrets):
                     props = client.get_blob_properties(lease=lease)
                 state = _check_resumable(name, props, plan)
-            else:
+                if state == "restart":
+                    note(f"{name}: the last upload saw its source change while reading it; "
+                         "starting over")
+                    resuming = False
+            if not resuming:
                 with remote_errors(name, "replacing it with a new page blob", secrets):
                     client.create_page_blob(size=plan.blob_size, metadata=metadata, lease=lease)
                 state = "uploading"
@@ -615,6 +638,7 @@ def _upload(plan: SourcePlan, dest: BlobLocation, options: UploadOptions,
                 if not report.already_complete:
                     keeper.check()
                     sender.submit(write)
+                    pause_for_test()
             sender.finish()
         except KeyboardInterrupt:
             sender.abort()
@@ -626,6 +650,9 @@ def _upload(plan: SourcePlan, dest: BlobLocation, options: UploadOptions,
         except BaseException:
             sender.abort()
             raise
+        changed = plan.watched.changes()  # after the last read, before anything is marked
+        if changed:
+            _refuse_changed(client, name, secrets, metadata, lease, changed, report)
         progress.complete()
         report.sent, report.cleared = sender.sent, sender.cleared
         report.present, report.writes = sender.present_bytes, sender.writes
@@ -660,6 +687,21 @@ def _upload(plan: SourcePlan, dest: BlobLocation, options: UploadOptions,
         keeper.release()
     report.seconds = time.monotonic() - started
     return report
+
+
+def _refuse_changed(client: Any, name: str, secrets: tuple[str, ...], metadata: dict[str, str],
+                    lease: Any, changed: str, report: UploadReport) -> None:
+    """A source file changed while it was read: the blob is not marked complete (and, when it
+    was being written, marked so that --resume starts over instead of keeping torn pages)."""
+    if report.already_complete:
+        raise ImageIOError(f"{changed} while it was read to check the finished upload {name}; "
+                           "the blob was not changed; run the command again once nothing "
+                           "writes the source")
+    with remote_errors(name, "marking the upload to start over", secrets):
+        client.set_blob_metadata({**metadata, "vhdfs_source_id": RESTART}, lease=lease)
+    raise ImageIOError(f"{changed} while the upload read it, so what was sent mixes old and new "
+                       f"data: {name} was not marked complete; once nothing writes the source, "
+                       "run the same command with --resume (it starts over)")
 
 
 def describe(report: UploadReport) -> str:
