@@ -263,6 +263,8 @@ def test_a_reader_is_named_when_a_writer_is_refused(chain, tmp_path):
 
 
 def test_records_and_messages_carry_no_secret(chain, tmp_path):
+    """A holder's command line reaches refusals (from its record, or from /proc for a reader
+    that writes none) and records only without its SAS signature."""
     secret = "SIGMARKER0123456789abcdef"
     out = f"out?sv=2024&sig={secret}.raw"  # relative: the command line stays short
     reading = Paused(tmp_path, ["convert", "top.vhd", out, "--to", "raw"], "shared",
@@ -270,15 +272,26 @@ def test_records_and_messages_carry_no_secret(chain, tmp_path):
     try:
         done = vhdfs("set-parent", chain["top"], chain["mid"])
         assert done.returncode == 9 and secret not in done.stderr
-        assert "sig=REDACTED" in done.stderr
-        records = [p for folder in locks._record_dirs() if folder.is_dir()
-                   for p in folder.glob(f"*-{reading.pid}.json")]
-        assert records, "the convert left no record"
-        for record in records:
-            text = record.read_text()
-            assert secret not in text and json.loads(text)["pid"] == reading.pid
+        assert f"vhdfs convert top.vhd 'out?sv=2024&sig=REDACTED' --to raw (pid " \
+            f"{reading.pid}) is reading it" in one_error(done)
     finally:
         assert reading.go().returncode == 0
+    search = f"gone?sig={secret}"
+    writing = Paused(tmp_path, ["commit", "top.vhd", "--search", search], "exclusive", "mid.vhd",
+                     cwd=tmp_path)
+    try:
+        done = vhdfs("info", chain["top"])
+        assert done.returncode == 9 and secret not in done.stderr
+        assert f"vhdfs commit top.vhd --search 'gone?sig=REDACTED' (pid {writing.pid})" in \
+            one_error(done)
+        records = [p for folder in locks._record_dirs() if folder.is_dir()
+                   for p in folder.glob(f"*-{writing.pid}.json")]
+        assert len(records) == 2, "the commit should have a record per file it writes"
+        for record in records:
+            text = record.read_text()
+            assert secret not in text and json.loads(text)["pid"] == writing.pid
+    finally:
+        assert writing.go().returncode == 0
 
 
 def test_a_stale_record_is_never_named_and_is_removed(chain, tmp_path):

@@ -136,6 +136,7 @@ class _Entry:
         self.owner = os.getpid()  # a forked child does not touch its parent's locks
         self.unlocked = False  # the file system does not lock: counted, not locked
         self.closed = False
+        self.recorded_by: int | None = None  # the pid whose record names it, if any
 
     def wanted(self) -> Mode | None:
         for mode in reversed(Mode):
@@ -516,13 +517,16 @@ def _record_name(key: tuple[int, int], pid: int) -> str:
 
 
 def _own_command() -> str:
-    if _REGISTRY.command is not None:
-        return _REGISTRY.command
-    return _cmdline(os.getpid())
+    if _REGISTRY.command is None:
+        _REGISTRY.command = _cmdline(os.getpid())
+    return _REGISTRY.command
 
 
 def _write_record(entry: _Entry) -> None:
-    if entry.mode is None or entry.mode is Mode.FORCE_SHARED:
+    """Writers and mounts leave a record; a short reader does not (a file per open would
+    cost more than the open: a refusal finds such a reader in /proc instead)."""
+    if entry.mode is None or entry.mode is Mode.FORCE_SHARED or (
+            entry.mode is Mode.SHARED and _REGISTRY.mountpoint is None):
         _remove_record(entry)
         return
     pid = os.getpid()
@@ -538,6 +542,7 @@ def _write_record(entry: _Entry) -> None:
         try:
             tmp.write_text(json.dumps(record))
             os.replace(tmp, target)
+            entry.recorded_by = pid
             return
         except OSError:
             continue
@@ -573,6 +578,9 @@ atexit.register(_remove_own_records)
 
 
 def _remove_record(entry: _Entry) -> None:
+    if entry.recorded_by != os.getpid():
+        return  # none written, or the parent's (after a fork): not this process's to remove
+    entry.recorded_by = None
     name = _record_name(entry.key, os.getpid())
     for folder in _record_dirs():
         try:
@@ -621,6 +629,9 @@ def _cmdline(pid: int) -> str:
         words[0] = os.path.basename(words[0])
     if len(words) >= 3 and words[0].startswith("python") and words[1:3] == ["-m", "vhdfs"]:
         words = ["vhdfs", *words[3:]]
+    elif len(words) >= 2 and words[0].startswith("python") and \
+            os.path.basename(words[1]) == "vhdfs":
+        words = ["vhdfs", *words[2:]]
     return safe_text(shlex.join(words))
 
 
