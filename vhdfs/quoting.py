@@ -5,8 +5,9 @@ nor fake or hide a line of a listing.
 
   \\a \\b \\t \\n \\v \\f \\r       for those control characters
   \\ooo                     octal, per byte, for every other control character (ESC is \\033,
-                            DEL \\177, a C1 control such as U+0085 is \\302\\205) and for
-                            bytes that are not UTF-8 (a name decoded with surrogateescape)
+                            DEL \\177, a C1 control such as U+0085 is \\302\\205), for
+                            bytes that are not UTF-8 (a name decoded with surrogateescape) and
+                            for code points Unicode has not assigned
   \\\\                        a backslash, so that every escape reads back to one name
 
 Unlike `ls -b`, spaces stay as they are (Windows guests are full of them), and the Unicode
@@ -20,10 +21,15 @@ with U+FFFD (vhdfs.format.dynheader.printable), as the readers do for names in s
 
 from __future__ import annotations
 
+import unicodedata
+
 _NAMED = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f",
           "\r": "\\r"}
 _REORDERING = frozenset("\u061c\u200e\u200f\u2028\u2029\u202a\u202b\u202c\u202d\u202e"
                         "\u2066\u2067\u2068\u2069")
+
+
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cs", "Cn", "Zl", "Zp"})
 
 
 def _octal(char: str) -> str:
@@ -35,9 +41,9 @@ def _octal(char: str) -> str:
 
 
 def _needs_escape(char: str) -> bool:
-    code = ord(char)
-    return code < 0x20 or 0x7F <= code <= 0x9F or 0xD800 <= code <= 0xDFFF or \
-        char in _REORDERING
+    # Control characters, raw bytes (lone surrogates), code points Unicode has not assigned
+    # (what a terminal makes of them is anyone's guess), line and paragraph separators.
+    return unicodedata.category(char) in _ESCAPED_CATEGORIES or char in _REORDERING
 
 
 def escape(text: str, *, backslash: bool = True) -> str:

@@ -14,6 +14,7 @@ Azurite's own 403).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import random
 import shutil
@@ -28,11 +29,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.azure.azurite import ACCOUNT, KEY, Azurite, FaultProxy, azurite_binary, free_port
+from tests.azure.azurite import (
+    ACCOUNT,
+    KEY,
+    Azurite,
+    FaultProxy,
+    azurite_binary,
+    connection_string,
+)
 from tests.azure.conftest import FAST_RETRIES
-from tests.azure.helpers import MiB, service
+from tests.azure.helpers import MiB, make_chain, service
 from tests.tooling import force_unmount, need
 from vhdfs.create import create_differencing, parent_info_of
+from vhdfs.format.footer import format_unique_id
 from vhdfs.layer import Layer
 from vhdfs.resolve import OpenOptions, open_chain
 from vhdfs.sources.local import LocalFile
@@ -367,4 +376,59 @@ def test_the_secret_checks_would_catch_a_leak(world: World) -> None:
     # ...and a real run prints the URL it was given, only without the query.
     done = world.vhdfs(form, "info", form.spec("sas-url/none.vhd"), expect="fail")
     assert f"{form.spec('sas-url/none.vhd').split('?')[0]}:" in done.stderr
-    assert free_port()  # (the proxy's port is not reused by anything else meanwhile)
+
+
+def test_create_over_a_blob_records_its_url_and_follows_it_only_to_its_account(
+        tmp_path: Path, env: dict, container: str, proxy: FaultProxy) -> None:
+    """`create --parent` over a blob (exit 70 before): the child records the blob's URL
+    without query, and later commands follow it with the environment's credential, but only
+    to the account the environment names; elsewhere it is not fetched, in one line."""
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    base, _ = make_chain(tmp_path)
+    through = dict(env, AZURE_STORAGE_CONNECTION_STRING=connection_string(proxy.endpoint))
+    done = subprocess.run([sys.executable, "-m", "vhdfs", "upload", str(base),
+                           f"az://{container}/bases/base.vhd"], env=through,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    sas = generate_container_sas(ACCOUNT, container, account_key=KEY,
+                                 permission=ContainerSasPermissions(read=True),
+                                 expiry=datetime.now(UTC) + timedelta(hours=1))
+    url = f"{proxy.endpoint}/{container}/bases/base.vhd"
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    child = folder / "child.vhd"
+
+    def vhdfs(*args: object, environ: dict) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "vhdfs", *map(str, args)], env=environ,
+                              capture_output=True, text=True, timeout=120)
+
+    no_account = {k: v for k, v in env.items() if not k.startswith("AZURE_STORAGE")}
+    made = vhdfs("create", child, "--parent", f"{url}?{sas}", environ=no_account)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip().endswith(f"parent base.vhd at {url} ({base_id(base)})")
+    data = child.read_bytes()
+    assert url.encode() in data and b"sig=" not in data and sas.encode() not in data
+
+    info = vhdfs("info", child, "--json", environ=through)  # no --parent
+    assert info.returncode == 0, info.stderr
+    top = json.loads(info.stdout)["layers"][0]
+    assert (top["parent_found"]["path"], top["parent_found"]["by"]) == (url, "MacX")
+    assert [loc["path"] for loc in top["locators"]] == [url]
+
+    proxy.clear()
+    other = dict(no_account, AZURE_STORAGE_ACCOUNT="otheraccount",
+                 AZURE_STORAGE_KEY=base64.b64encode(b"another account's key").decode())
+    for environ in (no_account, other):
+        refused = vhdfs("info", child, environ=environ)
+        assert refused.returncode == 4, refused.stderr
+        assert refused.stderr.count("\n") == 1 and "only fetched on the account" in \
+            refused.stderr
+    assert proxy.requests() == []  # never sent a request, let alone a key
+    again = vhdfs("info", child, "--parent", f"{url}?{sas}", environ=no_account)
+    assert again.returncode == 0 and sas not in again.stdout + again.stderr
+
+
+def base_id(path: Path) -> str:
+    with Layer(LocalFile(path)) as layer:
+        return format_unique_id(layer.unique_id)
