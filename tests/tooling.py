@@ -27,10 +27,18 @@ def run(*args: str | os.PathLike[str]) -> str:
                           text=True).stdout
 
 
+def _mounted(path: Path) -> bool:
+    """From the mount table: os.path.ismount says False for a mount whose daemon died
+    (stat fails with ENOTCONN), which must still be unmounted."""
+    target = os.path.abspath(path)
+    with open("/proc/self/mounts") as table:
+        return any(line.split()[1].replace("\\040", " ") == target for line in table)
+
+
 def force_unmount(path: Path) -> None:
     """Unmount whatever FUSE file system is at `path`, lazily as a last resort."""
     for args in (["fusermount3", "-u"], ["fusermount3", "-u", "-z"], ["umount", "-l"]):
-        if not os.path.ismount(path):
+        if not _mounted(path):
             return
         subprocess.run([*args, str(path)], capture_output=True)
 
