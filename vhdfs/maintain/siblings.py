@@ -11,13 +11,17 @@ from vhdfs.format.dynheader import HEADER_SIZE, DynamicHeader
 from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer
 from vhdfs.resolve import IMAGE_SUFFIXES
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhdx.layer import VhdxLayer, is_vhdx
 
 
 def read_ids(path: Path) -> tuple[bytes, bytes | None] | None:
-    """(unique id, parent unique id or None) of a VHD file, or None when it is not one.
+    """(unique id, parent unique id or None) of a VHD or VHDX file, or None when it is neither.
     A glance at two ids takes no lock: a child another process holds is still found."""
     try:
         with LocalFile(path, lock=None) as source:
+            if is_vhdx(source):  # a VHDX child names its parent's DataWriteGuid
+                layer = VhdxLayer(source)
+                return layer.unique_id, layer.parent_id
             size = source.size()
             if size < 2 * FOOTER_SIZE:
                 return None
@@ -73,3 +77,16 @@ def find_children(parent_id: bytes, folders: list[Path], exclude: list[Path]) ->
                 skip.add((info.st_dev, info.st_ino))
                 found.append(path)
     return found
+
+
+def children_warning(image: Path, unique_id: bytes, search: list[str]) -> str | None:
+    """The warning to give before the first write into `image` (a `mount --rw`, any new
+    writer): its children, found beside it and in `search`, read it under their own data
+    and become invalid once it changes. None when none is found."""
+    folders = [image.parent] + [Path(folder) for folder in search]
+    children = find_children(unique_id, folders, exclude=[image])
+    if not children:
+        return None
+    return (f"{image} has children that become invalid once it is written (they would read "
+            f"changed data under their own): {', '.join(map(str, children))}; mount it "
+            f"read-only, or write into a new child (vhdfs create --parent {image} NEW.vhd)")

@@ -247,7 +247,9 @@ def _move_to_writable(entry: _Entry, fd: int) -> bool:
     try:
         new_fd = _reopen(fd, entry.name, True)
     except OSError:
-        return False
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDWR:
+            return False
+        new_fd = os.dup(fd)  # cannot reopen it, but the caller's is open for writing
     try:
         for byte in sorted(_plan(Mode.EXCLUSIVE).held):
             _setlk(new_fd, fcntl.F_RDLCK, byte)
@@ -348,14 +350,22 @@ def lock_fd(fd: int, name: str, mode: Mode) -> Hold:
 
 
 def _new_entry(fd: int, key: tuple[int, int], name: str, mode: Mode) -> tuple[_Entry, Mode]:
+    """The registry's own description of the file (so that the caller may close its own),
+    open for writing when the claim is EXCLUSIVE."""
     writable = mode is Mode.EXCLUSIVE
+    lock: int | None = None
     try:
         lock = _reopen(fd, name, writable)
     except OSError:
-        if not writable:
-            raise
-        mode, writable = Mode.SHARED, False  # not writable by us: held shared
-        lock = _reopen(fd, name, False)
+        if writable and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR:
+            lock = os.dup(fd)  # cannot reopen it, but the caller's is open for writing
+        elif writable:
+            mode, writable = Mode.SHARED, False  # not writable by us: held shared
+    if lock is None:
+        try:
+            lock = _reopen(fd, name, False)
+        except OSError:
+            lock = os.dup(fd)  # the caller's own description then (closed with ours)
     entry = _Entry(key, lock, writable, name)
     try:
         if (os.fstat(lock).st_dev, os.fstat(lock).st_ino) != key:

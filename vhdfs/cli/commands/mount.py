@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
@@ -17,7 +16,7 @@ from vhdfs.fuse.daemon import FLUSH_INTERVAL, MountConfig, serve
 from vhdfs.fuse.launch import run_detached
 from vhdfs.fuse.mountpoint import check_fuse_available, check_mountpoint
 from vhdfs.fuse.tree import build_tree
-from vhdfs.maintain.siblings import find_children
+from vhdfs.maintain.siblings import children_warning
 from vhdfs.resolve import looks_like_vhd, open_source
 from vhdfs.sources import locks
 from vhdfs.sources.local import LocalFile
@@ -52,20 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _warn_children(chain: Chain, search: list[str]) -> None:
-    """Writing into a layer that has children changes what they read under their own data:
-    say so before the first write, naming the children found (as commit does)."""
+    """Before the first write: the children of the top layer, which writing invalidates."""
     top = chain.top
     unique_id = getattr(top, "unique_id", None)
-    if not isinstance(top.source, LocalFile) or not unique_id:
-        return
-    image = Path(top.name)
-    folders = [image.parent] + [Path(folder) for folder in search]
-    children = find_children(unique_id, folders, exclude=[image])
-    if children:
-        log.warning("%s has children that become invalid once it is written (they would read "
-                    "changed data under their own): %s; mount it read-only, or write into a new "
-                    "child (vhdfs create --parent %s NEW.vhd)", image,
-                    ", ".join(map(str, children)), image)
+    if isinstance(top.source, LocalFile) and unique_id:
+        warning = children_warning(Path(top.name), unique_id, search)
+        if warning:
+            log.warning("%s", warning)
 
 
 def _is_raw(spec: str) -> bool:
@@ -91,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
         chain = open_image(args, args.image, writable=args.rw, allow_raw=not args.rw)
     except FormatError:
         if args.rw and _is_raw(args.image):
-            raise UsageError(f"{args.image}: is not a VHD (a raw image?); --rw writes only into "
-                             "VHD images: mount it read-only, or import it first (vhdfs convert "
-                             f"{args.image} NEW.vhd --to dynamic)") from None
+            raise UsageError(f"{args.image}: is not a VHD or VHDX (a raw image?); --rw writes "
+                             "only into VHD and VHDX images: mount it read-only, or import it "
+                             f"first (vhdfs convert {args.image} NEW.vhd --to dynamic)") from None
         raise
     try:
         if args.rw:
@@ -116,9 +108,9 @@ def run(args: argparse.Namespace) -> int:
             try:
                 serve(chain, files, config, ready)  # flushes the top layer before it returns
             finally:
-                for layer in chain.layers:  # unlocks, and drops the records naming us
-                    with contextlib.suppress(OSError):
-                        layer.source.close()
+                # Closes the top layer (a VHDX's log left empty: a clean close) and every
+                # layer's file, which unlocks them and drops the records naming us.
+                chain.close()
 
         pid = run_detached(daemon, mountpoint, log_file=log_file)
         locks.hand_over()  # the daemon holds the images now: closing them here must not unlock
