@@ -29,6 +29,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "cli": ("unit",),
     "vhdx": ("unit",),
     "vhdx/test_vhdx_write_crash.py": ("crash", "slow"),
+    "vhdx/test_vhdx_mount_rw.py": ("fuse",),
     "interop": ("unit",),
     "interop/test_libvhdi.py": ("fuse",),
     "ops": ("ops",),

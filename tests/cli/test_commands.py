@@ -94,7 +94,7 @@ def test_convert_all_targets_and_raw_import(tmp_path):
     assert (tmp_path / "f.vhd").read_bytes()[:len(padded)] == padded
     result = vhdfs("convert", str(tmp_path / "d.vhd"), str(tmp_path / "o.raw"), "--to", "raw")
     assert result.returncode == 6  # exists
-    result = vhdfs("convert", str(tmp_path / "d.vhd"), str(tmp_path / "d.vhd"), "--to", "raw",
+    result = vhdfs("convert", str(tmp_path / "d.vhd"), str(tmp_path / "d.vhd"), "--to", "dynamic",
                    "--force")
     assert result.returncode == 6 and "part of the chain" in result.stderr
 

@@ -1,4 +1,4 @@
-"""vhdfs convert SOURCE OUT --to raw|fixed|dynamic"""
+"""vhdfs convert SOURCE OUT --to raw|fixed|dynamic|vhdx [--fixed] [--format vhd|vhdx]"""
 
 from __future__ import annotations
 
@@ -6,34 +6,45 @@ import argparse
 import sys
 
 from vhdfs.cli.common import add_image_options, open_image
+from vhdfs.cli.formats import FORMATS, convert_target
 from vhdfs.convert import TARGETS, convert
 from vhdfs.create import DEFAULT_BLOCK_SIZE
 from vhdfs.progress import Progress
 from vhdfs.units import human, parse_size
+from vhdfs.vhdx.build import DEFAULT_BLOCK_SIZE as VHDX_BLOCK_SIZE
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "convert", help="flatten a chain into raw, fixed or dynamic; import a raw image",
-        description="Flatten SOURCE (a VHD chain, or a raw image) into OUT. Zero ranges are "
-        "neither read nor written: raw output is sparse, dynamic output allocates only "
-        "blocks with data.")
+        "convert", help="flatten a chain into raw, a fixed or dynamic VHD, or a VHDX; import a raw "
+        "image",
+        description="Flatten SOURCE (a VHD or VHDX chain, or a raw image) into OUT. Zero ranges "
+        "are neither read nor written: raw output is sparse, dynamic output allocates only "
+        "blocks with data. OUT.vhdx (or --format vhdx, or --to vhdx) makes a VHDX: --to "
+        "fixed|dynamic say which kind, as does --to vhdx [--fixed]; a name that disagrees with "
+        "--to or --format is refused.")
     parser.add_argument("source")
     parser.add_argument("out")
     parser.add_argument("--to", required=True, choices=TARGETS)
-    parser.add_argument("--block-size", help="block size of dynamic output (default 2M)")
+    parser.add_argument("--fixed", action="store_true", help="with VHDX output: a fixed VHDX")
+    parser.add_argument("--format", choices=FORMATS,
+                        help="vhd or vhdx for fixed/dynamic output (default: from OUT's suffix, "
+                        "else vhd)")
+    parser.add_argument("--block-size", help=f"block size of dynamic output (default "
+                        f"{DEFAULT_BLOCK_SIZE >> 20}M for VHD, {VHDX_BLOCK_SIZE >> 20}M for VHDX)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     add_image_options(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    block_size = parse_size(args.block_size, "--block-size") if args.block_size else \
-        DEFAULT_BLOCK_SIZE
+    block_size = parse_size(args.block_size, "--block-size") if args.block_size else None
+    to, fixed = convert_target(args.out, args.to, args.format, args.fixed)
     with open_image(args, args.source, allow_raw=True) as chain:
         progress = Progress(f"convert {args.out}", chain.size, quiet=args.quiet)
-        stats = convert(chain, args.out, args.to, block_size=block_size, force=args.force,
+        stats = convert(chain, args.out, to, block_size=block_size, fixed=fixed, force=args.force,
                         progress=progress)
-    print(f"wrote {args.out} ({args.to}, {stats.size} bytes): read {human(stats.data_read)}, "
+    kind = args.to if to != "vhdx" else f"{'fixed' if fixed else 'dynamic'} VHDX"
+    print(f"wrote {args.out} ({kind}, {stats.size} bytes): read {human(stats.data_read)}, "
           f"wrote {human(stats.data_written)} of data", file=sys.stdout)
     return 0

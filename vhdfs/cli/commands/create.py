@@ -1,32 +1,49 @@
-"""vhdfs create OUT --size SIZE [--fixed] [--block-size SIZE] | vhdfs create OUT --parent PARENT"""
+"""vhdfs create OUT --size SIZE [--fixed] [--block-size SIZE] | vhdfs create OUT --parent PARENT
+
+OUT.vhd makes a VHD, OUT.vhdx (or .avhdx) a VHDX; --format overrides an unknown suffix."""
 
 from __future__ import annotations
 
 import argparse
 
+from vhdfs.azure.location import looks_remote
+from vhdfs.cli.formats import FORMATS, container_format
 from vhdfs.create import (
     DEFAULT_BLOCK_SIZE,
     create_differencing,
     create_dynamic,
     create_fixed,
+    create_vhdx,
+    create_vhdx_differencing,
     parent_info_of,
 )
-from vhdfs.errors import UsageError
+from vhdfs.errors import RefusedError, UsageError
 from vhdfs.format.footer import SIZE_RULES, format_unique_id
 from vhdfs.quoting import escape
 from vhdfs.resolve import OpenOptions, open_chain
-from vhdfs.units import parse_size
+from vhdfs.units import human, parse_size
+from vhdfs.vhdx import build as vhdx_build
+from vhdfs.vhdx import format as vhdx_format
+from vhdfs.vhdx.layer import VhdxLayer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
-        "create", help="create a fixed, dynamic or differencing VHD",
-        description="Create a new VHD. With --size: a dynamic disk (or --fixed). With "
-        "--parent: a differencing child over PARENT (the child takes its size).")
+        "create", help="create a fixed, dynamic or differencing VHD or VHDX",
+        description="Create a new VHD (OUT.vhd) or VHDX (OUT.vhdx, OUT.avhdx). With --size: a "
+        "dynamic disk (or --fixed). With --parent: a differencing child over PARENT (the child "
+        "takes its size; a VHDX child needs a VHDX parent, a VHD child a VHD parent).")
     parser.add_argument("out")
     parser.add_argument("--size", help="virtual size, e.g. 64M, 10G (multiple of 512 bytes)")
     parser.add_argument("--fixed", action="store_true", help="fixed disk instead of dynamic")
-    parser.add_argument("--block-size", help=f"block size (default {DEFAULT_BLOCK_SIZE >> 20}M)")
+    parser.add_argument("--block-size", help=f"block size (VHD: default {DEFAULT_BLOCK_SIZE >> 20}M; "
+                        f"VHDX: 1M to 256M, default {vhdx_build.DEFAULT_BLOCK_SIZE >> 20}M, "
+                        f"{vhdx_build.DEFAULT_DIFFERENCING_BLOCK_SIZE >> 20}M for a child)")
+    parser.add_argument("--format", choices=FORMATS,
+                        help="vhd or vhdx (default: from OUT's suffix, else vhd); a suffix that "
+                        "disagrees is refused")
+    parser.add_argument("--logical-sector-size", type=int, choices=(512, 4096),
+                        help="VHDX only: the sector size the guest sees (default 512)")
     parser.add_argument("--parent", help="create a differencing child over this disk or chain "
                         "(a local file, or a page blob: az://CONTAINER/BLOB or its URL; the "
                         "child records the blob's URL without any SAS)")
@@ -39,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     block_size = parse_size(args.block_size, "--block-size") if args.block_size else None
+    if container_format(args.out, args.format) == "vhdx":
+        return _run_vhdx(args, block_size)
+    if args.logical_sector_size not in (None, 512):
+        raise UsageError("--logical-sector-size 4096 needs a VHDX (a VHD has 512-byte sectors)")
     if args.parent:
         if args.size or args.fixed:
             raise UsageError("--parent cannot be combined with --size or --fixed: a child has "
@@ -57,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     size = parse_size(args.size, "--size")
     if args.fixed:
         if block_size:
-            raise UsageError("--block-size applies to dynamic disks only")
+            raise UsageError("--block-size applies to dynamic VHDs only (a fixed VHD has no "
+                             "blocks)")
         footer = create_fixed(args.out, size, force=args.force)
         kind = "fixed"
     else:
@@ -65,4 +87,44 @@ def run(args: argparse.Namespace) -> int:
         kind = "dynamic"
     print(f"created {escape(args.out, backslash=False)}: {kind}, {footer.current_size} bytes, unique id "
           f"{format_unique_id(footer.unique_id)}")
+    return 0
+
+
+def _run_vhdx(args: argparse.Namespace, block_size: int | None) -> int:
+    out = escape(args.out, backslash=False)
+    if args.parent:
+        if args.size or args.fixed:
+            raise UsageError("--parent cannot be combined with --size or --fixed: a child has "
+                             "its parent's size and is always a differencing disk")
+        if args.logical_sector_size:
+            raise UsageError("--logical-sector-size: a child has its parent's sector size")
+        if looks_remote(args.parent):
+            raise UsageError(f"{args.out}: a VHDX child over a blob is not supported; download "
+                             "the parent, or make a VHD child (OUT.vhd) over a VHD in blob storage")
+        options = OpenOptions(search=list(args.search), size_rule=args.size_rule)
+        with open_chain(args.parent, options) as chain:  # the whole chain must be intact
+            parent = chain.top
+            if not isinstance(parent, VhdxLayer):
+                # Hyper-V links a VHDX differencing disk to a VHDX parent only.
+                raise RefusedError(
+                    f"{escape(args.parent, backslash=False)}: is a VHD; a VHDX differencing "
+                    "disk can only have a VHDX parent; convert it first (vhdfs convert "
+                    f"{escape(args.parent, backslash=False)} base.vhdx --to vhdx) or make a "
+                    "VHD child (OUT.vhd)")
+            spec = create_vhdx_differencing(args.out, args.parent, parent,
+                                            block_size=block_size, force=args.force)
+            parent_id = vhdx_format.guid_text(parent.unique_id)
+        print(f"created {out}: differencing VHDX, {spec.size} bytes, block size "
+              f"{human(spec.block_size)}, parent {escape(args.parent, backslash=False)} "
+              f"(DataWriteGuid {{{parent_id}}})")
+        return 0
+    if not args.size:
+        raise UsageError("create needs --size SIZE (new disk) or --parent PARENT (child disk)")
+    size = parse_size(args.size, "--size")
+    spec = create_vhdx(args.out, size, fixed=args.fixed,
+                       block_size=block_size or vhdx_build.DEFAULT_BLOCK_SIZE,
+                       logical_sector_size=args.logical_sector_size or 512, force=args.force)
+    kind = "fixed" if spec.fixed else "dynamic"
+    print(f"created {out}: {kind} VHDX, {spec.size} bytes, block size {human(spec.block_size)}, "
+          f"{spec.logical_sector_size}-byte sectors")
     return 0
