@@ -141,3 +141,32 @@ def test_qemu_does_not_open_differencing_vhdx_but_libvhdi_reads_ours(tmp_path):
         assert chain.read(0, size) == bytes(model)
     with vhdimount(tmp_path / "top.avhdx", tmp_path / "mnt") as flat:
         assert flat.read_bytes() == bytes(model)
+
+
+def test_a_header_naming_an_empty_log_stops_qemu_writing_until_we_write_once(tmp_path):
+    """What a crash between setting the log GUID and the first entry leaves: qemu reads it
+    but refuses metadata writes ("Operation not supported", its writer expects an empty
+    log GUID); one vhdfs write session clears the GUID."""
+    need("qemu-io")
+    import uuid
+
+    from vhdfs.vhdx import format as fmt
+
+    image = tmp_path / "d.vhdx"
+    create_vhdx(image, 16 * MiB, block_size=MiB)
+    raw = image.read_bytes()
+    with open(image, "r+b") as f:
+        for at in fmt.HEADER_OFFSETS:
+            header = fmt.HEADER.parse(raw[at:at + fmt.HEADER_SIZE]).tail.value
+            fields = {k: header[k] for k in ("sequence_number", "file_write_guid", "data_write_guid",
+                                             "log_version", "version", "log_length", "log_offset")}
+            f.seek(at)
+            f.write(fmt.build_header(dict(fields, log_guid=uuid.uuid4().bytes_le)))
+    refused = subprocess.run(["qemu-io", "-f", "vhdx", "-c", "write -P 1 0 4096", str(image)],
+                             capture_output=True, text=True)
+    assert "Operation not supported" in refused.stdout + refused.stderr
+    model = bytearray(16 * MiB)
+    _write_random(image, model, 3, seed=4)
+    run("qemu-io", "-f", "vhdx", "-c", "write -q -P 1 0 4096", image)
+    model[:4096] = b"\x01" * 4096
+    _agree_with_qemu(image, model, tmp_path)

@@ -171,3 +171,22 @@ def test_children_name_the_data_write_guid_and_go_stale_when_the_parent_is_writt
         chain.write(0, b"p" * 512)
     with pytest.raises(ParentMismatch):  # ... so the child no longer matches it
         open_chain(str(tmp_path / "child.avhdx"))
+
+
+def test_a_session_that_writes_only_data_still_clears_a_stale_log_guid(tmp_path):
+    """A fixed file needs no metadata change for a write, so its session never uses the
+    log; a log GUID left in its header (with nothing to replay) is still cleared."""
+    image = tmp_path / "f.vhdx"
+    create_vhdx(image, 8 * MiB, fixed=True, block_size=MiB)
+    raw = image.read_bytes()
+    for at in fmt.HEADER_OFFSETS:
+        header = fmt.HEADER.parse(raw[at:at + fmt.HEADER_SIZE]).tail.value
+        fields = {k: header[k] for k in ("sequence_number", "file_write_guid", "data_write_guid",
+                                         "log_version", "version", "log_length", "log_offset")}
+        patch(image, at, fmt.build_header(dict(fields, log_guid=b"\x01" * 16)))
+    with open_chain(str(image), writable=True) as chain:
+        chain.write(4096, b"f" * 4096)
+        assert current(image).log_guid == b"\x01" * 16  # no metadata: the log is not used
+    assert [h.log_guid for h in headers(image)] == [fmt.ZERO_GUID, fmt.ZERO_GUID]
+    with open_chain(str(image)) as chain:
+        assert chain.read(4096, 4096) == b"f" * 4096

@@ -178,10 +178,12 @@ class Journal:
             self.headers.update(self.source)  # both copies: no stale one names the old log
 
     def close(self) -> None:
-        """Empty the log when this session used it: the file then opens without a replay."""
+        """Empty the log when this session used it (or wrote to a file whose header named an
+        empty log, which qemu would refuse to write): the file opens without a replay."""
         with self._lock:
-            if not self._log_started:
-                return
+            stale = self._file_guid_changed and self.header.log_guid != fmt.ZERO_GUID
+            if not self._log_started and not stale:
+                return  # nothing written, or nothing that left a log GUID behind
             self.source.sync()
             self._update(log_guid=fmt.ZERO_GUID)
             self.headers.update(self.source)  # both copies say the log is empty
