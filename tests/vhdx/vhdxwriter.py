@@ -10,8 +10,10 @@ entries on demand. This writer lays out:
   192 KiB  region table 1             then     payload blocks and sector bitmap blocks
   256 KiB  region table 2
 
-Structures are built with the declarations in vhdfs.vhdx.format, so the CRC-32C fields are
-computed by the same structs the reader checks; damage is applied afterwards by tests.
+Headers, region tables, log entries and the metadata region are built by the production
+code (vhdfs.vhdx.format, vhdfs.vhdx.build), so the CRC-32C fields are computed by the same
+structs the reader checks; what this writer adds is any block layout and state, and log
+entries anywhere in the log. Damage is applied afterwards by tests.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vhdfs.vhdx import build
 from vhdfs.vhdx import format as fmt
 from vhdfs.vhdx.bitmap import set_lsb_bits
 
@@ -104,56 +107,23 @@ def parent_locator_for(parent_data_write_guid: bytes, *, upper: bool = False,
 
 
 def _header(seq: int, data_write_guid: bytes, log_guid: bytes) -> bytes:
-    body = dict(sequence_number=seq, file_write_guid=uuid.uuid4().bytes_le,
-                data_write_guid=data_write_guid, log_guid=log_guid, log_version=0, version=1,
-                log_length=LOG_LENGTH, log_offset=LOG_OFFSET, reserved=bytes(fmt.HEADER_SIZE - 80))
-    return fmt.HEADER.build(dict(head=dict(value=None), tail=dict(value=body), checksum=None))
+    return fmt.build_header(dict(
+        sequence_number=seq, file_write_guid=uuid.uuid4().bytes_le,
+        data_write_guid=data_write_guid, log_guid=log_guid, log_version=0, version=1,
+        log_length=LOG_LENGTH, log_offset=LOG_OFFSET))
 
 
 def region_table(entries: list[tuple[bytes, int, int]]) -> bytes:
-    rows = [dict(guid=g, file_offset=o, length=n, required=1) for g, o, n in entries]
-    body = dict(entry_count=len(rows), reserved=0, entries=rows,
-                rest=bytes(fmt.REGION_TABLE_SIZE - 16 - 32 * len(rows)))
-    return fmt.REGION_TABLE.build(dict(head=dict(value=None), tail=dict(value=body), checksum=None))
+    return fmt.build_region_table([(g, o, n, True) for g, o, n in entries])
 
 
 def _metadata(image: Vhdx) -> bytes:
-    items: list[tuple[bytes, bytes, int]] = [
-        (fmt.FILE_PARAMETERS, fmt.FILE_PARAMETERS_ITEM.build(dict(
-            block_size=image.block_size,
-            flags=(fmt.LEAVE_BLOCKS_ALLOCATED if image.leave_allocated else 0)
-            | (fmt.HAS_PARENT if image.parent_locator is not None else 0))), 4),
-        (fmt.VIRTUAL_DISK_SIZE, image.size.to_bytes(8, "little"), 6),
-        (fmt.VIRTUAL_DISK_ID, uuid.uuid4().bytes_le, 6),
-        (fmt.LOGICAL_SECTOR_SIZE, image.logical_sector_size.to_bytes(4, "little"), 6),
-        (fmt.PHYSICAL_SECTOR_SIZE, image.physical_sector_size.to_bytes(4, "little"), 6),
-    ]
-    if image.parent_locator is not None:
-        items.append((fmt.PARENT_LOCATOR, _parent_locator(image.parent_locator), 6))
-    table = bytearray(fmt.METADATA_TABLE_SIZE)
-    table[:32] = fmt.METADATA_TABLE_HEADER.build(dict(reserved=0, entry_count=len(items),
-                                                      reserved2=bytes(20)))
-    area = bytearray()
-    for index, (item_id, value, flags) in enumerate(items):
-        offset = fmt.METADATA_TABLE_SIZE + len(area)
-        table[32 + 32 * index:64 + 32 * index] = fmt.METADATA_ENTRY.build(dict(
-            item_id=item_id, offset=offset, length=len(value), flags=flags, reserved=0))
-        area += value + bytes(-len(value) % 8)
-    return bytes(table + area).ljust(METADATA_LENGTH, b"\0")
-
-
-def _parent_locator(values: dict[str, str]) -> bytes:
-    head = fmt.PARENT_LOCATOR_HEADER.build(dict(locator_type=fmt.VHDX_PARENT_LOCATOR_TYPE,
-                                                reserved=0, key_value_count=len(values)))
-    entries, strings = b"", b""
-    base = len(head) + 12 * len(values)
-    for key, value in values.items():
-        k, v = key.encode("utf-16-le"), value.encode("utf-16-le")
-        entries += fmt.PARENT_LOCATOR_ENTRY.build(dict(
-            key_offset=base + len(strings), value_offset=base + len(strings) + len(k),
-            key_length=len(k), value_length=len(v)))
-        strings += k + v
-    return head + entries + strings
+    """The metadata region as vhdfs.vhdx.build lays it out for the same disk."""
+    return build.metadata_region(build.NewVhdx(
+        size=image.size, block_size=image.block_size,
+        logical_sector_size=image.logical_sector_size,
+        physical_sector_size=image.physical_sector_size, fixed=image.leave_allocated,
+        parent_locator=image.parent_locator)).ljust(METADATA_LENGTH, b"\0")
 
 
 def _log(image: Vhdx, log_guid: bytes, file_size: int) -> bytes:
