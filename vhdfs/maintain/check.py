@@ -118,11 +118,12 @@ def _scan(path: str, options: OpenOptions) -> FileScan:
 
 def _opens(path: str, options: OpenOptions) -> str:
     """Layer's own verdict, a safety net behind the scan: "" when the file opens."""
-    try:
-        with Layer(_open(path, options), size_rule=options.size_rule):
+    with _open(path, options) as source:  # closed (and unlocked) when Layer refuses it too
+        try:
+            Layer(source, size_rule=options.size_rule)
             return ""
-    except FormatError as exc:
-        return str(exc)
+        except FormatError as exc:
+            return str(exc)
 
 
 def _key(finding: Finding) -> tuple[str, str]:
@@ -211,8 +212,13 @@ def _check_chain(spec: str, options: OpenOptions, report: CheckReport, repair: b
     if first.unchecked or first.disk_type != "differencing":
         return
     try:
-        layer = Layer(_open(spec, options), size_rule=options.size_rule)
+        source = _open(spec, options)
     except VhdfsError:
+        return
+    try:
+        layer = Layer(source, size_rule=options.size_rule)
+    except VhdfsError:
+        source.close()
         return  # the scan said why; the links are checked once it opens
     current = first
     seen = {layer.source.identity()}

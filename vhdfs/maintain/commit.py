@@ -117,8 +117,12 @@ class _Commit:
     def open_child(self) -> Layer:
         # Held alone for the whole job: nothing may write it, nor delete it under a reader.
         source = LocalFile(self.child_path, lock=Mode.EXCLUSIVE)
-        refuse_vhdx(source, "commit")
-        child = Layer(source, size_rule=self.options.size_rule)
+        try:
+            refuse_vhdx(source, "commit")
+            child = Layer(source, size_rule=self.options.size_rule)
+        except BaseException:
+            source.close()
+            raise
         if not child.is_differencing:
             child.close()
             raise UsageError(f"{self.child_path}: is a {child.disk_type.name.lower()} disk, not a "

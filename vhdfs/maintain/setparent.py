@@ -181,7 +181,8 @@ def _set_parent(child_path: Path, parent_path: Path, force: bool, options: OpenO
     require_writable(child_path, "the child", "set-parent rewrites its header")
 
     warnings: list[str] = []
-    with Layer(LocalFile(parent_path), size_rule=options.size_rule) as parent_layer, \
+    with LocalFile(parent_path) as parent_source, \
+            Layer(parent_source, size_rule=options.size_rule) as parent_layer, \
             LocalFile(child_path, writable=True) as plain:
         source = FaultySource(plain, faults)
         end = source.size() - FOOTER_SIZE
