@@ -199,8 +199,14 @@ def _write_vhdx(chain: Chain, path: Path, spec: vhdx_build.NewVhdx, stats: Conve
     """Through a writable VhdxLayer: blocks with data allocated (dynamic) or written in place
     (fixed), the BAT through the log, the log empty when it closes."""
     vhdx_build.write_new_file(path, spec)
-    with VhdxLayer(LocalFile(path, writable=True), writable=True) as out:
-        _parallel_pieces(chain, stats, progress, out.write)
+    source = LocalFile(path, writable=True)
+    ahead = WritebackAhead(source.fd)
+    with VhdxLayer(source, writable=True) as out:
+        def write(offset: int, data: memoryview) -> None:
+            out.write(offset, data)
+            ahead.wrote(len(data))
+
+        _parallel_pieces(chain, stats, progress, write)
 
 
 def vhdx_spec_for(chain: Chain, *, fixed: bool, block_size: int | None,

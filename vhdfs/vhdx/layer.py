@@ -45,9 +45,10 @@ log = logging.getLogger("vhdfs")
 
 MiB = fmt.MiB
 BITMAP_CACHE_BLOCKS = 1024
-# Dirty metadata sectors after which a write flushes on its own: bounds memory and what a
-# crash can lose, and keeps a commit within one entry of a 1 MiB log (254 sectors).
-AUTO_FLUSH_SECTORS = 64
+# Changed metadata sectors after which a write flushes on its own: bounds memory and what a
+# crash can lose, and keeps a commit within one entry of a 1 MiB log (254 sectors). Each
+# flush costs two fsyncs: fewer, larger commits are what keep random writes fast.
+AUTO_FLUSH_SECTORS = 128
 BAT_ENTRIES_PER_SECTOR = fmt.LOG_SECTOR // 8
 # Parent locator keys that name a file, in the order they are tried.
 PATH_KEYS = ("relative_path", "volume_path", "absolute_win32_path")
@@ -93,6 +94,7 @@ class VhdxLayer:
         self._flush_lock = threading.Lock()
         self._bitmaps: OrderedDict[int, bytearray] = OrderedDict()
         self._dirty_bitmaps: set[int] = set()  # payload blocks whose bitmap bits changed
+        self._dirty_bitmap_sectors: set[int] = set()  # the 4 KiB sectors holding those bits
         self._dirty_bat: set[int] = set()  # 4 KiB sectors of the BAT region that changed
         self._committing: set[int] = set()  # bitmaps being flushed, not yet in the file
         self.bad_bitmaps: dict[int, str] = {}  # chunk -> why its sector bitmap entry is bad
@@ -625,8 +627,7 @@ class VhdxLayer:
             done += count
         with self._lock:
             self._pending_sync = True
-            dirty = len(self._dirty_bat) + len(self._dirty_bitmaps) * -(
-                -self._bitmap_bytes // fmt.LOG_SECTOR)
+            dirty = len(self._dirty_bat) + len(self._dirty_bitmap_sectors)
         if dirty >= AUTO_FLUSH_SECTORS:
             self.flush()
 
@@ -646,7 +647,7 @@ class VhdxLayer:
             # start clear whatever an earlier crash left in this block's bitmap.
             self._ensure_bitmap_block(block)
             self._bitmaps[block] = bytearray(self._bitmap_bytes)
-            self._dirty_bitmaps.add(block)
+            self._mark_bitmap_dirty(block)
             state = fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT
         else:
             # Not present in a file without a parent, or zero / unmapped / undefined: the
@@ -671,7 +672,15 @@ class VhdxLayer:
             return
         lss = self.logical_sector_size
         set_lsb_bits(self._block_bitmap(block), inner // lss, count // lss)
+        self._mark_bitmap_dirty(block)
+
+    def _mark_bitmap_dirty(self, block: int) -> None:
+        if block in self._dirty_bitmaps:
+            return
         self._dirty_bitmaps.add(block)
+        start = self._bitmap_offset(block)
+        first = start - start % fmt.LOG_SECTOR
+        self._dirty_bitmap_sectors.update(range(first, start + self._bitmap_bytes, fmt.LOG_SECTOR))
 
     def _allocate(self, length: int) -> int:
         """`length` bytes of new space at the end of the file (zeros until written)."""
@@ -694,6 +703,7 @@ class VhdxLayer:
                 bitmaps, bat_sectors = set(self._dirty_bitmaps), set(self._dirty_bat)
                 sectors = self._metadata_sectors(bitmaps, bat_sectors)
                 self._dirty_bitmaps.clear()
+                self._dirty_bitmap_sectors.clear()
                 self._dirty_bat.clear()
                 self._committing = bitmaps
                 pending, self._pending_sync = self._pending_sync, False
@@ -704,7 +714,8 @@ class VhdxLayer:
                     self.source.sync()
             except VhdfsError:
                 with self._lock:  # not durable: kept dirty for the next attempt
-                    self._dirty_bitmaps |= bitmaps
+                    for block in bitmaps:
+                        self._mark_bitmap_dirty(block)
                     self._dirty_bat |= bat_sectors
                     self._pending_sync = True
                 raise
