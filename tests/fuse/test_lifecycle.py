@@ -190,5 +190,5 @@ def test_one_writer_per_image_and_raw_images_read_only(tmp_path, mount):
     raw = tmp_path / "flat.raw"
     flat = flat_reference(top, raw)
     done = vhdfs("mount", raw, second, "--rw", check=False)
-    assert done.returncode == 2 and "is not a VHD (a raw image?)" in _one_error_line(done)
+    assert done.returncode == 2 and "is not a VHD or VHDX (a raw image?)" in _one_error_line(done)
     assert mount(raw).file().read_bytes() == flat  # read-only, a raw image mounts as it is
