@@ -18,7 +18,7 @@ import pytest
 from tests.fuse.conftest import KiB, MiB, add_child, flat_reference, make_chain, vhdfs
 from tests.tooling import force_unmount, need
 from vhdfs.resolve import open_chain
-from vhdfs.sources import locks
+from vhdfs.sources import holders
 
 
 def _flat(path: Path) -> bytes:
@@ -166,7 +166,7 @@ def test_the_daemon_holds_the_locks_after_the_mount_command_has_returned(tmp_pat
     refused_by_mount(vhdfs("info", child, check=False), mount)
     (tmp_path / "other").mkdir()
     refused_by_mount(vhdfs("mount", "--rw", base, tmp_path / "other", check=False), mount)
-    records = [json.loads(path.read_text()) for folder in locks._record_dirs()
+    records = [json.loads(path.read_text()) for folder in holders.record_dirs()
                if folder.is_dir() for path in folder.glob("*.json")
                if json.loads(path.read_text()).get("path") in (str(child), str(base))]
     assert {r["pid"] for r in records} == {mount.pid}

@@ -18,7 +18,7 @@ from tests.ops.conftest import KiB, MiB, cli, fill, flat, make_base, make_child,
 from tests.tooling import need
 from vhdfs.errors import ImageBusy
 from vhdfs.maintain.marker import journal_path as journal_of
-from vhdfs.sources import locks
+from vhdfs.sources import holders, locks
 from vhdfs.sources.local import LocalFile
 from vhdfs.sources.locks import Mode
 
@@ -284,7 +284,7 @@ def test_records_and_messages_carry_no_secret(chain, tmp_path):
         assert done.returncode == 9 and secret not in done.stderr
         assert f"vhdfs commit top.vhd --search 'gone?sig=REDACTED' (pid {writing.pid})" in \
             one_error(done)
-        records = [p for folder in locks._record_dirs() if folder.is_dir()
+        records = [p for folder in holders.record_dirs() if folder.is_dir()
                    for p in folder.glob(f"*-{writing.pid}.json")]
         assert len(records) == 2, "the commit should have a record per file it writes"
         for record in records:
@@ -299,7 +299,7 @@ def test_a_stale_record_is_never_named_and_is_removed(chain, tmp_path):
                           capture_output=True, text=True)
     dead_pid = int(gone.stdout)
     info = chain["top"].stat()
-    folder = next(f for f in locks._record_dirs() if locks._usable_dir(f))
+    folder = next(f for f in holders.record_dirs() if holders.usable_dir(f))
     stale = folder / f"{info.st_dev}-{info.st_ino}-{dead_pid}.json"
     stale.write_text(json.dumps({"pid": dead_pid, "start": "1", "mode": "exclusive",
                                  "command": "vhdfs mount --rw ghost", "mountpoint": "/ghost"}))
