@@ -30,6 +30,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "vhdx": ("unit",),
     "vhdx/test_vhdx_write_crash.py": ("crash", "slow"),
     "vhdx/test_vhdx_mount_rw.py": ("fuse",),
+    "vhdx/test_vhdx_mount_crash.py": ("crash", "slow"),
     "interop": ("unit",),
     "interop/test_libvhdi.py": ("fuse",),
     "ops": ("ops",),
