@@ -1,7 +1,9 @@
-"""One VHDX file (.vhdx, or an .avhdx checkpoint) over one source, read-only.
+"""One VHDX file (.vhdx, or an .avhdx checkpoint) over one source: reading, and writing.
 
 Offers what the chain, convert and the views ask of `vhdfs.layer.Layer`: `map` turns a
-range of the virtual disk into HERE / BELOW / ZERO runs, `read_data` reads stored bytes.
+range of the virtual disk into HERE / BELOW / ZERO runs, `read_data` reads stored bytes,
+and, opened writable, `write` / `flush` / `close` (data in place or in new blocks, the BAT
+and sector bitmap changes through the log: vhdfs.vhdx.journal; docs/vhdx.md, "Writing").
 
 Opening follows [MS-VHDX]: the file identifier, the current header of the two (highest
 sequence number among those whose CRC-32C holds), the log (replayed in memory when the
@@ -571,10 +573,9 @@ class VhdxLayer:
     # ---------------------------------------------------------------- writing
     def _open_for_writing(self) -> None:
         """Refuse what cannot be written safely; make a pending log replay permanent."""
-        problems = dict(self.bad_blocks)
-        if problems or self.bad_bitmaps:
-            reason = problems[min(problems)] if problems else \
-                self.bad_bitmaps[min(self.bad_bitmaps)]
+        if self.bad_blocks or self.bad_bitmaps:
+            damaged = self.bad_blocks or self.bad_bitmaps
+            reason = damaged[min(damaged)]
             raise FormatError(self.name, reason, "refusing to write to a damaged image; copy "
                               f"what reads with vhdfs convert {self.name} out.vhdx --to vhdx")
         self.journal = Journal(self.source, self.headers)
