@@ -53,10 +53,10 @@ from tests.fixtures.vhdimages import (
     write_data,
 )
 from vhdfs.errors import VhdfsError
-from vhdfs.format.dynheader import HEADER_SIZE
-from vhdfs.format.footer import FOOTER_SIZE
-from vhdfs.layer import Layer
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.dynheader import HEADER_SIZE
+from vhdfs.vhd.footer import FOOTER_SIZE
+from vhdfs.vhd.layer import Layer
 
 SECTOR = 512
 DEADLINE_SECONDS = 20.0

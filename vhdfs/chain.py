@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vhdfs.errors import ImageIOError
-from vhdfs.layer import Layer, RunKind
+from vhdfs.image import RunKind
+from vhdfs.vhd.layer import Layer
 
 ZERO = -1  # layer index of extents that read as zeros
 DEFAULT_UNIT = 2 * 1024 * 1024

@@ -26,11 +26,12 @@ from vhdfs.create import (
     write_sparse,
 )
 from vhdfs.errors import ImageIOError, RefusedError, UsageError
-from vhdfs.format.footer import DiskType
-from vhdfs.layer import SECTOR, Layer
+from vhdfs.image import SECTOR
 from vhdfs.progress import Progress
 from vhdfs.sources.local import LocalFile
 from vhdfs.sources.writeback import WritebackAhead
+from vhdfs.vhd.footer import DiskType
+from vhdfs.vhd.layer import Layer
 from vhdfs.vhdx import build as vhdx_build
 from vhdfs.vhdx.layer import VhdxLayer
 

@@ -25,7 +25,9 @@ from pathlib import Path
 
 from vhdfs.azure.location import looks_remote
 from vhdfs.errors import RefusedError, UsageError
-from vhdfs.format.dynheader import (
+from vhdfs.image import SECTOR
+from vhdfs.quoting import escape
+from vhdfs.vhd.dynheader import (
     HEADER_SIZE,
     PLATFORM_MACX,
     PLATFORM_W2KU,
@@ -33,9 +35,8 @@ from vhdfs.format.dynheader import (
     DynamicHeader,
     ParentLocator,
 )
-from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer
-from vhdfs.layer import MAX_BAT_ENTRIES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, SECTOR
-from vhdfs.quoting import escape
+from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer
+from vhdfs.vhd.layer import MAX_BAT_ENTRIES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from vhdfs.vhdx import build as vhdx_build
 from vhdfs.vhdx.build import NewVhdx
 from vhdfs.vhdx.layer import VhdxLayer

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from vhdfs.chain import Chain
-from vhdfs.format.footer import format_unique_id
-from vhdfs.format.timestamp import vhd_to_iso
 from vhdfs.maintain.marker import commit_state
-from vhdfs.rawlayer import RawLayer
+from vhdfs.raw import RawLayer
+from vhdfs.vhd.footer import format_unique_id
+from vhdfs.vhd.timestamp import vhd_to_iso
 
 
 def layer_facts(chain: Chain) -> list[dict[str, Any]]:

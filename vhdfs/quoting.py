@@ -16,7 +16,7 @@ U+2029) are escaped too: they are "printable" to `ls`, but they can make a line 
 another. `--json` output is not escaped: it keeps every name exactly.
 
 The command line's error and warning path does not escape: it replaces control characters
-with U+FFFD (vhdfs.format.dynheader.printable), as the readers do for names in structures.
+with U+FFFD (vhdfs.vhd.dynheader.printable), as the readers do for names in structures.
 """
 
 from __future__ import annotations

@@ -35,12 +35,12 @@ from vhdfs.errors import (
     ParentNotFound,
     VhdfsError,
 )
-from vhdfs.format.dynheader import printable
-from vhdfs.format.footer import COOKIE, FOOTER_SIZE, format_unique_id
-from vhdfs.layer import Layer
-from vhdfs.rawlayer import RawLayer
+from vhdfs.raw import RawLayer
 from vhdfs.sources.base import Source
 from vhdfs.sources.local import LocalFile, describe_mode
+from vhdfs.vhd.dynheader import printable
+from vhdfs.vhd.footer import COOKIE, FOOTER_SIZE, format_unique_id
+from vhdfs.vhd.layer import Layer
 from vhdfs.vhdx.layer import VhdxLayer, is_vhdx
 
 log = logging.getLogger("vhdfs")
@@ -69,7 +69,7 @@ def open_source(spec: str, *, writable: bool = False, force_share: bool | None =
     """A local file (locked: vhdfs.sources.locks), or a page blob for `https://`, `http://`
     and `az://` specs (the Azure code is imported only when a blob is named)."""
     if looks_remote(spec):
-        from vhdfs.sources.blob import open_blob_spec
+        from vhdfs.azure.blob import open_blob_spec
 
         return open_blob_spec(spec, writable)
     return LocalFile(spec, writable=writable, force_share=force_share)

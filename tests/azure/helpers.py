@@ -10,8 +10,8 @@ from pathlib import Path
 
 from tests.azure.azurite import ACCOUNT, KEY
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
-from vhdfs.layer import Layer
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.layer import Layer
 
 KiB = 1024
 MiB = 1024 * KiB

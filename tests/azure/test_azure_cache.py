@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vhdfs.azure.blob import RangeCache
 from vhdfs.errors import ImageIOError, RemoteError
-from vhdfs.sources.blob import RangeCache
 
 BLOCK = 4096
 MAX_GET = 4 * BLOCK

@@ -10,12 +10,12 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vhdfs.azure.planning import MAX_WRITE, ZERO_GRAIN, Write, coalesce, flat_writes, patch_writes
 from vhdfs.chain import Chain
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
-from vhdfs.layer import Layer
 from vhdfs.resolve import open_chain
 from vhdfs.sources.local import LocalFile
+from vhdfs.upload.planning import MAX_WRITE, ZERO_GRAIN, Write, coalesce, flat_writes, patch_writes
+from vhdfs.vhd.layer import Layer
 
 SECTOR = 512
 MiB = 1024 * 1024

@@ -17,8 +17,8 @@ from tests.azure.helpers import MiB, make_chain, service, stats_of, vhdfs, write
 from tests.fixtures.content import make_png
 from tests.fixtures.windows import build_windows_disk
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
-from vhdfs.layer import Layer
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.layer import Layer
 
 GiB = 1024 * MiB
 WELCOME = r"C:\inetpub\wwwroot\Welcome.png"

@@ -21,9 +21,9 @@ from tests.azure.helpers import (
     write_layer,
 )
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
-from vhdfs.format.footer import Footer
-from vhdfs.layer import Layer
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.footer import Footer
+from vhdfs.vhd.layer import Layer
 
 FOOTER = 512
 GRAIN = 64 * 1024
@@ -291,8 +291,8 @@ def test_writes_go_in_parallel_with_progress(tmp_path: Path, env: dict, azurite:
 
 def test_a_blob_changed_while_read_fails_clearly(env: dict, azurite: Azurite, container: str,
                                                  tmp_path: Path) -> None:
+    from vhdfs.azure.blob import open_blob_spec
     from vhdfs.errors import RemoteError
-    from vhdfs.sources.blob import open_blob_spec
 
     _, child = make_chain(tmp_path)
     vhdfs("upload", child, f"az://{container}/disk.vhd", env=env)

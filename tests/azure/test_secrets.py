@@ -41,10 +41,10 @@ from tests.azure.conftest import FAST_RETRIES
 from tests.azure.helpers import MiB, make_chain, service
 from tests.tooling import force_unmount, need
 from vhdfs.create import create_differencing, parent_info_of
-from vhdfs.format.footer import format_unique_id
-from vhdfs.layer import Layer
 from vhdfs.resolve import OpenOptions, open_chain
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.footer import format_unique_id
+from vhdfs.vhd.layer import Layer
 
 GUEST_FILE = b"hello from the guest file system\n" * 64
 MARKER_KEY = base64.b64encode(b"MARKERKEY-" + random.Random(7).randbytes(54)).decode()

@@ -23,8 +23,8 @@ import pytest
 from tests.azure.azurite import Azurite
 from tests.azure.helpers import MiB, flat_disk, make_chain, service, vhdfs
 from tests.fuse.conftest import Mount
-from vhdfs.azure.watch import ENV_PAUSE, RESTART, WatchedFiles
 from vhdfs.sources.local import LocalFile
+from vhdfs.upload.watch import ENV_PAUSE, RESTART, WatchedFiles
 
 RAW_SIZE = 20 * MiB  # Azure's smallest disk; five 4 MiB page writes, the pause after the first
 

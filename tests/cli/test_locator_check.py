@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tests.ops.conftest import KiB, MiB, cli, fill, flat, make_base, make_child
-from vhdfs.format.dynheader import DynamicHeader
-from vhdfs.layer import Layer
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.dynheader import DynamicHeader
+from vhdfs.vhd.layer import Layer
 
 
 def child_with_data(folder: Path) -> Path:

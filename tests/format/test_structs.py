@@ -7,10 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vhdfs.errors import ChecksumError, FormatError
-from vhdfs.format.bitmap import all_set, bitmap_bytes, bitmap_runs, set_bits
-from vhdfs.format.checksum import ones_complement_sum
-from vhdfs.format.dynheader import PLATFORM_W2RU, DynamicHeader, ParentLocator
-from vhdfs.format.footer import DiskType, Footer, chs_geometry
+from vhdfs.vhd.bitmap import all_set, bitmap_bytes, bitmap_runs, set_bits
+from vhdfs.vhd.checksum import ones_complement_sum
+from vhdfs.vhd.dynheader import PLATFORM_W2RU, DynamicHeader, ParentLocator
+from vhdfs.vhd.footer import DiskType, Footer, chs_geometry
 
 
 def test_footer_round_trip_and_checksum_written_on_build():

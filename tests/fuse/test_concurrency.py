@@ -11,9 +11,9 @@ import pytest
 
 from tests.fuse.conftest import KiB, add_child, flat_reference, make_chain
 from vhdfs.chain import Chain
-from vhdfs.layer import UNALLOCATED, Layer
 from vhdfs.resolve import open_chain
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.layer import UNALLOCATED, Layer
 
 
 def _random_reads(path, size, seed, count=150):

@@ -12,8 +12,8 @@ import pytest
 from tests.fuse.conftest import KiB, MiB, add_child, flat_reference, vhdfs
 from tests.tooling import force_unmount
 from vhdfs.create import create_dynamic
-from vhdfs.layer import Layer
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.layer import Layer
 
 BLOCK = 256 * KiB
 BAD_INDEX = 5

@@ -28,10 +28,10 @@ from tests.ops.test_locking import Paused
 from tests.tooling import force_unmount
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
 from vhdfs.errors import ChainError
-from vhdfs.layer import Layer
 from vhdfs.resolve import open_chain
 from vhdfs.sources import locks
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.layer import Layer
 
 MiB = 1 << 20
 SIZE = 20 * MiB  # Azure's smallest disk: upload is one of the commands

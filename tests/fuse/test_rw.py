@@ -25,9 +25,9 @@ from tests.fuse.conftest import (
 )
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
 from vhdfs.errors import VhdfsError
-from vhdfs.layer import Layer
 from vhdfs.resolve import OpenOptions, open_chain
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.layer import Layer
 
 
 def test_writes_land_in_the_top_layer_only(tmp_path, mount):

@@ -17,9 +17,9 @@ from tests.fuse.conftest import MiB
 from vhdfs.create import create_dynamic
 from vhdfs.fuse.ops import ATTR_TIMEOUT, ChainOperations
 from vhdfs.fuse.tree import build_tree
-from vhdfs.layer import Layer
 from vhdfs.resolve import open_chain
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.layer import Layer
 
 NAMES = ("disk.raw", "disk.vhd", "p1", "p2")
 

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from tests.fuse.conftest import MiB, add_child, fill_layer, flat_reference, make_chain, vhdfs
-from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer
+from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
@@ -42,8 +42,8 @@ def _disk_with_table(folder, table: str):
     child = add_child(base, folder / "child.vhd")
     # Data everywhere except the table itself (the first MiB holds it, and GPT's backup).
     rng = random.Random(4)
-    from vhdfs.layer import Layer
     from vhdfs.sources.local import LocalFile
+    from vhdfs.vhd.layer import Layer
     with Layer(LocalFile(child, writable=True), writable=True) as layer:
         for _ in range(40):
             first = rng.randrange(2048, (7 * MiB) // 512)

@@ -31,10 +31,10 @@ from tests.fuse.conftest import (
 )
 from tests.tooling import force_unmount, vhdimount
 from vhdfs.create import create_dynamic
-from vhdfs.layer import UNALLOCATED, Layer
 from vhdfs.partitions import list_partitions
 from vhdfs.resolve import open_chain
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.layer import UNALLOCATED, Layer
 
 WELCOME = "inetpub/wwwroot/Welcome.png"
 

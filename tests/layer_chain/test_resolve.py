@@ -8,14 +8,9 @@ import pytest
 
 from vhdfs.create import ParentInfo, create_dynamic, sparse_layout
 from vhdfs.errors import ParentMismatch, ParentNotFound
-from vhdfs.format.dynheader import (
-    PLATFORM_MACX,
-    PLATFORM_W2KU,
-    PLATFORM_W2RU,
-    DynamicHeader,
-)
-from vhdfs.format.footer import DiskType
 from vhdfs.resolve import OpenOptions, open_chain
+from vhdfs.vhd.dynheader import PLATFORM_MACX, PLATFORM_W2KU, PLATFORM_W2RU, DynamicHeader
+from vhdfs.vhd.footer import DiskType
 
 MIB = 1 << 20
 

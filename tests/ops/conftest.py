@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 from vhdfs.create import create_differencing, create_dynamic, create_fixed, parent_info_of
-from vhdfs.format.bitmap import bitmap_bytes
-from vhdfs.layer import SECTOR, UNALLOCATED, Layer
+from vhdfs.image import SECTOR
 from vhdfs.resolve import OpenOptions, open_chain
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.bitmap import bitmap_bytes
+from vhdfs.vhd.layer import UNALLOCATED, Layer
 
 KiB = 1024
 MiB = 1024 * KiB

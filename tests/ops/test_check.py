@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.ops.conftest import KiB, MiB, cli, fill, flat, make_base, make_child, run_killed
-from vhdfs.format.dynheader import DynamicHeader
-from vhdfs.format.footer import FOOTER_SIZE, Footer
-from vhdfs.format.timestamp import vhd_now
-from vhdfs.layer import SECTOR, UNALLOCATED, Layer
+from vhdfs.image import SECTOR
 from vhdfs.maintain.check import check_image
 from vhdfs.maintain.faults import Faults
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.dynheader import DynamicHeader
+from vhdfs.vhd.footer import FOOTER_SIZE, Footer
+from vhdfs.vhd.layer import UNALLOCATED, Layer
+from vhdfs.vhd.timestamp import vhd_now
 
 SIZE = 4 * MiB
 BLOCK = 512 * KiB

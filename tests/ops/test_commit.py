@@ -28,10 +28,11 @@ from tests.ops.conftest import (
 )
 from tests.tooling import vhdimount
 from vhdfs.errors import ParentMismatch, RefusedError, UsageError
-from vhdfs.layer import SECTOR, UNALLOCATED, Layer, RunKind
+from vhdfs.image import SECTOR, RunKind
 from vhdfs.maintain.commit import commit
 from vhdfs.maintain.marker import journal_path
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.layer import UNALLOCATED, Layer
 
 
 @pytest.mark.parametrize("parent_kind", ["dynamic", "fixed", "differencing"])

@@ -26,12 +26,12 @@ from tests.ops.conftest import (
     run_killed,
 )
 from tests.tooling import vhdimount
-from vhdfs.format.footer import FOOTER_SIZE, Footer
 from vhdfs.maintain.check import check_image
 from vhdfs.maintain.commit import commit
 from vhdfs.maintain.faults import ENV_DELAY, ENV_KILL_AFTER, Faults
 from vhdfs.maintain.marker import PHASE_PREPARED, journal_path, marker_child_id, read_journal
 from vhdfs.resolve import open_chain
+from vhdfs.vhd.footer import FOOTER_SIZE, Footer
 
 CHECKPOINT = 64 * KiB  # small, so the runs below cross several checkpoints
 

@@ -24,13 +24,13 @@ from tests.ops.conftest import (
 )
 from tests.tooling import vhdimount
 from vhdfs.errors import ChainCycle, ParentMismatch, ParentNotFound, RefusedError
-from vhdfs.format.dynheader import HEADER_SIZE, DynamicHeader
-from vhdfs.layer import Layer
 from vhdfs.maintain.check import check_image
 from vhdfs.maintain.faults import Faults
 from vhdfs.maintain.setparent import journal_of, set_parent
 from vhdfs.resolve import open_chain
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.dynheader import HEADER_SIZE, DynamicHeader
+from vhdfs.vhd.layer import Layer
 
 SIZE = 4 * MiB
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from vhdxwriter import BAT_OFFSET, LOG_LENGTH, LOG_OFFSET, LogWrite, Vhdx, patch, write_vhdx
 
 from vhdfs.errors import FormatError
-from vhdfs.format.bitmap import bitmap_runs
 from vhdfs.resolve import open_chain
+from vhdfs.vhd.bitmap import bitmap_runs
 from vhdfs.vhdx import format as fmt
 from vhdfs.vhdx import layer as vhdx_layer
 from vhdfs.vhdx.bitmap import lsb_runs, set_lsb_bits

@@ -27,9 +27,10 @@ import time
 from pathlib import Path
 
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
-from vhdfs.layer import UNALLOCATED, Layer, RunKind
+from vhdfs.image import RunKind
 from vhdfs.sources.local import LocalFile
 from vhdfs.units import parse_size
+from vhdfs.vhd.layer import UNALLOCATED, Layer
 
 MiB = 1 << 20
 CLUSTER = 4096

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
-from vhdfs.layer import Layer
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.layer import Layer
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -39,9 +39,9 @@ from tests.fixtures.windows import build_windows_disk
 from tools.azurite import Azurite, azurite_binary
 from tools.bench.common import GiB, KiB, MiB
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
-from vhdfs.layer import Layer
 from vhdfs.sources.local import LocalFile
 from vhdfs.units import human, parse_size
+from vhdfs.vhd.layer import Layer
 
 
 def build_disk(path: Path, size: int, data: int, seed: int = 1) -> int:

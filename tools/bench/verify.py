@@ -29,10 +29,10 @@ from tests.fixtures.windows import build_windows_disk
 from tools.azurite import Azurite, azurite_binary
 from tools.bench.upload import vhdfs
 from vhdfs.create import create_differencing, parent_info_of
-from vhdfs.layer import Layer
 from vhdfs.resolve import OpenOptions, open_chain
 from vhdfs.sources.local import LocalFile
 from vhdfs.units import human, parse_size
+from vhdfs.vhd.layer import Layer
 
 WELCOME = "inetpub/wwwroot/Welcome.png"
 

@@ -1,6 +1,6 @@
 """Reading one page blob: its properties, ranged GETs pinned to one version, its page ranges.
 
-The read side of `vhdfs.sources.blob.BlobSource`. Reads carry the ETag seen when the blob
+The read side of `vhdfs.azure.blob.BlobSource`. Reads carry the ETag seen when the blob
 was opened, so a blob rewritten under a running command fails with a clear message instead
 of mixing two versions.
 """

@@ -31,9 +31,9 @@ from vhdfs.errors import (
     UsageError,
     VhdfsError,
 )
-from vhdfs.format.footer import format_unique_id
-from vhdfs.layer import Layer
 from vhdfs.resolve import OpenOptions, ParentSearch, open_layer
+from vhdfs.vhd.footer import format_unique_id
+from vhdfs.vhd.layer import Layer
 
 LINK_KEY = "vhdfs_parent"
 LINK_ID_KEY = "vhdfs_parent_id"
@@ -134,7 +134,7 @@ def candidates(source, child: Layer, options) -> list[Candidate]:  # noqa: ANN00
 
 def _open(cand: Candidate):  # noqa: ANN202
     if isinstance(cand.spec, BlobLocation):
-        from vhdfs.sources.blob import BlobSource
+        from vhdfs.azure.blob import BlobSource
 
         return BlobSource(cand.spec), cand.spec.display
     from vhdfs.resolve import open_source
@@ -181,8 +181,8 @@ def set_parent_remote(child_spec: str, parent_spec: str, *, size_rule: str = "au
     """Record on the child blob which blob is its parent, after checking their identities."""
     from azure.core import MatchConditions
 
+    from vhdfs.azure.blob import BlobSource
     from vhdfs.azure.client import remote_errors
-    from vhdfs.sources.blob import BlobSource
 
     if not looks_remote(parent_spec):
         raise UsageError(f"{parent_spec}: the parent of a blob must be a blob too (az://CONTAINER/"

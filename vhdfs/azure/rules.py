@@ -1,20 +1,133 @@
-"""Azure's rules for a disk stored as a page blob, checked before the first byte is sent.
+"""Azure's rules for a disk stored as a page blob, and the VM sizes an image fits: one table.
 
-The numbers (MiB alignment, the upload minimum) come from the packaged table
-vhdfs/data/azure_disks.toml, which `vhdfs verify` applies too, with their sources; the page
+The numbers (MiB alignment, the upload minimum, the OS disk limits) live in the packaged tables
+vhdfs/data/azure_disks.toml and vm_sizes.toml with their sources; this module only applies them
+to a virtual size. `vhdfs upload` checks them before the first byte is sent (`check_disk`,
+`check_page_blob`); `vhdfs verify` reports them (`check_size`, `fitting_vm_sizes`). The page
 blob limit (8 TiB) is the storage service's own.
 """
 
 from __future__ import annotations
 
+import shlex
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+
 from vhdfs.errors import UsageError
-from vhdfs.guest.azure_rules import disk_rules, resize_command
 from vhdfs.units import human
 
-FOOTER = 512
+GiB = 1 << 30
 PAGE = 512
 # The largest page blob Azure stores (8 TiB), footer included.
 PAGE_BLOB_MAX = 8 * (1 << 40)
+
+
+def _load(name: str) -> dict:
+    return tomllib.loads(resources.files("vhdfs").joinpath(f"data/{name}").read_text("utf-8"))
+
+
+@dataclass(frozen=True)
+class DiskRules:
+    alignment: int
+    min_virtual_size: int
+    max_virtual_size: int
+    os_max: int
+    mbr_usable: int
+    ephemeral_max: int
+    source_alignment: str
+    source_upload_size: str
+    source_os_disk: str
+
+
+@dataclass(frozen=True)
+class VmSize:
+    name: str
+    vcpus: int
+    memory_gib: float
+    temp_gib: float
+    cache_gib: float
+
+    def placements(self, size: int) -> list[str]:
+        """Where an ephemeral OS disk of `size` bytes fits on this VM size."""
+        need = -(-size // GiB)  # Azure sizes OS disks in whole GiB
+        out = []
+        if self.cache_gib >= need:
+            out.append("cache")
+        if self.temp_gib >= need:
+            out.append("temp disk")
+        return out
+
+
+def disk_rules() -> DiskRules:
+    data = _load("azure_disks.toml")
+    upload, os_disk = data["upload"], data["os_disk"]
+    return DiskRules(upload["alignment"], upload["min_virtual_size"], upload["max_virtual_size"],
+                     os_disk["max_size"], os_disk["mbr_usable"], os_disk["ephemeral_max"],
+                     upload["source_alignment"], upload["source_upload_size"], os_disk["source"])
+
+
+def vm_sizes() -> list[VmSize]:
+    return [VmSize(s["name"], s["vcpus"], s["memory_gib"], s.get("temp_gib", 0), s.get("cache_gib", 0))
+            for s in _load("vm_sizes.toml")["size"]]
+
+
+def resize_command(image: str, new_size: int, gpt: bool) -> str:
+    """Shell commands that give a copy of the image the size `new_size`, as a fixed VHD."""
+    steps = [f"vhdfs convert {shlex.quote(image)} disk.raw --to raw",
+             f"truncate -s {new_size} disk.raw"]
+    if gpt:
+        steps.append("sgdisk -e disk.raw")  # move the backup GPT to the new end of the disk
+    steps.append("vhdfs convert disk.raw disk-fixed.vhd --to fixed")
+    return " && ".join(steps)
+
+
+@dataclass
+class SizeCheck:
+    status: str  # "pass", "fail", "warn"
+    message: str
+
+
+def check_size(size: int, image: str, scheme: str, rules: DiskRules | None = None) -> list[SizeCheck]:
+    """The upload and OS-disk rules for a disk of virtual size `size` (bytes)."""
+    rules = rules or disk_rules()
+    out: list[SizeCheck] = []
+    mib = rules.alignment
+    if size % mib:
+        target = -(-size // mib) * mib
+        out.append(SizeCheck("fail", f"virtual size {size} bytes is not a whole number of MiB "
+                             f"(Azure takes a fixed VHD of N MiB + 512 bytes); make a copy "
+                             f"{target} bytes ({human(target)}) large with: "
+                             f"{resize_command(image, target, scheme == 'gpt')}"))
+    else:
+        out.append(SizeCheck("pass", f"virtual size {size} bytes ({human(size)}) is a whole "
+                             "number of MiB"))
+    if size < rules.min_virtual_size:
+        target = rules.min_virtual_size
+        out.append(SizeCheck("fail", f"virtual size {human(size)} is below Azure's upload minimum "
+                             f"of {human(target)}; grow a copy with: "
+                             f"{resize_command(image, target, scheme == 'gpt')}"))
+    elif size > rules.os_max:
+        out.append(SizeCheck("fail", f"virtual size {human(size)} is above Azure's OS disk "
+                             f"maximum of {human(rules.os_max)}; shrink the guest's partitions "
+                             "and the disk first"))
+    else:
+        out.append(SizeCheck("pass", f"within Azure's OS disk limits ({human(rules.min_virtual_size)}"
+                             f" to {human(rules.os_max)})"))
+    if scheme == "mbr" and size > rules.mbr_usable:
+        out.append(SizeCheck("warn", f"the disk is MBR-partitioned: only its first "
+                             f"{human(rules.mbr_usable)} are usable; use GPT to use it all"))
+    return out
+
+
+def fitting_vm_sizes(size: int, rules: DiskRules | None = None) -> tuple[list[tuple[VmSize, list[str]]],
+                                                                          int]:
+    """(VM sizes an ephemeral OS disk of `size` fits, with placements; how many sizes are listed)."""
+    rules = rules or disk_rules()
+    sizes = vm_sizes()
+    if size > rules.ephemeral_max:
+        return [], len(sizes)
+    return [(s, s.placements(size)) for s in sizes if s.placements(size)], len(sizes)
 
 
 def check_disk(name: str, size: int) -> None:

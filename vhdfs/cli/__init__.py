@@ -18,8 +18,8 @@ from typing import NoReturn
 
 from vhdfs import __version__
 from vhdfs.errors import VhdfsError
-from vhdfs.format.dynheader import printable
 from vhdfs.secrets import ScrubbingWriter, scrub_logger
+from vhdfs.vhd.dynheader import printable
 
 INTERNAL_ERROR_EXIT = 70
 FORCE_SHARE = ("--force-share", "-U")

@@ -8,8 +8,8 @@ import sys
 from typing import Any
 
 from vhdfs.chain import Chain
-from vhdfs.format.footer import SIZE_RULES
 from vhdfs.resolve import OpenOptions, open_chain
+from vhdfs.vhd.footer import SIZE_RULES
 
 
 def add_image_options(parser: argparse.ArgumentParser) -> None:

@@ -30,7 +30,7 @@ from vhdfs.guest.errors import FileSystemError
 from vhdfs.guest.image import tsk_call
 from vhdfs.guest.paths import META_DIR, META_VIRT, META_VIRT_DIR, resolve
 from vhdfs.guest.volumes import DiskVolumes, Volume, open_volumes
-from vhdfs.layer import SECTOR, RunKind
+from vhdfs.image import SECTOR, RunKind
 
 log = logging.getLogger("vhdfs")
 MAP_STEP = 256 * 1024 * 1024  # map the top layer in pieces of this many bytes

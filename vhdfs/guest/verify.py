@@ -21,10 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from vhdfs.azure.rules import check_size, disk_rules, fitting_vm_sizes
 from vhdfs.chain import Chain
 from vhdfs.errors import UsageError, VhdfsError
 from vhdfs.guest.agents import AgentFound, AgentProfile, find_agents, load_profiles
-from vhdfs.guest.azure_rules import check_size, disk_rules, fitting_vm_sizes
 from vhdfs.guest.boot import BootInfo, find_boot
 from vhdfs.guest.inspect import Inspection, OsFound, inspect_disk
 from vhdfs.guest.verify_gate import Gate
@@ -37,7 +37,7 @@ from vhdfs.guest.verify_profiles import (
 )
 from vhdfs.guest.verify_windows import check_windows
 from vhdfs.guest.volumes import DiskVolumes, open_volumes
-from vhdfs.rawlayer import RawLayer
+from vhdfs.raw import RawLayer
 from vhdfs.units import human
 
 PASS, FAIL, WARN, INFO = "pass", "fail", "warn", "info"

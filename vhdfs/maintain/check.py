@@ -18,8 +18,6 @@ from pathlib import Path
 
 from vhdfs.azure.location import looks_remote
 from vhdfs.errors import ChainError, FormatError, ImageBusy, VhdfsError
-from vhdfs.format.footer import DiskType
-from vhdfs.layer import Layer
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import read_only_reason
 from vhdfs.maintain.findings import ERROR, CannotCheck, FileScan, Finding
@@ -29,6 +27,8 @@ from vhdfs.sources import locks
 from vhdfs.sources.base import Source
 from vhdfs.sources.local import LocalFile
 from vhdfs.sources.locks import Mode
+from vhdfs.vhd.footer import DiskType
+from vhdfs.vhd.layer import Layer
 
 EXIT_CLEAN = 0
 EXIT_REPAIRED = 1

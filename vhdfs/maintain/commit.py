@@ -31,8 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vhdfs.errors import RefusedError, UsageError
-from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
-from vhdfs.layer import SECTOR, UNALLOCATED, Layer
+from vhdfs.image import SECTOR
 from vhdfs.maintain.copier import ReadAhead
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import remove_durably, require_folder_writable, require_writable
@@ -59,6 +58,8 @@ from vhdfs.sources import locks
 from vhdfs.sources.local import LocalFile
 from vhdfs.sources.locks import Mode
 from vhdfs.sources.writeback import WritebackAhead
+from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
+from vhdfs.vhd.layer import UNALLOCATED, Layer
 from vhdfs.vhdx.layer import refuse_vhdx
 
 log = logging.getLogger("vhdfs")

@@ -9,7 +9,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from vhdfs.layer import Layer, RunKind
+from vhdfs.image import RunKind
+from vhdfs.vhd.layer import Layer
 
 CHUNK = 4 << 20
 BUFFERS = 4  # memory in flight: BUFFERS * CHUNK

@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vhdfs.errors import ImageIOError
-from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
 from vhdfs.maintain.faults import Faults
 from vhdfs.maintain.files import remove_durably, write_atomic
 from vhdfs.sources.base import Source
+from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
 
 JOURNAL_SUFFIX = ".vhdfs-commit"
 JOURNAL_FORMAT = "vhdfs-commit-journal"

@@ -13,9 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from vhdfs.format.dynheader import HEADER_SIZE, DynamicHeader, ParentLocator
-from vhdfs.format.footer import FOOTER_SIZE, Footer, format_unique_id
-from vhdfs.layer import SECTOR, UNALLOCATED
+from vhdfs.image import SECTOR
 from vhdfs.maintain.faults import Faults
 from vhdfs.maintain.files import remove_durably, write_atomic
 from vhdfs.maintain.findings import RANK_COMMIT, Fix
@@ -26,6 +24,9 @@ from vhdfs.maintain.marker import (
     write_footers,
 )
 from vhdfs.sources.base import Source
+from vhdfs.vhd.dynheader import HEADER_SIZE, DynamicHeader, ParentLocator
+from vhdfs.vhd.footer import FOOTER_SIZE, Footer, format_unique_id
+from vhdfs.vhd.layer import UNALLOCATED
 
 Repair = Callable[[Source], None]
 

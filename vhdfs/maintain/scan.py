@@ -1,4 +1,4 @@
-"""Structure checks of one VHD file, read directly with vhdfs.format.
+"""Structure checks of one VHD file, read directly with the structs of vhdfs.vhd.
 
 `Layer` refuses files it cannot use; a check has to look at exactly those, so this module
 parses the footer, its copy, the dynamic header, the BAT, the locators and the bitmaps
@@ -16,32 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vhdfs.errors import ChecksumError, FormatError, ImageIOError
-from vhdfs.format.bitmap import bitmap_bytes, bitmap_runs
-from vhdfs.format.dynheader import (
-    HEADER_SIZE,
-    HEADER_VERSION,
-    NO_OFFSET,
-    PLATFORM_MAC,
-    PLATFORM_MACX,
-    PLATFORM_NONE,
-    PLATFORM_W2KU,
-    PLATFORM_W2RU,
-    PLATFORM_WI2K,
-    PLATFORM_WI2R,
-    DynamicHeader,
-    ParentLocator,
-)
-from vhdfs.format.footer import (
-    COOKIE,
-    FEATURES_RESERVED,
-    FOOTER_SIZE,
-    NO_DATA_OFFSET,
-    VERSION_1_0,
-    DiskType,
-    Footer,
-)
-from vhdfs.format.timestamp import vhd_now, vhd_to_iso
-from vhdfs.layer import MAX_BAT_ENTRIES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, SECTOR, UNALLOCATED
+from vhdfs.image import SECTOR
 from vhdfs.maintain import repairs
 from vhdfs.maintain.findings import (
     ERROR,
@@ -60,6 +35,32 @@ from vhdfs.maintain.findings import (
 )
 from vhdfs.maintain.marker import commit_state, describe_state, mark_area, reserved_outside_mark
 from vhdfs.sources.base import Source
+from vhdfs.vhd.bitmap import bitmap_bytes, bitmap_runs
+from vhdfs.vhd.dynheader import (
+    HEADER_SIZE,
+    HEADER_VERSION,
+    NO_OFFSET,
+    PLATFORM_MAC,
+    PLATFORM_MACX,
+    PLATFORM_NONE,
+    PLATFORM_W2KU,
+    PLATFORM_W2RU,
+    PLATFORM_WI2K,
+    PLATFORM_WI2R,
+    DynamicHeader,
+    ParentLocator,
+)
+from vhdfs.vhd.footer import (
+    COOKIE,
+    FEATURES_RESERVED,
+    FOOTER_SIZE,
+    NO_DATA_OFFSET,
+    VERSION_1_0,
+    DiskType,
+    Footer,
+)
+from vhdfs.vhd.layer import MAX_BAT_ENTRIES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, UNALLOCATED
+from vhdfs.vhd.timestamp import vhd_now, vhd_to_iso
 
 KNOWN_CODES = (PLATFORM_W2RU, PLATFORM_W2KU, PLATFORM_MACX, PLATFORM_MAC, PLATFORM_WI2R,
                PLATFORM_WI2K)

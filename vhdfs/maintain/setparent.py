@@ -23,7 +23,16 @@ from pathlib import Path
 
 from vhdfs.create import LOCATOR_MIN_SPACE, parent_locators
 from vhdfs.errors import ChainCycle, ChainError, ParentMismatch, RefusedError, UsageError
-from vhdfs.format.dynheader import (
+from vhdfs.image import SECTOR
+from vhdfs.maintain.faults import Faults, FaultySource
+from vhdfs.maintain.files import remove_durably, require_writable, write_atomic
+from vhdfs.maintain.findings import CannotCheck
+from vhdfs.maintain.scan import scan_file
+from vhdfs.resolve import OpenOptions, open_chain
+from vhdfs.sources import locks
+from vhdfs.sources.local import LocalFile
+from vhdfs.sources.locks import Mode
+from vhdfs.vhd.dynheader import (
     HEADER_SIZE,
     PLATFORM_MACX,
     PLATFORM_W2KU,
@@ -33,16 +42,8 @@ from vhdfs.format.dynheader import (
     DynamicHeader,
     ParentLocator,
 )
-from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
-from vhdfs.layer import SECTOR, Layer
-from vhdfs.maintain.faults import Faults, FaultySource
-from vhdfs.maintain.files import remove_durably, require_writable, write_atomic
-from vhdfs.maintain.findings import CannotCheck
-from vhdfs.maintain.scan import scan_file
-from vhdfs.resolve import OpenOptions, open_chain
-from vhdfs.sources import locks
-from vhdfs.sources.local import LocalFile
-from vhdfs.sources.locks import Mode
+from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
+from vhdfs.vhd.layer import Layer
 
 log = logging.getLogger("vhdfs")
 

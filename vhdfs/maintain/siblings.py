@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 from vhdfs.errors import FormatError, VhdfsError
-from vhdfs.format.dynheader import HEADER_SIZE, DynamicHeader
-from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer
 from vhdfs.resolve import IMAGE_SUFFIXES
 from vhdfs.sources.local import LocalFile
+from vhdfs.vhd.dynheader import HEADER_SIZE, DynamicHeader
+from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer
 from vhdfs.vhdx.layer import VhdxLayer, is_vhdx
 
 

@@ -176,8 +176,8 @@ def cmdline(pid: int) -> str:
 def safe_text(text: str, limit: int = 160) -> str:
     """Text that may name blob URLs, fit to print or store: no secrets, no control
     characters, not too long."""
-    from vhdfs.format.dynheader import printable
     from vhdfs.secrets import scrub  # the one scrubber
+    from vhdfs.vhd.dynheader import printable
 
     text = printable(scrub(text))
     return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -1,6 +1,6 @@
 """VHDX sector bitmaps: bit 0 of byte 0 is the first sector (LSB first).
 
-VHD bitmaps are MSB first (vhdfs.format.bitmap); the two must not be mixed up.
+VHD bitmaps are MSB first (vhdfs.vhd.bitmap); the two must not be mixed up.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One VHDX file (.vhdx, or an .avhdx checkpoint) over one source: reading, and writing.
 
-Offers what the chain, convert and the views ask of `vhdfs.layer.Layer`: `map` turns a
+Offers what the chain, convert and the views ask of `vhdfs.vhd.layer.Layer`: `map` turns a
 range of the virtual disk into HERE / BELOW / ZERO runs, `read_data` reads stored bytes,
 and, opened writable, `write` / `flush` / `close` (data in place or in new blocks, the BAT
 and sector bitmap changes through the log: vhdfs.vhdx.journal; docs/vhdx.md, "Writing").
@@ -34,9 +34,9 @@ from construct import ChecksumError as ConstructChecksumError
 from construct import ConstructError
 
 from vhdfs.errors import FormatError, ImageIOError, RefusedError, VhdfsError
-from vhdfs.format.footer import DiskType
-from vhdfs.layer import LocatorEntry, Run, RunKind
+from vhdfs.image import LocatorEntry, Run, RunKind
 from vhdfs.sources.base import Source
+from vhdfs.vhd.footer import DiskType
 from vhdfs.vhdx import format as fmt
 from vhdfs.vhdx.bitmap import lsb_runs, set_lsb_bits
 from vhdfs.vhdx.headers import Headers

@@ -18,10 +18,10 @@ from vhdfs.create import (
     parent_info_of,
 )
 from vhdfs.errors import RefusedError, UsageError
-from vhdfs.format.footer import SIZE_RULES, format_unique_id
 from vhdfs.quoting import escape
 from vhdfs.resolve import OpenOptions, open_chain
 from vhdfs.units import human, parse_size
+from vhdfs.vhd.footer import SIZE_RULES, format_unique_id
 from vhdfs.vhdx import build as vhdx_build
 from vhdfs.vhdx import format as vhdx_format
 from vhdfs.vhdx.layer import VhdxLayer

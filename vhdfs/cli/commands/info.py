@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 
 from vhdfs.cli.common import add_image_options, open_image, print_json
-from vhdfs.format.footer import MAX_GEOMETRY
 from vhdfs.info import layer_facts
 from vhdfs.maintain.marker import describe_state
 from vhdfs.quoting import escape
 from vhdfs.units import human
+from vhdfs.vhd.footer import MAX_GEOMETRY
 
 
 def register(sub: argparse._SubParsersAction) -> None:

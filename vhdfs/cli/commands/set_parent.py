@@ -6,9 +6,9 @@ import argparse
 
 from vhdfs.azure.location import looks_remote
 from vhdfs.errors import UsageError
-from vhdfs.format.footer import SIZE_RULES
 from vhdfs.maintain.setparent import set_parent
 from vhdfs.resolve import OpenOptions
+from vhdfs.vhd.footer import SIZE_RULES
 
 
 def register(sub: argparse._SubParsersAction) -> None:

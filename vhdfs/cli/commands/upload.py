@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vhdfs.azure.upload import UploadOptions, describe, upload
+    from vhdfs.upload.upload import UploadOptions, describe, upload
 
     options = UploadOptions(concurrency=args.concurrency, resume=args.resume,
                             overwrite=args.overwrite, verify=args.verify, as_is=args.as_is,

@@ -8,7 +8,7 @@ The order of one upload:
      check that its metadata describes an interrupted upload of the same source;
   3. take a lease (held, renewed, for the whole upload: a second uploader fails at once);
      create the page blob (or, with --patch-base, copy the base blob onto it server-side);
-  4. send the writes from vhdfs.azure.planning, --concurrency at a time, each at most
+  4. send the writes from vhdfs.upload.planning, --concurrency at a time, each at most
      4 MiB, 512-byte aligned, with a Content-MD5 (validate_content); --resume skips writes
      whose pages the blob already holds (its page ranges);
   5. after the last read, check that no source file changed while it was read (else fail,
@@ -42,17 +42,7 @@ from vhdfs.azure.client import blob_client, remote_errors, translate
 from vhdfs.azure.credentials import Credential, credential_for, parse_location
 from vhdfs.azure.lease import LeaseKeeper
 from vhdfs.azure.location import BlobLocation, looks_remote
-from vhdfs.azure.planning import (
-    MAX_WRITE,
-    RangeDigest,
-    Write,
-    file_writes,
-    flat_writes,
-    patch_writes,
-    range_hash,
-)
 from vhdfs.azure.rules import check_disk, check_page_blob
-from vhdfs.azure.watch import RESTART, WatchedFiles, pause_for_test
 from vhdfs.chain import Chain
 from vhdfs.create import fixed_footer
 from vhdfs.errors import (
@@ -65,13 +55,23 @@ from vhdfs.errors import (
     UsageError,
     VhdfsError,
 )
-from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
-from vhdfs.layer import Layer
 from vhdfs.progress import Progress
 from vhdfs.resolve import OpenOptions, open_chain, open_layer, open_source
 from vhdfs.secrets import scrub, without_query
 from vhdfs.sources.local import LocalFile
 from vhdfs.units import human
+from vhdfs.upload.planning import (
+    MAX_WRITE,
+    RangeDigest,
+    Write,
+    file_writes,
+    flat_writes,
+    patch_writes,
+    range_hash,
+)
+from vhdfs.upload.watch import RESTART, WatchedFiles, pause_for_test
+from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
+from vhdfs.vhd.layer import Layer
 
 DEFAULT_CONCURRENCY = 8
 MAX_CONCURRENCY = 64
@@ -526,8 +526,8 @@ def _find_link(dest: BlobLocation, credential: Credential, top: Layer | None,
     """For a differencing VHD uploaded --as-is: its parent in the same container, if there."""
     if top is None or not top.is_differencing:
         return "", ""
+    from vhdfs.azure.blob import BlobSource
     from vhdfs.azure.parents import find_blob_parent, link_value
-    from vhdfs.sources.blob import BlobSource
 
     try:
         with BlobSource(dest, credential) as uploaded:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 
 from vhdfs.errors import ImageIOError
-from vhdfs.layer import SECTOR, Run, RunKind
+from vhdfs.image import SECTOR, Run, RunKind
 from vhdfs.sources.base import Source
 
 

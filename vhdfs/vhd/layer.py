@@ -18,12 +18,12 @@ import logging
 import sys
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
-from enum import Enum
 
 from vhdfs.errors import ChecksumError, FormatError, ImageIOError, RefusedError, VhdfsError
-from vhdfs.format.bitmap import bitmap_bytes, bitmap_runs, set_bits
-from vhdfs.format.dynheader import (
+from vhdfs.image import SECTOR, LocatorEntry, Run, RunKind
+from vhdfs.sources.base import Source
+from vhdfs.vhd.bitmap import bitmap_bytes, bitmap_runs, set_bits
+from vhdfs.vhd.dynheader import (
     HEADER_SIZE,
     PLATFORM_MACX,
     PLATFORM_W2KU,
@@ -33,12 +33,10 @@ from vhdfs.format.dynheader import (
     DynamicHeader,
     ParentLocator,
 )
-from vhdfs.format.footer import FOOTER_SIZE, DiskType, Footer
-from vhdfs.sources.base import Source
+from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer
 
 log = logging.getLogger("vhdfs")
 
-SECTOR = 512
 UNALLOCATED = 0xFFFFFFFF
 MIN_BLOCK_SIZE = 512
 # Locator codes whose data is a path (read, and its space kept clear of blocks).
@@ -59,27 +57,6 @@ AUTO_FLUSH_DIRTY_BLOCKS = 256
 # synced) once per reservation, not once per block. The reservation doubles up to this size;
 # what is left of it is given back at the next flush.
 MAX_RESERVATION = 32 * 1024 * 1024
-
-
-class RunKind(Enum):
-    HERE = "here"  # this file holds the bytes, at file_offset
-    BELOW = "below"  # the layer below provides them (differencing disks)
-    ZERO = "zero"  # zeros, with nothing stored
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    kind: RunKind
-    offset: int  # virtual disk offset
-    length: int
-    file_offset: int = -1  # for HERE runs
-
-
-@dataclass(frozen=True, slots=True)
-class LocatorEntry:
-    index: int
-    code: str
-    text: str
 
 
 def _check_file_size(source: Source, file_size: int) -> None:

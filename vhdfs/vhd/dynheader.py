@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from construct import Array, Bytes, Const, Int32ub, Int64ub, Struct
 
-from vhdfs.format.checksum import ChecksummedStruct
+from vhdfs.vhd.checksum import ChecksummedStruct
 
 HEADER_SIZE = 1024
 COOKIE = b"cxsparse"

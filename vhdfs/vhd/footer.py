@@ -16,8 +16,8 @@ from construct import (
     Struct,
 )
 
-from vhdfs.format.checksum import ChecksummedStruct
-from vhdfs.format.timestamp import vhd_now
+from vhdfs.vhd.checksum import ChecksummedStruct
+from vhdfs.vhd.timestamp import vhd_now
 
 FOOTER_SIZE = 512
 COOKIE = b"conectix"
