@@ -1,7 +1,9 @@
 """The `vhdfs` command: argument parsing, printing and exit codes. No logic lives here.
 
 Each module in `vhdfs.cli.commands` adds one subcommand through `register(subparsers)`;
-they are discovered, so a new command is a new module.
+they are discovered, so a new command is a new module. What every command shares (the
+global options before or after its name, --json, --progress, warnings, the error line and
+exit code) is applied here, from `vhdfs.cli.conventions`.
 """
 
 from __future__ import annotations
@@ -17,27 +19,34 @@ import traceback
 from typing import NoReturn
 
 from vhdfs import __version__
-from vhdfs.errors import VhdfsError
+from vhdfs.cli.conventions import (
+    CommandWarnings,
+    Run,
+    add_global_options,
+    command_name,
+    fail,
+    json_requested,
+)
+from vhdfs.errors import UsageError, VhdfsError
 from vhdfs.secrets import ScrubbingWriter, scrub_logger
-from vhdfs.vhd.dynheader import printable
 
 INTERNAL_ERROR_EXIT = 70
-FORCE_SHARE = ("--force-share", "-U")
-FORCE_SHARE_HELP = ("read images that another process is writing (as qemu-img -U): reading "
-                    "commands only, with a warning, since what is read may be inconsistent")
+INTERRUPTED_EXIT = 130
 
 
-class _OneLineWarnings(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        print(f"vhdfs: warning: {printable(record.getMessage())}", file=sys.stderr)
+class ArgumentError(UsageError):
+    """What argparse refuses, with the parser's name (`vhdfs convert`) for the error line."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(f"{message} (see {prog} --help)")
+        self.prog = prog
 
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (with where to find help), exit code 2, like every error."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
+        raise ArgumentError(self.prog, message)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
@@ -49,19 +58,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         prog="vhdfs", description="VHD differencing chains on Linux: inspect, create, convert, "
         "mount, commit and upload.")
     parser.add_argument("--version", action="version", version=f"vhdfs {__version__}")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no warnings or progress")
-    parser.add_argument(*FORCE_SHARE, action="store_true", help=FORCE_SHARE_HELP)
+    add_global_options(parser, after_command=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     names = sorted(info.name for info in pkgutil.iter_modules(commands.__path__))
-    wanted = next((a for a in argv or [] if not a.startswith("-")), None)
+    wanted = command_name(argv or [])
     module_name = wanted.replace("-", "_") if wanted else None
     if module_name in names:
         names = [module_name]
     for name in names:
         importlib.import_module(f"vhdfs.cli.commands.{name}").register(sub)
-    for command in sub.choices.values():  # a global option, also after the command name
-        command.add_argument(*FORCE_SHARE, action="store_true", default=argparse.SUPPRESS,
-                             help=FORCE_SHARE_HELP)
+    for command in sub.choices.values():  # the global options, also after the command name
+        add_global_options(command, after_command=True)
     return parser
 
 
@@ -72,26 +79,29 @@ def main(argv: list[str] | None = None) -> int:
     scrub_logger(log)
     terminal = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = ScrubbingWriter(terminal[0]), ScrubbingWriter(terminal[1])
-    handler = _OneLineWarnings()
+    handler = CommandWarnings()  # -q silences it; --json results list what it saw
     log.addHandler(handler)
     log.propagate = False
+    log.setLevel(logging.WARNING)
     args: argparse.Namespace | None = None
+    run = Run(handler)
+    arguments = sys.argv[1:] if argv is None else argv
+    run.json = json_requested(arguments)  # until parsed: an error while parsing is JSON too
     try:
-        arguments = sys.argv[1:] if argv is None else argv
         parser = build_parser(arguments)
         args = parser.parse_args(arguments)
-        log.setLevel(logging.ERROR if args.quiet else logging.WARNING)
+        run.start(args)
         _describe_for_locks(arguments, args.force_share)
         code = args.func(args)
         return int(code or 0)
+    except ArgumentError as exc:
+        return fail(str(exc), exc.exit_code, "UsageError", run.json, prefix=f"{exc.prog}: error")
     except VhdfsError as exc:
         # Names from inside an image reach messages; a terminal must never get their control
         # characters (the readers already replace them: this is the second line of defence).
-        print(f"vhdfs: error: {printable(str(exc))}", file=sys.stderr)
-        return exc.exit_code
+        return fail(str(exc), exc.exit_code, type(exc).__name__, run.json)
     except KeyboardInterrupt:
-        print("vhdfs: interrupted", file=sys.stderr)
-        return 130
+        return fail("interrupted", INTERRUPTED_EXIT, "Interrupted", run.json, prefix="vhdfs")
     except BrokenPipeError:
         # The reader of our output went away (vhdfs cat ... | head): not an error of ours.
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -101,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("VHDFS_DEBUG"):
             traceback.print_exc()  # through the scrubbing stderr
             return INTERNAL_ERROR_EXIT
-        print(f"vhdfs: internal error: {type(exc).__name__}: {exc} (this is a bug; run with "
-              "VHDFS_DEBUG=1 for details and report it)", file=sys.stderr)
-        return INTERNAL_ERROR_EXIT
+        return fail(f"{type(exc).__name__}: {exc} (this is a bug; run with VHDFS_DEBUG=1 for "
+                    "details and report it)", INTERNAL_ERROR_EXIT, "InternalError", run.json,
+                    prefix="vhdfs: internal error")
     finally:
         if args is not None:
             from vhdfs.cli.common import print_stats
@@ -111,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print_stats(args)
             locks.set_force_share(False)  # in-process callers (tests) start afresh
+        run.end()
         log.removeHandler(handler)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError):  # a reader gone away: nothing more to say

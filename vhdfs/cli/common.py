@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Any
 
 from vhdfs.chain import Chain
 from vhdfs.resolve import OpenOptions, open_chain
@@ -38,14 +36,14 @@ def open_image(args: argparse.Namespace, spec: str, *, writable: bool = False,
     return open_chain(spec, open_options(args), writable=writable, allow_raw=allow_raw)
 
 
+def layer_names(chain: Chain) -> list[str]:
+    """The chain's files (or blob URLs), top first: the `chain` of --json results."""
+    return [layer.name for layer in chain.layers]
+
+
 def print_stats(args: argparse.Namespace) -> None:
     """--stats: what the command fetched from (and sent to) blob storage, on stderr."""
     if getattr(args, "stats", False):
         from vhdfs.azure.stats import TRANSFER
 
         print(f"vhdfs: stats: {TRANSFER.summary()}", file=sys.stderr)
-
-
-def print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")

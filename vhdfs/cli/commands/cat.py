@@ -7,6 +7,7 @@ import sys
 
 from vhdfs.cli.commands.ls import add_volume_option
 from vhdfs.cli.common import add_image_options, open_image
+from vhdfs.cli.conventions import no_json
 from vhdfs.guest.files import iter_content
 from vhdfs.guest.paths import locate, parse_guest_path
 from vhdfs.guest.volumes import open_volumes
@@ -24,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    no_json(args, "cat writes the file's bytes to standard output; for its metadata use "
+            "vhdfs ls --json IMAGE PATH")
     with open_image(args, args.image, allow_raw=True) as chain:
         found = locate(open_volumes(chain), parse_guest_path(args.path), args.volume)
         out = sys.stdout.buffer

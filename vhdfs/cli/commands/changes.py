@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from vhdfs.cli.common import add_image_options, open_image, print_json
+from vhdfs.cli.common import add_image_options, open_image
+from vhdfs.cli.conventions import print_json
 from vhdfs.errors import UsageError
 from vhdfs.guest.changes import ChangedItem, find_changes
 from vhdfs.quoting import escape
@@ -24,7 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "the same bytes the parent has are not changes. Status: A added, "
                             "M modified, D deleted, U in use but in no directory, F record freed.")
     parser.add_argument("image")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
     add_image_options(parser)
     parser.set_defaults(func=run)
 

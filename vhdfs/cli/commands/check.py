@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from vhdfs.cli.common import add_image_options, open_options, print_json
+from vhdfs.cli.common import add_image_options, open_options
+from vhdfs.cli.conventions import fail, print_json
 from vhdfs.errors import ImageBusy, UsageError, VhdfsError
 from vhdfs.maintain.check import EXIT_UNCHECKED, CheckReport, check_image
 
@@ -23,7 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--repair", action="store_true", help="mend IMAGE (not its parents)")
     parser.add_argument("--dry-run", action="store_true",
                         help="show the repairs --repair would make, write nothing")
-    parser.add_argument("--json", action="store_true", help="machine-readable report")
     add_image_options(parser)
     parser.set_defaults(func=run)
 
@@ -76,11 +75,9 @@ def run(args: argparse.Namespace) -> int:
         report = check_image(args.image, open_options(args), repair=args.repair or args.dry_run,
                              dry_run=args.dry_run)
     except ImageBusy as exc:
-        print(f"vhdfs: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except VhdfsError as exc:
-        print(f"vhdfs: error: {exc}", file=sys.stderr)
-        return EXIT_UNCHECKED
+        return fail(str(exc), exc.exit_code, type(exc).__name__, args.json)
+    except VhdfsError as exc:  # fsck's code: could not check
+        return fail(str(exc), EXIT_UNCHECKED, type(exc).__name__, args.json)
     if args.json:
         print_json(report.as_dict())
     else:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import time
 
 from vhdfs.cli.common import add_image_options, open_options
+from vhdfs.cli.conventions import emit
 from vhdfs.errors import UsageError
 from vhdfs.maintain.commit import commit
 from vhdfs.units import human
@@ -27,8 +30,13 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "force_share", False):
         raise UsageError("--force-share is for reading: commit writes the parent and holds the "
                          "child and the parent alone while it runs")
+    started = time.monotonic()
     result = commit(args.child, open_options(args), delete_child=args.delete_child,
                     quiet=args.quiet)
+    if args.json:
+        emit(args, {**dataclasses.asdict(result),
+                    "seconds": round(time.monotonic() - started, 3)})
+        return 0
     resumed = f" (resumed at block {result.resumed_at})" if result.resumed_at is not None else ""
     print(f"committed {result.child} into {result.parent}{resumed}: {human(result.bytes_copied)} in "
           f"{result.runs} run(s) from {result.blocks} block(s)")

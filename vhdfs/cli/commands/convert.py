@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import os
+import time
 
-from vhdfs.cli.common import add_image_options, open_image
+from vhdfs.cli.common import add_image_options, layer_names, open_image
+from vhdfs.cli.conventions import emit
 from vhdfs.cli.formats import FORMATS, convert_target
 from vhdfs.convert import TARGETS, convert
 from vhdfs.create import DEFAULT_BLOCK_SIZE
@@ -40,11 +42,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     block_size = parse_size(args.block_size, "--block-size") if args.block_size else None
     to, fixed = convert_target(args.out, args.to, args.format, args.fixed)
+    started = time.monotonic()
     with open_image(args, args.source, allow_raw=True) as chain:
+        chain_names = layer_names(chain)
         progress = Progress(f"convert {args.out}", chain.size, quiet=args.quiet)
         stats = convert(chain, args.out, to, block_size=block_size, fixed=fixed, force=args.force,
                         progress=progress)
-    kind = args.to if to != "vhdx" else f"{'fixed' if fixed else 'dynamic'} VHDX"
-    print(f"wrote {args.out} ({kind}, {stats.size} bytes): read {human(stats.data_read)}, "
-          f"wrote {human(stats.data_written)} of data", file=sys.stdout)
+    seconds = time.monotonic() - started
+    container = {"raw": "raw", "vhdx": "vhdx"}.get(to, "vhd")
+    kind = "raw" if to == "raw" else ("fixed" if fixed or to == "fixed" else "dynamic")
+    if args.json:
+        emit(args, {"source": args.source, "chain": chain_names, "output": args.out,
+                    "format": container, "kind": kind, "virtual_size": stats.size,
+                    "file_size": os.stat(args.out).st_size, "data_read": stats.data_read,
+                    "data_written": stats.data_written, "seconds": round(seconds, 3)})
+        return 0
+    shown = args.to if to != "vhdx" else f"{kind} VHDX"
+    print(f"wrote {args.out} ({shown}, {stats.size} bytes): read {human(stats.data_read)}, "
+          f"wrote {human(stats.data_written)} of data in {seconds:.1f} s")
     return 0

@@ -5,8 +5,12 @@ OUT.vhd makes a VHD, OUT.vhdx (or .avhdx) a VHDX; --format overrides an unknown 
 from __future__ import annotations
 
 import argparse
+import os
+import time
+from typing import Any
 
 from vhdfs.azure.location import looks_remote
+from vhdfs.cli.conventions import report
 from vhdfs.cli.formats import FORMATS, container_format
 from vhdfs.create import (
     DEFAULT_BLOCK_SIZE,
@@ -54,10 +58,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _result(args: argparse.Namespace, started: float, **facts: Any) -> dict[str, Any]:
+    """The --json result: what was written (keys as README's "create")."""
+    return {"output": args.out, **facts, "seconds": round(time.monotonic() - started, 3)}
+
+
 def run(args: argparse.Namespace) -> int:
     block_size = parse_size(args.block_size, "--block-size") if args.block_size else None
     if container_format(args.out, args.format) == "vhdx":
         return _run_vhdx(args, block_size)
+    started = time.monotonic()
     if args.logical_sector_size not in (None, 512):
         raise UsageError("--logical-sector-size 4096 needs a VHDX (a VHD has 512-byte sectors)")
     if args.parent:
@@ -69,9 +79,17 @@ def run(args: argparse.Namespace) -> int:
             info = parent_info_of(args.parent, chain.top)
         footer = create_differencing(args.out, info, block_size, force=args.force)
         where = f" at {info.url}" if info.path is None else ""
-        print(f"created {escape(args.out, backslash=False)}: differencing, "
-              f"{footer.current_size} bytes, parent {escape(info.name, backslash=False)}{where} "
-              f"({format_unique_id(info.unique_id)})")
+        parent = {"name": info.name, "path": str(info.path) if info.path else None,
+                  "url": info.url or None, "unique_id": format_unique_id(info.unique_id)}
+        report(args, _result(
+            args, started, format="vhd", kind="differencing", virtual_size=footer.current_size,
+            # create_differencing's rule: the parent's block size unless --block-size
+            block_size=block_size or info.block_size or DEFAULT_BLOCK_SIZE,
+            logical_sector_size=512, unique_id=format_unique_id(footer.unique_id),
+            virtual_disk_id=None, parent=parent),
+            f"created {escape(args.out, backslash=False)}: differencing, "
+            f"{footer.current_size} bytes, parent {escape(info.name, backslash=False)}{where} "
+            f"({format_unique_id(info.unique_id)})")
         return 0
     if not args.size:
         raise UsageError("create needs --size SIZE (new disk) or --parent PARENT (child disk)")
@@ -83,15 +101,21 @@ def run(args: argparse.Namespace) -> int:
         footer = create_fixed(args.out, size, force=args.force)
         kind = "fixed"
     else:
-        footer = create_dynamic(args.out, size, block_size or DEFAULT_BLOCK_SIZE, force=args.force)
+        block_size = block_size or DEFAULT_BLOCK_SIZE
+        footer = create_dynamic(args.out, size, block_size, force=args.force)
         kind = "dynamic"
-    print(f"created {escape(args.out, backslash=False)}: {kind}, {footer.current_size} bytes, unique id "
-          f"{format_unique_id(footer.unique_id)}")
+    report(args, _result(args, started, format="vhd", kind=kind,
+                         virtual_size=footer.current_size, block_size=block_size,
+                         logical_sector_size=512, unique_id=format_unique_id(footer.unique_id),
+                         virtual_disk_id=None, parent=None),
+           f"created {escape(args.out, backslash=False)}: {kind}, {footer.current_size} bytes, "
+           f"unique id {format_unique_id(footer.unique_id)}")
     return 0
 
 
 def _run_vhdx(args: argparse.Namespace, block_size: int | None) -> int:
     out = escape(args.out, backslash=False)
+    started = time.monotonic()
     if args.parent:
         if args.size or args.fixed:
             raise UsageError("--parent cannot be combined with --size or --fixed: a child has "
@@ -114,9 +138,11 @@ def _run_vhdx(args: argparse.Namespace, block_size: int | None) -> int:
             spec = create_vhdx_differencing(args.out, args.parent, parent,
                                             block_size=block_size, force=args.force)
             parent_id = vhdx_format.guid_text(parent.unique_id)
-        print(f"created {out}: differencing VHDX, {spec.size} bytes, block size "
-              f"{human(spec.block_size)}, parent {escape(args.parent, backslash=False)} "
-              f"(DataWriteGuid {{{parent_id}}})")
+        report(args, _vhdx_result(args, started, spec, "differencing", parent={
+            "name": os.path.basename(args.parent), "path": args.parent, "url": None, "unique_id": parent_id}),
+            f"created {out}: differencing VHDX, {spec.size} bytes, block size "
+            f"{human(spec.block_size)}, parent {escape(args.parent, backslash=False)} "
+            f"(DataWriteGuid {{{parent_id}}})")
         return 0
     if not args.size:
         raise UsageError("create needs --size SIZE (new disk) or --parent PARENT (child disk)")
@@ -125,6 +151,17 @@ def _run_vhdx(args: argparse.Namespace, block_size: int | None) -> int:
                        block_size=block_size or vhdx_build.DEFAULT_BLOCK_SIZE,
                        logical_sector_size=args.logical_sector_size or 512, force=args.force)
     kind = "fixed" if spec.fixed else "dynamic"
-    print(f"created {out}: {kind} VHDX, {spec.size} bytes, block size {human(spec.block_size)}, "
-          f"{spec.logical_sector_size}-byte sectors")
+    report(args, _vhdx_result(args, started, spec, kind, parent=None),
+           f"created {out}: {kind} VHDX, {spec.size} bytes, block size {human(spec.block_size)}, "
+           f"{spec.logical_sector_size}-byte sectors")
     return 0
+
+
+def _vhdx_result(args: argparse.Namespace, started: float, spec: vhdx_build.NewVhdx, kind: str,
+                 parent: dict[str, Any] | None) -> dict[str, Any]:
+    # A VHDX is linked to by its DataWriteGuid, which changes whenever it is written: no
+    # unique_id here (vhdfs info shows the current one).
+    return _result(args, started, format="vhdx", kind=kind, virtual_size=spec.size,
+                   block_size=spec.block_size, logical_sector_size=spec.logical_sector_size,
+                   unique_id=None, virtual_disk_id=vhdx_format.guid_text(spec.virtual_disk_id),
+                   parent=parent)

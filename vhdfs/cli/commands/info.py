@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from vhdfs.cli.common import add_image_options, open_image, print_json
+from vhdfs.cli.common import add_image_options, open_image
+from vhdfs.cli.conventions import print_json
 from vhdfs.info import layer_facts
 from vhdfs.maintain.marker import describe_state
 from vhdfs.quoting import escape
@@ -17,7 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                             description="Show every layer of the chain, top first: path, type, "
                             "size, block size, identities, where each parent was found.")
     parser.add_argument("image")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
     add_image_options(parser)
     parser.set_defaults(func=run)
 

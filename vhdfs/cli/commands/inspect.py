@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from vhdfs.cli.common import add_image_options, open_image, print_json
+from vhdfs.cli.common import add_image_options, open_image
+from vhdfs.cli.conventions import print_json
 from vhdfs.guest.boot import find_boot
 from vhdfs.guest.inspect import OsFound, inspect_disk
 from vhdfs.guest.volumes import open_volumes
@@ -24,7 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(BIOS on MBR or UEFI on GPT, hence Hyper-V generation 1 or 2) and the Azure agent "
         "installed. Exit status 1 when no operating system is found.")
     parser.add_argument("image")
-    parser.add_argument("--json", action="store_true", help="everything found, machine-readable")
     add_image_options(parser)
     parser.set_defaults(func=run)
 

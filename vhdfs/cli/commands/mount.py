@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vhdfs.chain import Chain
-from vhdfs.cli.common import add_image_options, open_image
+from vhdfs.cli.common import add_image_options, layer_names, open_image
+from vhdfs.cli.conventions import report
 from vhdfs.errors import FormatError, UsageError, VhdfsError
 from vhdfs.fuse.daemon import FLUSH_INTERVAL, MountConfig, serve
 from vhdfs.fuse.launch import run_detached
@@ -95,13 +96,18 @@ def run(args: argparse.Namespace) -> int:
                              flush_interval=args.flush_interval)
         mode = "writable" if args.rw else "read-only"
         names = ", ".join(f.name for f in files)
+        result = {"image": args.image, "chain": layer_names(chain), "mountpoint": str(mountpoint),
+                  "mode": mode, "files": [f.name for f in files]}
         if args.foreground:
             def ready() -> None:
-                print(f"mounted {args.image} at {mountpoint} ({mode}: {names}); Ctrl-C or "
-                      f"vhdfs umount {mountpoint} unmounts", flush=True)
+                report(args, {**result, "pid": os.getpid(), "foreground": True},
+                       f"mounted {args.image} at {mountpoint} ({mode}: {names}); Ctrl-C or "
+                       f"vhdfs umount {mountpoint} unmounts")
+                sys.stdout.flush()
 
             serve(chain, files, config, ready)
-            print(f"unmounted {mountpoint}", flush=True)
+            if not args.json:  # --json: the one object, printed when the mount answered
+                print(f"unmounted {mountpoint}", flush=True)
             return 0
         def daemon(ready: Callable[[], None]) -> None:
             locks.adopt()  # the locks live on in this process's descriptions
@@ -114,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
 
         pid = run_detached(daemon, mountpoint, log_file=log_file)
         locks.hand_over()  # the daemon holds the images now: closing them here must not unlock
-        print(f"mounted {args.image} at {mountpoint} ({mode}: {names}; daemon pid {pid}); "
-              f"vhdfs umount {mountpoint} unmounts", file=sys.stdout)
+        report(args, {**result, "pid": pid, "foreground": False},
+               f"mounted {args.image} at {mountpoint} ({mode}: {names}; daemon pid {pid}); "
+               f"vhdfs umount {mountpoint} unmounts")
         return 0
     finally:
         chain.close()

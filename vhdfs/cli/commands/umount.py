@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import time
 
+from vhdfs.cli.conventions import report
 from vhdfs.fuse.unmount import unmount
 
 
@@ -21,5 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(unmount(args.mountpoint, lazy=args.lazy, timeout=args.timeout))
+    started = time.monotonic()
+    text = unmount(args.mountpoint, lazy=args.lazy, timeout=args.timeout)
+    report(args, {"mountpoint": os.path.abspath(args.mountpoint), "lazy": args.lazy,
+                  "seconds": round(time.monotonic() - started, 3)}, text)
     return 0

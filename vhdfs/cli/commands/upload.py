@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from vhdfs.cli.common import add_image_options, open_options
+from vhdfs.cli.conventions import report as print_result
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,5 +54,7 @@ def run(args: argparse.Namespace) -> int:
     report = upload(args.source, args.dest, options, on_note=note)
     for text in report.notes:
         note(text)
-    print(describe(report))
+    # The URL in `dest` keeps no query (no SAS): the upload stores and reports it that way.
+    print_result(args, {**dataclasses.asdict(report), "skipped": report.skipped},
+                 describe(report))
     return 0

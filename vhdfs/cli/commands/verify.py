@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from vhdfs.cli.common import add_image_options, open_image, print_json
+from vhdfs.cli.common import add_image_options, open_image
+from vhdfs.cli.conventions import print_json
 from vhdfs.guest.verify import verify
 from vhdfs.quoting import escape
 
@@ -34,7 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "*.toml; used unless --profile names another) and/or more agent "
                         "profiles ([[agent]], as vhdfs/data/agents.toml); same ids replace "
                         "packaged ones")
-    parser.add_argument("--json", action="store_true", help="every finding, machine-readable")
     add_image_options(parser)
     parser.set_defaults(func=run)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from vhdfs.cli.common import add_image_options, open_image, print_json
+from vhdfs.cli.common import add_image_options, open_image
+from vhdfs.cli.conventions import print_json
 from vhdfs.guest.volumes import open_volumes
 from vhdfs.quoting import escape
 from vhdfs.units import human
@@ -17,7 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "partition. A disk without a partition table whose whole disk is a "
                             "file system shows as volume 1.")
     parser.add_argument("image")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
     add_image_options(parser)
     parser.set_defaults(func=run)
 
