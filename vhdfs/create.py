@@ -25,6 +25,7 @@ from pathlib import Path
 
 from vhdfs.azure.location import looks_remote
 from vhdfs.errors import RefusedError, UsageError
+from vhdfs.sources.modes import give_new_file_mode
 from vhdfs.image import SECTOR
 from vhdfs.quoting import escape
 from vhdfs.vhd.dynheader import (
@@ -115,6 +116,7 @@ def atomic_output(out: str | os.PathLike[str], *, force: bool = False) -> Iterat
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        give_new_file_mode(tmp, target)  # mkstemp's 0600 -> the umask's (or the replaced file's)
         os.replace(tmp, target)
         dir_fd = os.open(folder, os.O_RDONLY)
         try:

@@ -29,6 +29,7 @@ from vhdfs.errors import ImageIOError, RefusedError, UsageError, VhdfsError
 from vhdfs.guest.files import iter_content, listing
 from vhdfs.guest.paths import Found
 from vhdfs.quoting import escape
+from vhdfs.sources.modes import give_new_file_mode
 
 log = logging.getLogger("vhdfs")
 
@@ -91,8 +92,9 @@ def _in_the_way(items: list[_Item], dest: Path) -> list[Path]:
     return found
 
 
-def _write(items: list[_Item], root: Path) -> list[tuple[str, Path]]:
-    """The whole copy under `root` (staging); returns (guest path, staged path) of files."""
+def _write(items: list[_Item], root: Path, dest: Path) -> list[tuple[str, Path]]:
+    """The whole copy under `root` (staging); returns (guest path, staged path) of files.
+    Each file gets the umask's mode, or that of the file it replaces in `dest`."""
     written: list[tuple[str, Path]] = []
     for item in items:
         path = root.joinpath(*item.rel)
@@ -103,6 +105,7 @@ def _write(items: list[_Item], root: Path) -> list[tuple[str, Path]]:
             for data in iter_content(item.found):
                 out.write(data)
             out.flush()
+            give_new_file_mode(path, dest.joinpath(*item.rel))
             os.fsync(out.fileno())
         meta = item.found.file.info.meta
         mtime = int(meta.mtime) if meta is not None else 0
@@ -173,7 +176,7 @@ def copy_out(found: Found, dest: Path, *, force: bool = False,
     root = staging / "copy"
     try:
         try:
-            written = _write(items, root)
+            written = _write(items, root, dest)
         except OSError as exc:
             raise ImageIOError(f"{_shown(dest)}: writing the copy failed: "
                                f"{os.strerror(exc.errno) if exc.errno else exc}; nothing was "

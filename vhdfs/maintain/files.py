@@ -14,6 +14,7 @@ from pathlib import Path
 
 from vhdfs.errors import ImageIOError, RefusedError
 from vhdfs.maintain.faults import Faults
+from vhdfs.sources.modes import give_new_file_mode
 
 
 def sync_folder(folder: Path, faults: Faults) -> None:
@@ -35,6 +36,7 @@ def write_atomic(path: Path, data: bytes, faults: Faults, *, sync_folder_after: 
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
+            give_new_file_mode(tmp, path)  # a replaced record keeps its mode
             faults.point(f"sync {tmp.name}")
             os.fsync(handle.fileno())
         faults.point(f"rename {tmp.name}")
