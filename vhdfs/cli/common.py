@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
 
 from vhdfs.chain import Chain
 from vhdfs.resolve import OpenOptions, open_chain
+from vhdfs.sources.local import LocalFile
 from vhdfs.vhd.footer import SIZE_RULES
 
 
@@ -34,6 +37,19 @@ def open_options(args: argparse.Namespace) -> OpenOptions:
 def open_image(args: argparse.Namespace, spec: str, *, writable: bool = False,
                allow_raw: bool = False) -> Chain:
     return open_chain(spec, open_options(args), writable=writable, allow_raw=allow_raw)
+
+
+def warn_children(chain: Chain, search: list[str]) -> None:
+    """Before the first write into the top layer (mount --rw, put, rm, mkdir): its
+    children, beside it or in --search, which the write invalidates."""
+    from vhdfs.maintain.siblings import children_warning  # only for the commands that write
+
+    top = chain.top
+    unique_id = getattr(top, "unique_id", None)
+    if isinstance(top.source, LocalFile) and unique_id:
+        warning = children_warning(Path(top.name), unique_id, search)
+        if warning:
+            logging.getLogger("vhdfs").warning("%s", warning)
 
 
 def layer_names(chain: Chain) -> list[str]:

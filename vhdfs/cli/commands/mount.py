@@ -6,21 +6,17 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from vhdfs.chain import Chain
-from vhdfs.cli.common import add_image_options, layer_names, open_image
+from vhdfs.cli.common import add_image_options, layer_names, open_image, warn_children
 from vhdfs.cli.conventions import report
 from vhdfs.errors import FormatError, UsageError, VhdfsError
+from vhdfs.fuse.background import serve_in_background
 from vhdfs.fuse.daemon import FLUSH_INTERVAL, MountConfig, serve
-from vhdfs.fuse.launch import run_detached
 from vhdfs.fuse.mountpoint import check_fuse_available, check_mountpoint
 from vhdfs.fuse.tree import build_tree
-from vhdfs.maintain.siblings import children_warning
 from vhdfs.resolve import looks_like_vhd, open_source
 from vhdfs.sources import locks
-from vhdfs.sources.local import LocalFile
 from vhdfs.vhdx.layer import is_vhdx
 
 log = logging.getLogger("vhdfs")
@@ -49,16 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"come in, bounding what a crash loses (default {FLUSH_INTERVAL:g})")
     add_image_options(parser)
     parser.set_defaults(func=run)
-
-
-def _warn_children(chain: Chain, search: list[str]) -> None:
-    """Before the first write: the children of the top layer, which writing invalidates."""
-    top = chain.top
-    unique_id = getattr(top, "unique_id", None)
-    if isinstance(top.source, LocalFile) and unique_id:
-        warning = children_warning(Path(top.name), unique_id, search)
-        if warning:
-            log.warning("%s", warning)
 
 
 def _is_raw(spec: str) -> bool:
@@ -90,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     try:
         if args.rw:
-            _warn_children(chain, list(args.search))
+            warn_children(chain, list(args.search))
         files = build_tree(chain, writable=args.rw)
         config = MountConfig(mountpoint, writable=args.rw, allow_other=args.allow_other,
                              flush_interval=args.flush_interval)
@@ -109,17 +95,7 @@ def run(args: argparse.Namespace) -> int:
             if not args.json:  # --json: the one object, printed when the mount answered
                 print(f"unmounted {mountpoint}", flush=True)
             return 0
-        def daemon(ready: Callable[[], None]) -> None:
-            locks.adopt()  # the locks live on in this process's descriptions
-            try:
-                serve(chain, files, config, ready)  # flushes the top layer before it returns
-            finally:
-                # Closes the top layer (a VHDX's log left empty: a clean close) and every
-                # layer's file, which unlocks them and drops the records naming us.
-                chain.close()
-
-        pid = run_detached(daemon, mountpoint, log_file=log_file)
-        locks.hand_over()  # the daemon holds the images now: closing them here must not unlock
+        pid = serve_in_background(chain, files, config, log_file=log_file)
         report(args, {**result, "pid": pid, "foreground": False},
                f"mounted {args.image} at {mountpoint} ({mode}: {names}; daemon pid {pid}); "
                f"vhdfs umount {mountpoint} unmounts")
