@@ -17,7 +17,10 @@ from tests.fixtures.vhdimages import make_child, make_dynamic
 TESTS = Path(__file__).resolve().parents[1]
 ELSEWHERE = {"upload": TESTS / "azure" / "test_cli_json.py",
              "mount": TESTS / "fuse" / "test_cli_json.py",
-             "umount": TESTS / "fuse" / "test_cli_json.py"}
+             "umount": TESTS / "fuse" / "test_cli_json.py",
+             "put": TESTS / "guest" / "write" / "test_put.py",
+             "rm": TESTS / "guest" / "write" / "test_rm_mkdir.py",
+             "mkdir": TESTS / "guest" / "write" / "test_rm_mkdir.py"}
 
 #: The keys of each command's --json result (README, "Commands"; the warnings logged while
 #: the command ran are part of every result object new with this convention).

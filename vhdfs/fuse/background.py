@@ -22,10 +22,12 @@ from vhdfs.sources import locks
 
 def serve_in_background(chain: Chain, files: list[DiskFile], config: MountConfig, *,
                         log_file: Path | None = None,
-                        on_start: Callable[[], None] | None = None) -> int:
+                        on_start: Callable[[], None] | None = None,
+                        on_exit: Callable[[], None] | None = None) -> int:
     """Fork the daemon serving `files` of `chain` at `config.mountpoint`; returns its pid
     once the mount answers (a failure before that is raised here, nothing left mounted).
-    `on_start` runs first in the daemon (the private mount watches its parent from there)."""
+    `on_start` runs first in the daemon (the private mount watches its parent from there),
+    `on_exit` last, once the chain is closed."""
     def daemon(ready: Callable[[], None]) -> None:
         locks.adopt()  # the locks live on in this process's descriptions
         try:
@@ -36,6 +38,8 @@ def serve_in_background(chain: Chain, files: list[DiskFile], config: MountConfig
             # Closes the top layer (a VHDX's log left empty: a clean close) and every
             # layer's file, which unlocks them and drops the records naming us.
             chain.close()
+            if on_exit is not None:
+                on_exit()
 
     pid = run_detached(daemon, config.mountpoint, log_file=log_file)
     locks.hand_over()  # the daemon holds the images now: closing them here must not unlock
