@@ -17,19 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vhdfs.chain import Chain, Extent
-from vhdfs.create import (
-    DEFAULT_BLOCK_SIZE,
-    atomic_output,
-    check_block_size,
-    check_size,
-    fixed_footer,
-    write_sparse,
-)
+from vhdfs.create import atomic_output
 from vhdfs.errors import ImageIOError, RefusedError, UsageError
 from vhdfs.image import SECTOR
 from vhdfs.progress import Progress
 from vhdfs.sources.local import LocalFile
 from vhdfs.sources.writeback import WritebackAhead
+from vhdfs.vhd.build import DEFAULT_BLOCK_SIZE, check_block_size, check_size, fixed_footer, write_sparse
 from vhdfs.vhd.footer import DiskType
 from vhdfs.vhd.layer import Layer
 from vhdfs.vhdx import build as vhdx_build

@@ -9,10 +9,19 @@ VHD, VHDX and raw layers alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, IntEnum
 
 # The unit of every map: layers hold, map and write whole 512-byte sectors.
 SECTOR = 512
+
+
+class DiskType(IntEnum):
+    """What kind of disk a layer is. The numbers are the VHD footer's disk type field
+    (footer byte 60); a VHDX says the same with its file parameters and parent locator."""
+
+    FIXED = 2
+    DYNAMIC = 3
+    DIFFERENCING = 4
 
 
 class RunKind(Enum):

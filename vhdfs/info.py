@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vhdfs.chain import Chain
-from vhdfs.maintain.marker import commit_state
+from vhdfs.maintain.journals import commit_state
 from vhdfs.raw import RawLayer
 from vhdfs.vhd.footer import format_unique_id
 from vhdfs.vhd.timestamp import vhd_to_iso

@@ -16,7 +16,7 @@ U+2029) are escaped too: they are "printable" to `ls`, but they can make a line 
 another. `--json` output is not escaped: it keeps every name exactly.
 
 The command line's error and warning path does not escape: it replaces control characters
-with U+FFFD (vhdfs.vhd.dynheader.printable), as the readers do for names in structures.
+with U+FFFD (`printable`), as the readers do for names in structures.
 """
 
 from __future__ import annotations
@@ -65,3 +65,13 @@ def escape(text: str, *, backslash: bool = True) -> str:
         else:
             out.append(char)
     return "".join(out)
+
+
+# Windows file names cannot hold control characters: in a locator or parent name they are
+# damage, and printed as they are they would split one-line messages or drive the terminal.
+_CONTROL_CHARACTERS = dict.fromkeys((*range(0x20), *range(0x7F, 0xA0)), "\ufffd")
+
+
+def printable(text: str) -> str:
+    """`text` with every control character (C0, DEL, C1) replaced by U+FFFD."""
+    return text.translate(_CONTROL_CHARACTERS)

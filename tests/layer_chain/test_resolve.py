@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from vhdfs.create import ParentInfo, create_dynamic, sparse_layout
+from vhdfs.create import create_dynamic
 from vhdfs.errors import ParentMismatch, ParentNotFound
 from vhdfs.resolve import OpenOptions, open_chain
+from vhdfs.vhd.build import ParentInfo, sparse_layout
 from vhdfs.vhd.dynheader import PLATFORM_MACX, PLATFORM_W2KU, PLATFORM_W2RU, DynamicHeader
 from vhdfs.vhd.footer import DiskType
 

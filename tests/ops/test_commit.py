@@ -30,7 +30,7 @@ from tests.tooling import vhdimount
 from vhdfs.errors import ParentMismatch, RefusedError, UsageError
 from vhdfs.image import SECTOR, RunKind
 from vhdfs.maintain.commit import commit
-from vhdfs.maintain.marker import journal_path
+from vhdfs.maintain.journals import journal_path
 from vhdfs.sources.local import LocalFile
 from vhdfs.vhd.layer import UNALLOCATED, Layer
 

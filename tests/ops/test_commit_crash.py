@@ -29,7 +29,7 @@ from tests.tooling import vhdimount
 from vhdfs.maintain.check import check_image
 from vhdfs.maintain.commit import commit
 from vhdfs.maintain.faults import ENV_DELAY, ENV_KILL_AFTER, Faults
-from vhdfs.maintain.marker import PHASE_PREPARED, journal_path, marker_child_id, read_journal
+from vhdfs.maintain.journals import PHASE_PREPARED, journal_path, marker_child_id, read_journal
 from vhdfs.resolve import open_chain
 from vhdfs.vhd.footer import FOOTER_SIZE, Footer
 

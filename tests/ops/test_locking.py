@@ -17,7 +17,7 @@ import pytest
 from tests.ops.conftest import KiB, MiB, cli, fill, flat, make_base, make_child, random_writes
 from tests.tooling import need
 from vhdfs.errors import ImageBusy
-from vhdfs.maintain.marker import journal_path as journal_of
+from vhdfs.maintain.journals import journal_path as journal_of
 from vhdfs.sources import holders, locks
 from vhdfs.sources.local import LocalFile
 from vhdfs.sources.locks import Mode

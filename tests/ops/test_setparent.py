@@ -26,7 +26,8 @@ from tests.tooling import vhdimount
 from vhdfs.errors import ChainCycle, ParentMismatch, ParentNotFound, RefusedError
 from vhdfs.maintain.check import check_image
 from vhdfs.maintain.faults import Faults
-from vhdfs.maintain.setparent import journal_of, set_parent
+from vhdfs.maintain.journals import setparent_journal_of
+from vhdfs.maintain.setparent import set_parent
 from vhdfs.resolve import open_chain
 from vhdfs.sources.local import LocalFile
 from vhdfs.vhd.dynheader import HEADER_SIZE, DynamicHeader
@@ -77,7 +78,7 @@ def test_relink_after_move_and_rename(tmp_path):
     assert locators["MacX"] == "file://" + str(target).replace(" ", "%20")
     assert flat(child) == before
     assert cli("check", child).returncode == 0
-    assert not journal_of(child).exists()
+    assert not setparent_journal_of(child).exists()
 
 
 def test_relink_then_libvhdi_reads_the_chain(tmp_path):
@@ -196,7 +197,7 @@ def test_killed_at_every_point_leaves_the_old_or_the_new_link(tmp_path):
         assert (parent == str(work / "new" / "moved.vhd")) == (now == new_header)
         report = check_image(str(child), repair=True)
         assert report.exit_code in (0, 1), report.as_dict()
-        assert not journal_of(child).exists()
+        assert not setparent_journal_of(child).exists()
         shutil.rmtree(work)
 
 
@@ -215,7 +216,7 @@ def test_torn_header_write_is_finished_by_check(tmp_path):
     header_write = events.log.index("write 1024 at 512")
     assert run_killed(lambda faults: set_parent(str(child), str(target), faults=faults),
                       header_write) == header_write
-    journal = json.loads(journal_of(child).read_text())
+    journal = json.loads(setparent_journal_of(child).read_text())
     new_header = bytes.fromhex(journal["new_header"])
     with open(child, "r+b") as handle:  # only the first sector of the new header landed
         handle.seek(journal["header_offset"])
@@ -224,6 +225,6 @@ def test_torn_header_write_is_finished_by_check(tmp_path):
     found = cli("check", child)
     assert found.returncode == 4 and "interrupted" in found.stdout
     assert cli("check", child, "--repair").returncode == 1
-    assert header_bytes(child) == new_header and not journal_of(child).exists()
+    assert header_bytes(child) == new_header and not setparent_journal_of(child).exists()
     base.unlink()
     assert flat(child) == before

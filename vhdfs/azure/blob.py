@@ -22,12 +22,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from vhdfs.azure.credentials import Credential, parse_location
 from vhdfs.azure.location import BlobLocation
 from vhdfs.errors import ImageIOError, RefusedError
 from vhdfs.sources.base import Source
 
 if TYPE_CHECKING:
-    from vhdfs.azure.credentials import Credential
     from vhdfs.azure.pageblob import PageBlob
 
 BLOCK = 256 * 1024
@@ -252,7 +252,7 @@ class BlobSource(Source):
     writable = False
 
     def __init__(self, location: BlobLocation, credential: Credential | None = None) -> None:
-        from vhdfs.azure.pageblob import PageBlob
+        from vhdfs.azure.pageblob import PageBlob  # the Azure SDK only once a blob is opened
 
         self.location = location
         self.name = location.display
@@ -277,11 +277,6 @@ class BlobSource(Source):
     def identity(self) -> tuple:
         return self.location.identity()
 
-    def find_parent(self, child, options, seen):  # noqa: ANN001 - see vhdfs.resolve.find_parent
-        from vhdfs.azure.parents import find_blob_parent
-
-        return find_blob_parent(self, child, options, seen)
-
     def close(self) -> None:
         self._cache.close()
         self.blob.close()
@@ -289,8 +284,6 @@ class BlobSource(Source):
 
 def open_blob_spec(spec: str, writable: bool = False) -> BlobSource:
     """The BlobSource of a blob spec (vhdfs.resolve.open_source sends blob specs here)."""
-    from vhdfs.azure.credentials import parse_location
-
     location = parse_location(spec)
     if writable:
         raise RefusedError(f"{location.display}: page blobs are opened read-only; work on a local "

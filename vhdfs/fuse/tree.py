@@ -11,9 +11,9 @@ import logging
 from dataclasses import dataclass
 
 from vhdfs.chain import Chain
-from vhdfs.create import fixed_footer
 from vhdfs.errors import VhdfsError
 from vhdfs.partitions import list_partitions
+from vhdfs.vhd.build import fixed_footer
 
 log = logging.getLogger("vhdfs")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vhdfs.azure.location import looks_remote
 from vhdfs.errors import ChainError, FormatError, ImageBusy, VhdfsError
+from vhdfs.maintain.commit import unfinished_commit_fix
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import read_only_reason
 from vhdfs.maintain.findings import ERROR, CannotCheck, FileScan, Finding
@@ -112,8 +113,14 @@ def _open(path: str, options: OpenOptions) -> Source:
 def _scan(path: str, options: OpenOptions) -> FileScan:
     with _open(path, options) as source:
         # A remote image is checked without reading every block's bitmap (one request each).
-        return scan_file(source, size_rule=options.size_rule, search=list(options.search),
-                         bitmaps=not source.remote)
+        scan = scan_file(source, size_rule=options.size_rule, bitmaps=not source.remote)
+    if scan.commit_state is not None:  # the repair of an unfinished commit is commit's own
+        fix = unfinished_commit_fix(scan.path, scan.commit_state, scan.unique_id,
+                                    list(options.search))
+        for finding in scan.findings:
+            if finding.code == "mid-commit" and fix is not None:
+                finding.fix, finding.hint = fix, ""
+    return scan
 
 
 def _opens(path: str, options: OpenOptions) -> str:

@@ -11,7 +11,7 @@ Crash safety rests on two facts:
 - the child is never written, and is deleted (`--delete-child`) only after the parent holds
   all of its data durably. Through the child, the chain reads the same at every moment.
 
-While the parent holds part of the child, it carries the marks of vhdfs.maintain.marker (a
+While the parent holds part of the child, it carries the marks of vhdfs.maintain.journals (a
 journal next to it and a mark in its footer); `vhdfs info` and `vhdfs check` report them.
 
 The sequence (each step durable before the next):
@@ -35,8 +35,8 @@ from vhdfs.image import SECTOR
 from vhdfs.maintain.copier import ReadAhead
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import remove_durably, require_folder_writable, require_writable
-from vhdfs.maintain.findings import ERROR, CannotCheck
-from vhdfs.maintain.marker import (
+from vhdfs.maintain.findings import ERROR, RANK_COMMIT, CannotCheck, Fix
+from vhdfs.maintain.journals import (
     PHASE_COPYING,
     PHASE_PREPARED,
     CommitJournal,
@@ -50,11 +50,13 @@ from vhdfs.maintain.marker import (
     write_footers,
     write_journal,
 )
+from vhdfs.maintain.repairs import clear_commit_mark, faults_of
 from vhdfs.maintain.scan import scan_file
-from vhdfs.maintain.siblings import find_children
+from vhdfs.maintain.siblings import find_children, unique_id_of
 from vhdfs.progress import Progress
 from vhdfs.resolve import OpenOptions, find_parent
 from vhdfs.sources import locks
+from vhdfs.sources.base import Source
 from vhdfs.sources.local import LocalFile
 from vhdfs.sources.locks import Mode
 from vhdfs.sources.writeback import WritebackAhead
@@ -347,3 +349,50 @@ def commit(child: str, options: OpenOptions | None = None, *, delete_child: bool
     job = _Commit(child, options or OpenOptions(), faults or Faults.from_env(), quiet,
                   warn or log.warning, checkpoint_bytes)
     return job.run(delete_child)
+
+
+# ---------------------------------------------------------------- vhdfs check --repair
+def unfinished_commit_fix(parent: str, state: dict, parent_id: bytes, search: list[str]
+                          ) -> Fix | None:
+    """The repair of an unfinished commit into `parent` (`state`: journals.commit_state):
+    roll it back when nothing was written yet, else finish it; None when the child is not
+    found (check then names the command that finishes it).
+
+    Rolling back after the first write is not possible: the parent's old sectors are gone
+    (keeping them would double the cost of every commit), so the only way to a consistent
+    parent is forward.
+    """
+    if state.get("phase") == PHASE_PREPARED:
+        def rollback(source: Source) -> None:
+            clear_commit_mark(source)
+            remove_journal(parent, faults_of(source))
+        return Fix(RANK_COMMIT, "roll back the commit, which had not written anything yet: clear "
+                   "the mark and delete the journal", rollback)
+    child = find_committing_child(parent, state, parent_id, search)
+    if child is None:
+        return None
+
+    def finish(source: Source) -> None:
+        commit(str(child), OpenOptions(parents=[parent]), faults=faults_of(source), quiet=True)
+    return Fix(RANK_COMMIT, f"finish the commit: copy the rest of {child} into it, then clear the "
+               "mark and the journal", finish)
+
+
+def find_committing_child(parent: str, state: dict, parent_id: bytes, search: list[str]
+                          ) -> Path | None:
+    """The child named by the journal (or the mark), if it is where it can be found."""
+    wanted = state.get("child_unique_id")
+    named = state.get("child")
+    if named and Path(named).is_file() and _uid_text(unique_id_of(Path(named))) == wanted:
+        return Path(named)
+    folders = [Path(parent).parent] + [Path(folder) for folder in search]
+    if named:
+        folders.insert(0, Path(named).parent)
+    for path in find_children(parent_id, folders, exclude=[]):
+        if _uid_text(unique_id_of(path)) == wanted:
+            return path
+    return None
+
+
+def _uid_text(raw: bytes | None) -> str | None:
+    return format_unique_id(raw) if raw else None

@@ -8,24 +8,22 @@ in one call, and each repair ends with a sync before the next scan.
 from __future__ import annotations
 
 import array
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from vhdfs.image import SECTOR
 from vhdfs.maintain.faults import Faults
-from vhdfs.maintain.files import remove_durably, write_atomic
-from vhdfs.maintain.findings import RANK_COMMIT, Fix
-from vhdfs.maintain.marker import (
-    PHASE_PREPARED,
-    remove_journal,
+from vhdfs.maintain.files import remove_durably
+from vhdfs.maintain.journals import (
+    repair_journal_of,
     without_marker,
     write_footers,
+    write_repair_journal,
 )
 from vhdfs.sources.base import Source
 from vhdfs.vhd.dynheader import HEADER_SIZE, DynamicHeader, ParentLocator
-from vhdfs.vhd.footer import FOOTER_SIZE, Footer, format_unique_id
+from vhdfs.vhd.footer import FOOTER_SIZE, Footer
 from vhdfs.vhd.layer import UNALLOCATED
 
 Repair = Callable[[Source], None]
@@ -87,26 +85,6 @@ def clear_locator(header_at: int, index: int) -> Repair:
     return apply
 
 
-REPAIR_JOURNAL_SUFFIX = ".vhdfs-repair"
-REPAIR_JOURNAL_FORMAT = "vhdfs-repair-journal"
-
-
-def repair_journal_of(image: str | Path) -> Path:
-    path = Path(image)
-    return path.with_name(path.name + REPAIR_JOURNAL_SUFFIX)
-
-
-def read_repair_journal(image: str | Path) -> tuple[int, dict[int, int]] | None:
-    """(BAT offset, {entry: value it had}) of BAT drops a killed repair had begun."""
-    try:
-        data = json.loads(repair_journal_of(image).read_text())
-        if data.get("format") != REPAIR_JOURNAL_FORMAT:
-            return None
-        return int(data["bat_offset"]), {int(k): int(v) for k, v in data["drop"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-
-
 def _set_unallocated(source: Source, bat_at: int, entries: dict[int, int]) -> None:
     """Set each entry still holding its recorded value to 0xFFFFFFFF, sector by sector."""
     by_sector: dict[int, list[int]] = {}
@@ -134,13 +112,10 @@ def drop_bat_entries(image: str, bat_at: int, entries: dict[int, int]) -> Repair
     BAT sectors cannot leave one half of a duplicated pair looking valid."""
     def apply(source: Source) -> None:
         faults = faults_of(source)
-        journal = repair_journal_of(image)
         if len({bat_at + i * 4 // SECTOR for i in entries}) > 1:
-            record = {"format": REPAIR_JOURNAL_FORMAT, "version": 1, "bat_offset": bat_at,
-                      "drop": {str(k): v for k, v in entries.items()}}
-            write_atomic(journal, json.dumps(record).encode() + b"\n", faults)
+            write_repair_journal(image, bat_at, entries, faults)
         _set_unallocated(source, bat_at, entries)
-        remove_durably(journal, faults)
+        remove_durably(repair_journal_of(image), faults)
     return apply
 
 
@@ -150,52 +125,5 @@ def clear_commit_mark(source: Source) -> None:
     write_footers(source, without_marker(footer), faults_of(source))
 
 
-def finish_commit(parent: str, state: dict, footer: Footer, search: list[str]) -> Fix | None:
-    """Finish an unfinished commit into `parent`, or roll it back when nothing was written.
-
-    Rolling back after the first write is not possible: the parent's old sectors are gone
-    (keeping them would double the cost of every commit), so the only way to a consistent
-    parent is forward.
-    """
-    if state.get("phase") == PHASE_PREPARED:
-        def rollback(source: Source) -> None:
-            clear_commit_mark(source)
-            remove_journal(parent, faults_of(source))
-        return Fix(RANK_COMMIT, "roll back the commit, which had not written anything yet: clear "
-                   "the mark and delete the journal", rollback)
-    child = find_committing_child(parent, state, footer, search)
-    if child is None:
-        return None
-
-    def finish(source: Source) -> None:
-        from vhdfs.maintain.commit import commit
-        from vhdfs.resolve import OpenOptions
-
-        commit(str(child), OpenOptions(parents=[parent]), faults=faults_of(source), quiet=True)
-    return Fix(RANK_COMMIT, f"finish the commit: copy the rest of {child} into it, then clear the "
-               "mark and the journal", finish)
-
-
-def find_committing_child(parent: str, state: dict, footer: Footer, search: list[str]) -> Path | None:
-    """The child named by the journal (or the mark), if it is where it can be found."""
-    from vhdfs.maintain.siblings import find_children, unique_id_of
-
-    wanted = state.get("child_unique_id")
-    named = state.get("child")
-    if named and Path(named).is_file() and _uid_text(unique_id_of(Path(named))) == wanted:
-        return Path(named)
-    folders = [Path(parent).parent] + [Path(folder) for folder in search]
-    if named:
-        folders.insert(0, Path(named).parent)
-    for path in find_children(footer.unique_id, folders, exclude=[]):
-        if _uid_text(unique_id_of(path)) == wanted:
-            return path
-    return None
-
-
-def _uid_text(raw: bytes | None) -> str | None:
-    return format_unique_id(raw) if raw else None
-
-
-__all__ = ["truncate", "write_footer", "write_header", "clear_locator", "drop_bat_entries",
-           "finish_commit"]
+__all__ = ["truncate", "write_footer", "write_header", "remove_file", "clear_locator",
+           "drop_bat_entries", "clear_commit_mark"]

@@ -33,7 +33,17 @@ from vhdfs.maintain.findings import (
     Fix,
     Region,
 )
-from vhdfs.maintain.marker import commit_state, describe_state, mark_area, reserved_outside_mark
+from vhdfs.maintain.journals import (
+    PendingHeader,
+    commit_state,
+    describe_state,
+    mark_area,
+    pending_header,
+    read_repair_journal,
+    repair_journal_of,
+    reserved_outside_mark,
+    setparent_journal_of,
+)
 from vhdfs.sources.base import Source
 from vhdfs.vhd.bitmap import bitmap_bytes, bitmap_runs
 from vhdfs.vhd.dynheader import (
@@ -147,13 +157,12 @@ class Scanner:
     the file is not recognisable as a VHD at all."""
 
     def __init__(self, source: Source, *, size_rule: str = "auto", now: int | None = None,
-                 search: list[str] | None = None, bitmaps: bool = True) -> None:
+                 bitmaps: bool = True) -> None:
         self.src = source
         self.read_bitmaps = bitmaps
         self.name = source.name
         self.rule = size_rule
         self.now = vhd_now() if now is None else now
-        self.search = search or []
         self.result = FileScan(path=source.name)
         self.regions: list[Region] = []
 
@@ -390,9 +399,7 @@ class Scanner:
                        f"data offset) runs past the data area ending at {limit}")
             return None
         raw = self.src.read_at(at, HEADER_SIZE)
-        from vhdfs.maintain.setparent import pending_header  # set-parent's journal, if any
-
-        pending = pending_header(Path(self.name))
+        pending = pending_header(Path(self.name))  # set-parent's journal, if any
         try:
             header = DynamicHeader.parse(raw, self.name, at)
         except ChecksumError as exc:
@@ -408,15 +415,15 @@ class Scanner:
             self._pending_set_parent(pending, header, raw, at)
         return header
 
-    def _pending_set_parent(self, pending, header: DynamicHeader, raw: bytes, at: int) -> None:
-        from vhdfs.maintain.setparent import journal_of
-
+    def _pending_set_parent(self, pending: PendingHeader, header: DynamicHeader, raw: bytes,
+                            at: int) -> None:
+        journal = setparent_journal_of(Path(self.name))
         new = pending.new_header
         if raw == new:
             self.add("set-parent-journal", WARNING, f"{self.name}: a finished set-parent left "
-                     f"its journal {journal_of(Path(self.name))}",
+                     f"its journal {journal}",
                      Fix(RANK_HEADER, "delete the set-parent journal",
-                         repairs.remove_file(journal_of(Path(self.name)))))
+                         repairs.remove_file(journal)))
             return
         try:
             parsed = DynamicHeader.parse(new, self.name, at)
@@ -426,15 +433,15 @@ class Scanner:
             same_layout = False
         if not same_layout or pending.header_offset != at:
             self.add("set-parent-journal", WARNING, f"{self.name}: the set-parent journal "
-                     f"{journal_of(Path(self.name))} does not belong to this header",
+                     f"{journal} does not belong to this header",
                      Fix(RANK_HEADER, "delete the stale set-parent journal",
-                         repairs.remove_file(journal_of(Path(self.name)))))
+                         repairs.remove_file(journal)))
             return
         self.add("set-parent-unfinished", ERROR, f"{self.name}: a set-parent was interrupted "
                  "before its new header was written (the header may be torn between old and new)",
-                 Fix(RANK_HEADER, f"write the new header from {journal_of(Path(self.name))} at "
+                 Fix(RANK_HEADER, f"write the new header from {journal} at "
                      f"offset {at} and delete the journal",
-                     repairs.write_header(at, new, journal_of(Path(self.name)))))
+                     repairs.write_header(at, new, journal)))
 
     def _locators(self, header: DynamicHeader, footer: Footer, limit: int) -> None:
         differencing = footer.disk_type == DiskType.DIFFERENCING
@@ -630,10 +637,10 @@ class Scanner:
 
     def _pending_drops(self) -> dict[int, int]:
         """BAT entries a killed repair had set out to drop (see repairs.drop_bat_entries)."""
-        journal = repairs.read_repair_journal(self.name)
+        journal = read_repair_journal(self.name)
         if journal is None:
             return {}
-        path = repairs.repair_journal_of(self.name)
+        path = repair_journal_of(self.name)
         bat_at, entries = journal
         pending = {i: v for i, v in entries.items()
                    if bat_at == self.bat_at and i < len(self.bat) and self.bat[i] == v}
@@ -675,14 +682,14 @@ class Scanner:
         if state is None:
             return
         self.result.commit_state = state
-        fix = repairs.finish_commit(self.name, state, self.footer, self.search)
-        self.add("mid-commit", ERROR, describe_state(self.name, state), fix,
-                 hint="" if fix else state["finish"])
+        # How to finish it is the commit's own business: vhdfs check attaches that repair
+        # (vhdfs.maintain.commit.unfinished_commit_fix) to this finding.
+        self.add("mid-commit", ERROR, describe_state(self.name, state), hint=state["finish"])
 
 
 def scan_file(source: Source, *, size_rule: str = "auto", now: int | None = None,
-              search: list[str] | None = None, bitmaps: bool = True) -> FileScan:
-    return Scanner(source, size_rule=size_rule, now=now, search=search, bitmaps=bitmaps).scan()
+              bitmaps: bool = True) -> FileScan:
+    return Scanner(source, size_rule=size_rule, now=now, bitmaps=bitmaps).scan()
 
 
 __all__ = ["scan_file", "Scanner", "FooterSlot", "read_slot"]

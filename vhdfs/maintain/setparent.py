@@ -16,22 +16,27 @@ the new place, both checked by unique id.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vhdfs.create import LOCATOR_MIN_SPACE, parent_locators
 from vhdfs.errors import ChainCycle, ChainError, ParentMismatch, RefusedError, UsageError
 from vhdfs.image import SECTOR
 from vhdfs.maintain.faults import Faults, FaultySource
-from vhdfs.maintain.files import remove_durably, require_writable, write_atomic
+from vhdfs.maintain.files import remove_durably, require_writable
 from vhdfs.maintain.findings import CannotCheck
+from vhdfs.maintain.journals import (
+    PendingHeader,
+    pending_header,
+    setparent_journal_of,
+    write_setparent_journal,
+)
 from vhdfs.maintain.scan import scan_file
 from vhdfs.resolve import OpenOptions, open_chain
 from vhdfs.sources import locks
 from vhdfs.sources.local import LocalFile
 from vhdfs.sources.locks import Mode
+from vhdfs.vhd.build import LOCATOR_MIN_SPACE, parent_locators
 from vhdfs.vhd.dynheader import (
     HEADER_SIZE,
     PLATFORM_MACX,
@@ -47,38 +52,10 @@ from vhdfs.vhd.layer import Layer
 
 log = logging.getLogger("vhdfs")
 
-JOURNAL_SUFFIX = ".vhdfs-setparent"
-JOURNAL_FORMAT = "vhdfs-set-parent-journal"
 REPLACED_CODES = (PLATFORM_W2RU, PLATFORM_W2KU, PLATFORM_MACX, PLATFORM_WI2R, PLATFORM_WI2K)
 # Problems set-parent mends (or that do not concern the link) and so does not refuse.
 TOLERATED = {"locator-bad", "mid-commit"}
 _EPOCH_2000 = 946684800
-
-
-def journal_of(child: Path) -> Path:
-    return child.with_name(child.name + JOURNAL_SUFFIX)
-
-
-@dataclass
-class PendingHeader:
-    header_offset: int
-    old_header: bytes
-    new_header: bytes
-
-
-def pending_header(child: Path) -> PendingHeader | None:
-    """The header an interrupted set-parent was about to write, if its journal is there."""
-    try:
-        data = json.loads(journal_of(child).read_text())
-        if data.get("format") != JOURNAL_FORMAT:
-            return None
-        pending = PendingHeader(int(data["header_offset"]), bytes.fromhex(data["old_header"]),
-                                bytes.fromhex(data["new_header"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if len(pending.new_header) != HEADER_SIZE or len(pending.old_header) != HEADER_SIZE:
-        return None
-    return pending
 
 
 @dataclass
@@ -223,13 +200,12 @@ def _set_parent(child_path: Path, parent_path: Path, force: bool, options: OpenO
             source.write_at(offset, data)
         source.sync()
         # 3. the journal that lets check --repair finish a torn header write
-        journal = {"format": JOURNAL_FORMAT, "version": 1, "header_offset": footer.data_offset,
-                   "old_header": old_raw.hex(), "new_header": new_raw.hex()}
-        write_atomic(journal_of(child_path), json.dumps(journal).encode() + b"\n", faults)
+        write_setparent_journal(child_path, PendingHeader(footer.data_offset, old_raw, new_raw),
+                                faults)
         # 4. the switch: one write of the header's two sectors
         source.write_at(footer.data_offset, new_raw)
         source.sync()
-        remove_durably(journal_of(child_path), faults)
+        remove_durably(setparent_journal_of(child_path), faults)
         result.new_locators = [(loc.code_text, loc.decode(data[:loc.data_length]))
                                for loc in new.locators for offset, data in placed
                                if loc.data_offset == offset and not loc.is_empty]
@@ -238,4 +214,4 @@ def _set_parent(child_path: Path, parent_path: Path, force: bool, options: OpenO
     return result
 
 
-__all__ = ["set_parent", "pending_header", "journal_of", "SetParentResult"]
+__all__ = ["set_parent", "SetParentResult"]

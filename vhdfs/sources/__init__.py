@@ -1,4 +1,4 @@
-"""Sources: bytes at offsets, from a local file or a remote blob. No VHD knowledge here."""
+"""Sources: bytes at offsets of local files (Azure page blobs are vhdfs.azure.blob). No VHD knowledge here."""
 
 from vhdfs.sources.base import Source
 from vhdfs.sources.local import LocalFile, open_local

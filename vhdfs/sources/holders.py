@@ -15,6 +15,9 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from vhdfs.quoting import printable
+from vhdfs.secrets import scrub  # the one scrubber
+
 
 @dataclass
 class Holder:
@@ -176,9 +179,6 @@ def cmdline(pid: int) -> str:
 def safe_text(text: str, limit: int = 160) -> str:
     """Text that may name blob URLs, fit to print or store: no secrets, no control
     characters, not too long."""
-    from vhdfs.secrets import scrub  # the one scrubber
-    from vhdfs.vhd.dynheader import printable
-
     text = printable(scrub(text))
     return text if len(text) <= limit else text[:limit - 3] + "..."
 

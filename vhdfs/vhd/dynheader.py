@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from construct import Array, Bytes, Const, Int32ub, Int64ub, Struct
 
+from vhdfs.quoting import printable
 from vhdfs.vhd.checksum import ChecksummedStruct
 
 HEADER_SIZE = 1024
@@ -51,16 +52,6 @@ HEADER_STRUCT = ChecksummedStruct(
     "dynamic header", HEADER_SIZE, 36, COOKIE, head=_HEADER_HEAD, tail=_HEADER_TAIL,
     cookie_fix="the footer's data offset is wrong or the header is damaged",
     damage_fix="the header is damaged; vhdfs check --repair can fix it")
-
-
-# Windows file names cannot hold control characters: in a locator or parent name they are
-# damage, and printed as they are they would split one-line messages or drive the terminal.
-_CONTROL_CHARACTERS = dict.fromkeys((*range(0x20), *range(0x7F, 0xA0)), "\ufffd")
-
-
-def printable(text: str) -> str:
-    """`text` with every control character (C0, DEL, C1) replaced by U+FFFD."""
-    return text.translate(_CONTROL_CHARACTERS)
 
 
 @dataclass

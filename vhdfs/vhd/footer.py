@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, replace
-from enum import IntEnum
 
 from construct import (
     Bytes,
@@ -16,6 +15,7 @@ from construct import (
     Struct,
 )
 
+from vhdfs.image import DiskType
 from vhdfs.vhd.checksum import ChecksummedStruct
 from vhdfs.vhd.timestamp import vhd_now
 
@@ -27,12 +27,6 @@ NO_DATA_OFFSET = 0xFFFFFFFFFFFFFFFF
 CREATOR_APP = b"vhdf"
 CREATOR_OS_WI2K = b"Wi2k"
 MAX_GEOMETRY = (65535, 16, 255)
-
-
-class DiskType(IntEnum):
-    FIXED = 2
-    DYNAMIC = 3
-    DIFFERENCING = 4
 
 
 _FOOTER_HEAD = Struct(

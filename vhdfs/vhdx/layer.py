@@ -34,9 +34,8 @@ from construct import ChecksumError as ConstructChecksumError
 from construct import ConstructError
 
 from vhdfs.errors import FormatError, ImageIOError, RefusedError, VhdfsError
-from vhdfs.image import LocatorEntry, Run, RunKind
+from vhdfs.image import DiskType, LocatorEntry, Run, RunKind
 from vhdfs.sources.base import Source
-from vhdfs.vhd.footer import DiskType
 from vhdfs.vhdx import format as fmt
 from vhdfs.vhdx.bitmap import lsb_runs, set_lsb_bits
 from vhdfs.vhdx.headers import Headers

@@ -7,7 +7,7 @@ import argparse
 from vhdfs.cli.common import add_image_options, open_image
 from vhdfs.cli.conventions import print_json
 from vhdfs.info import layer_facts
-from vhdfs.maintain.marker import describe_state
+from vhdfs.maintain.journals import describe_state
 from vhdfs.quoting import escape
 from vhdfs.units import human
 from vhdfs.vhd.footer import MAX_GEOMETRY

@@ -1,18 +1,24 @@
-"""How a parent says "a commit into me is not finished".
+"""The records of unfinished jobs: what lets a killed commit, set-parent or repair be finished.
 
-Two marks, set before the first byte of the child is written into the parent and cleared
-after the last one is durable:
+Each job that cannot change a file in one write first writes a journal beside it (JSON,
+write-then-rename, synced) and deletes it once its last write is durable:
 
-1. A journal file next to the parent, `<parent>.vhdfs-commit` (JSON): which child (path
-   and unique id), the parent's unique id, the phase and the first child block not yet
-   known to be durable in the parent. It is what lets `vhdfs commit` resume and
-   `vhdfs check --repair` finish the job.
-2. A mark inside the parent itself, so a parent copied or uploaded without its journal
-   still says so: the last 32 bytes of the footer's reserved area (footer bytes 480-511)
-   hold `vhdfs-commit`, a version and the child's unique id. The checksum covers them, so
-   the footer stays valid; qemu, libvhdi and Windows ignore the reserved area (tapdisk's
-   flag lives at byte 85, far from it). When those bytes are not zero to begin with, they
-   belong to someone else and only the journal is used.
+  <parent>.vhdfs-commit     commit: which child (path and unique id), the parent's unique id,
+                            the phase and the first child block not yet known to be durable
+                            in the parent. It lets `vhdfs commit` resume and `vhdfs check
+                            --repair` finish the job.
+  <child>.vhdfs-setparent   set-parent: the old and the new dynamic header, so a torn header
+                            write (one sector new, one old) is finished by check --repair.
+  <image>.vhdfs-repair      check --repair: the BAT entries it set out to drop, and the values
+                            they held, so a crash between two BAT sectors is finished.
+
+A commit also marks the parent itself, so a parent copied or uploaded without its journal
+still says so: the last 32 bytes of the footer's reserved area (footer bytes 480-511) hold
+`vhdfs-commit`, a version and the child's unique id. The checksum covers them, so the footer
+stays valid; qemu, libvhdi and Windows ignore the reserved area (tapdisk's flag lives at byte
+85, far from it). When those bytes are not zero to begin with, they belong to someone else
+and only the journal is used. Both commit marks are set before the first byte of the child
+is written into the parent and cleared after the last one is durable.
 """
 
 from __future__ import annotations
@@ -25,10 +31,15 @@ from vhdfs.errors import ImageIOError
 from vhdfs.maintain.faults import Faults
 from vhdfs.maintain.files import remove_durably, write_atomic
 from vhdfs.sources.base import Source
+from vhdfs.vhd.dynheader import HEADER_SIZE
 from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
 
-JOURNAL_SUFFIX = ".vhdfs-commit"
-JOURNAL_FORMAT = "vhdfs-commit-journal"
+COMMIT_JOURNAL_SUFFIX = ".vhdfs-commit"
+COMMIT_JOURNAL_FORMAT = "vhdfs-commit-journal"
+SETPARENT_JOURNAL_SUFFIX = ".vhdfs-setparent"
+SETPARENT_JOURNAL_FORMAT = "vhdfs-set-parent-journal"
+REPAIR_JOURNAL_SUFFIX = ".vhdfs-repair"
+REPAIR_JOURNAL_FORMAT = "vhdfs-repair-journal"
 MARKER_MAGIC = b"vhdfs-commit"
 MARKER_VERSION = b"\0\0\0\x01"
 MARKER_FOOTER_BYTE = 480
@@ -39,9 +50,11 @@ PHASE_PREPARED = "prepared"  # marks set, nothing written into the parent yet
 PHASE_COPYING = "copying"  # the parent may hold any part of the child's data
 
 
+# ---------------------------------------------------------------- commit
 def journal_path(parent: str | Path) -> Path:
+    """The commit journal of a commit into `parent`."""
     path = Path(parent)
-    return path.with_name(path.name + JOURNAL_SUFFIX)
+    return path.with_name(path.name + COMMIT_JOURNAL_SUFFIX)
 
 
 @dataclass
@@ -59,7 +72,7 @@ class CommitJournal:
     child_mtime_ns: int = 0
 
     def dump(self) -> bytes:
-        return json.dumps({"format": JOURNAL_FORMAT, "version": 1, **asdict(self)},
+        return json.dumps({"format": COMMIT_JOURNAL_FORMAT, "version": 1, **asdict(self)},
                           indent=1).encode() + b"\n"
 
 
@@ -77,7 +90,7 @@ def read_journal(parent: str | Path) -> CommitJournal | None:
         raise DamagedJournal(f"{path}: cannot read the commit journal: {exc.strerror}") from None
     try:
         data = json.loads(text)
-        if data.get("format") != JOURNAL_FORMAT:
+        if data.get("format") != COMMIT_JOURNAL_FORMAT:
             raise ValueError("not a vhdfs commit journal")
         fields = {k: data[k] for k in CommitJournal.__dataclass_fields__ if k in data}
         journal = CommitJournal(**fields)
@@ -101,7 +114,68 @@ def remove_journal(parent: str | Path, faults: Faults) -> None:
     remove_durably(journal_path(parent), faults)
 
 
-# ---------------------------------------------------------------- the mark in the footer
+# ---------------------------------------------------------------- set-parent
+def setparent_journal_of(child: str | Path) -> Path:
+    """The journal of a set-parent of `child`."""
+    path = Path(child)
+    return path.with_name(path.name + SETPARENT_JOURNAL_SUFFIX)
+
+
+@dataclass
+class PendingHeader:
+    header_offset: int
+    old_header: bytes
+    new_header: bytes
+
+
+def write_setparent_journal(child: Path, pending: PendingHeader, faults: Faults) -> None:
+    journal = {"format": SETPARENT_JOURNAL_FORMAT, "version": 1,
+               "header_offset": pending.header_offset, "old_header": pending.old_header.hex(),
+               "new_header": pending.new_header.hex()}
+    write_atomic(setparent_journal_of(child), json.dumps(journal).encode() + b"\n", faults)
+
+
+def pending_header(child: Path) -> PendingHeader | None:
+    """The header an interrupted set-parent was about to write, if its journal is there."""
+    try:
+        data = json.loads(setparent_journal_of(child).read_text())
+        if data.get("format") != SETPARENT_JOURNAL_FORMAT:
+            return None
+        pending = PendingHeader(int(data["header_offset"]), bytes.fromhex(data["old_header"]),
+                                bytes.fromhex(data["new_header"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if len(pending.new_header) != HEADER_SIZE or len(pending.old_header) != HEADER_SIZE:
+        return None
+    return pending
+
+
+# ---------------------------------------------------------------- check --repair
+def repair_journal_of(image: str | Path) -> Path:
+    """The journal of BAT entries a repair of `image` drops."""
+    path = Path(image)
+    return path.with_name(path.name + REPAIR_JOURNAL_SUFFIX)
+
+
+def write_repair_journal(image: str | Path, bat_at: int, entries: dict[int, int],
+                         faults: Faults) -> None:
+    record = {"format": REPAIR_JOURNAL_FORMAT, "version": 1, "bat_offset": bat_at,
+              "drop": {str(k): v for k, v in entries.items()}}
+    write_atomic(repair_journal_of(image), json.dumps(record).encode() + b"\n", faults)
+
+
+def read_repair_journal(image: str | Path) -> tuple[int, dict[int, int]] | None:
+    """(BAT offset, {entry: value it had}) of BAT drops a killed repair had begun."""
+    try:
+        data = json.loads(repair_journal_of(image).read_text())
+        if data.get("format") != REPAIR_JOURNAL_FORMAT:
+            return None
+        return int(data["bat_offset"]), {int(k): int(v) for k, v in data["drop"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+# ---------------------------------------------------------------- the commit mark in the footer
 MARK_SLICE = slice(MARK_INDEX, MARK_INDEX + MARK_LENGTH)
 
 

@@ -1,0 +1,196 @@
+"""The source of an upload, opened and planned before anything is sent.
+
+What goes up: the flat disk of a chain as a fixed VHD (only what holds data, then a footer
+that keeps the top layer's unique id and timestamp, so a differencing child of it can later
+be checked against the blob); --as-is the file itself; with --patch-base only what the child
+layers hold, on top of a copy of their base. Azure's disk rules are checked here, and every
+local file read is watched (vhdfs.upload.watch); the fingerprint names this very version of
+the source, so --resume can tell an interrupted upload of it from one of another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from vhdfs.azure.credentials import parse_location
+from vhdfs.azure.location import BlobLocation, looks_remote
+from vhdfs.azure.pageblob import PageBlob
+from vhdfs.azure.rules import check_disk, check_page_blob
+from vhdfs.chain import Chain
+from vhdfs.errors import FormatError, ParentMismatch, UsageError, VhdfsError
+from vhdfs.progress import Progress
+from vhdfs.resolve import OpenOptions, open_chain, open_layer, open_source
+from vhdfs.sources.local import LocalFile
+from vhdfs.upload.planning import Write, file_writes, flat_writes, patch_writes
+from vhdfs.upload.watch import WatchedFiles
+from vhdfs.vhd.build import fixed_footer
+from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
+from vhdfs.vhd.layer import Layer
+
+
+@dataclass
+class SourcePlan:
+    name: str
+    mode: str
+    blob_size: int
+    fingerprint: str
+    source_size: int
+    source_mtime: float
+    writes: Callable[[Progress | None], Iterator[Write]]
+    close: Callable[[], None]
+    top: Layer | None = None
+    base: BlobLocation | None = None
+    base_id: bytes = b""
+    watched: WatchedFiles = field(default_factory=WatchedFiles)
+
+
+def _file_facts(source: Any) -> tuple[int, float, str]:
+    """Size, mtime and a stable version tag of a layer's source (local file or blob)."""
+    path = getattr(source, "path", None)
+    if path is not None:
+        info = os.stat(path)
+        return info.st_size, info.st_mtime, f"{info.st_size}:{info.st_mtime_ns}"
+    blob = getattr(source, "blob", None)
+    if blob is not None:
+        modified = blob.properties.last_modified
+        return blob.size, modified.timestamp(), f"{blob.size}:{blob.etag}"
+    return source.size(), 0.0, str(source.size())
+
+
+def _fingerprint(mode: str, parts: list[str]) -> str:
+    return hashlib.sha256("\n".join([mode, *parts]).encode()).hexdigest()[:32]
+
+
+def upload_footer(chain: Chain, fingerprint: str, mtime: float) -> bytes:
+    """The fixed-VHD footer of the uploaded disk: the top layer's unique id and timestamp
+    (a raw source gets an id derived from its fingerprint), so the blob can stand in for the
+    top layer as the parent of a later child (--patch-base, set-parent)."""
+    top = chain.top
+    unique_id = getattr(top, "unique_id", b"") or uuid.UUID(
+        bytes=hashlib.sha256(fingerprint.encode()).digest()[:16], version=4).bytes
+    footer = fixed_footer(chain.size, unique_id=unique_id)
+    own = getattr(top, "footer", None)
+    stamp = own.timestamp if own is not None else max(0, int(mtime) - 946684800)
+    return footer.copy(timestamp=stamp & 0xFFFFFFFF).build()
+
+
+def _plan_flat(spec: str, open_options: OpenOptions) -> SourcePlan:
+    watched = WatchedFiles.before_opening(spec)
+    chain = open_chain(spec, open_options, allow_raw=True)
+    try:
+        watched.add_layers(chain.layers)
+        check_disk(spec, chain.size)
+        facts = [_file_facts(layer.source) for layer in chain.layers]
+        parts = [f"{getattr(layer, 'unique_id', b'').hex()}:{tag}"
+                 for layer, (_, _, tag) in zip(chain.layers, facts, strict=True)]
+        fingerprint = _fingerprint("flat", parts)
+        footer = upload_footer(chain, fingerprint, facts[0][1])
+    except BaseException:
+        chain.close()
+        raise
+    return SourcePlan(spec, "flat", chain.size + FOOTER_SIZE, fingerprint, facts[0][0], facts[0][1],
+                      lambda progress: flat_writes(chain, footer, progress), chain.close,
+                      top=chain.top, watched=watched)
+
+
+def _plan_as_is(spec: str) -> SourcePlan:
+    if looks_remote(spec):
+        raise UsageError(f"{spec}: --as-is uploads a local file; this is a blob")
+    watched = WatchedFiles.before_opening(spec)
+    source = LocalFile(spec)
+    try:
+        watched.add_source(source)
+        size, mtime, tag = _file_facts(source)
+        check_page_blob(spec, size)
+        top = None
+        try:
+            top = open_layer(source, OpenOptions())
+        except VhdfsError:
+            top = None  # any file may go up as it is; only a VHD gets a parent link
+    except BaseException:
+        source.close()
+        raise
+    fingerprint = _fingerprint("as-is", [tag])
+    return SourcePlan(spec, "as-is", size, fingerprint, size, mtime,
+                      lambda progress: file_writes(source, progress), source.close, top=top,
+                      watched=watched)
+
+
+def _read_base_footer(base: Any) -> Footer:
+    raw = base.fetch(base.size - FOOTER_SIZE, FOOTER_SIZE)
+    return Footer.parse(raw, base.name, base.size - FOOTER_SIZE)
+
+
+def _plan_patch(spec: str, base_spec: str, open_options: OpenOptions) -> SourcePlan:
+    base_loc = parse_location(base_spec)
+    base = PageBlob(base_loc).open()
+    try:
+        footer = _read_base_footer(base)
+    except FormatError as exc:
+        raise FormatError(base.name, f"no fixed-VHD footer at its end: {exc.what}",
+                          "--patch-base needs a disk blob made by vhdfs upload (not --as-is)") \
+            from None
+    if footer.disk_type != DiskType.FIXED:
+        raise UsageError(f"{base.name}: is a {DiskType(footer.disk_type).name.lower()} VHD stored "
+                         "as it is (--as-is); --patch-base needs a fixed-VHD disk blob (upload "
+                         "the base without --as-is)")
+    base_disk = base.size - FOOTER_SIZE
+    watched = WatchedFiles.before_opening(spec)
+    top_source = open_source(spec)
+    try:
+        top = open_layer(top_source, open_options)
+    except BaseException:
+        top_source.close()
+        raise
+    if not top.is_differencing:
+        top.close()
+        raise UsageError(f"{spec}: is a {top.disk_type.name.lower()} disk, not a differencing "
+                         "child; --patch-base uploads a child over the blob of its parent")
+    if top.parent_id == footer.unique_id:
+        chain, upto = Chain([top]), 1
+    else:
+        top.close()
+        chain = open_chain(spec, open_options)
+        ids = [layer.unique_id for layer in chain.layers]
+        if footer.unique_id not in ids[1:]:
+            chain.close()
+            raise ParentMismatch(
+                f"{spec}: expects parent id {format_unique_id(top.parent_id or b'')} "
+                f"({top.parent_name or 'no name'}), but the base blob {base.name} has unique id "
+                f"{format_unique_id(footer.unique_id)}; give the blob uploaded from that parent "
+                "(a plain vhdfs upload keeps the disk's unique id)")
+        upto = ids.index(footer.unique_id, 1)
+    try:
+        if chain.size != base_disk:
+            raise ParentMismatch(f"{spec}: is a disk of {chain.size} bytes but the base blob "
+                                 f"{base.name} holds {base_disk} bytes of disk; the sizes must agree")
+        check_disk(spec, chain.size)
+        watched.add_layers(chain.layers[:upto])
+        facts = [_file_facts(chain.layers[i].source) for i in range(upto)]
+        parts = [f"{chain.layers[i].unique_id.hex()}:{facts[i][2]}" for i in range(upto)]
+        fingerprint = _fingerprint("patch", [*parts, footer.unique_id.hex(), base.etag])
+        new_footer = upload_footer(chain, fingerprint, facts[0][1])
+    except BaseException:
+        chain.close()
+        raise
+    return SourcePlan(spec, "patch", chain.size + FOOTER_SIZE, fingerprint, facts[0][0],
+                      facts[0][1], lambda progress: patch_writes(chain, upto, new_footer, progress),
+                      chain.close, top=chain.top, base=base_loc, base_id=footer.unique_id,
+                      watched=watched)
+
+
+def plan_source(spec: str, *, as_is: bool = False, patch_base: str | None = None,
+                open_options: OpenOptions | None = None) -> SourcePlan:
+    """Open what `spec` names and plan its upload: the flat disk of its chain, the file as it
+    is (`as_is`), or the child layers over the blob of their base (`patch_base`)."""
+    open_options = open_options or OpenOptions()
+    if as_is:
+        return _plan_as_is(spec)
+    if patch_base:
+        return _plan_patch(spec, patch_base, open_options)
+    return _plan_flat(spec, open_options)
