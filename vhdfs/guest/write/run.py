@@ -96,7 +96,7 @@ def apply(plan: Plan, writer: Writer, advance: Callable[[int], None],
     """Make the plan's changes in order, recording each in `outcome` once done."""
     for index, change in enumerate(plan.changes):
         if index:
-            pause_for_test()
+            pause_for_test("between")
         try:
             if isinstance(change, MakeDir):
                 writer.make_dir(change)

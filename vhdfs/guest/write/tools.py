@@ -27,10 +27,12 @@ TOOL_TIMEOUT = 3600.0  # one tool run (one file copied, at most); a hung tool is
 SBIN = ("/usr/sbin", "/sbin")  # debugfs lives here, outside a normal user's PATH
 
 # Test hook, read in pause_for_test only: VHDFS_TEST_WRITE_PAUSE=FLAG pauses a guest write
-# once, at its first pause point (in the middle of a file ntfs-3g writes, or between two
-# changes): it writes FLAG.reached (its pid) and waits for FLAG.go, so that a test can kill
-# the command while the private mount is up and the guest half changed.
+# once, at the first pause point named by VHDFS_TEST_WRITE_PAUSE_AT: "between" (after the
+# first change, before the next: the default) or "in-file" (ntfs-3g's copy of a file, once
+# part of it is written). It writes FLAG.reached (its pid) and waits for FLAG.go, so that a
+# test can kill the command while the private mount is up and the guest half changed.
 ENV_PAUSE = "VHDFS_TEST_WRITE_PAUSE"
+ENV_PAUSE_AT = "VHDFS_TEST_WRITE_PAUSE_AT"
 PAUSE_LIMIT = 300.0
 _paused = False
 
@@ -73,11 +75,11 @@ def run_tool(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
     return done
 
 
-def pause_for_test() -> None:
+def pause_for_test(point: str) -> None:
     """The test hook of ENV_PAUSE (once per process; a no-op unless the variable is set)."""
     global _paused
     flag = os.environ.get(ENV_PAUSE)
-    if _paused or not flag:
+    if _paused or not flag or os.environ.get(ENV_PAUSE_AT, "between") != point:
         return
     _paused = True
     Path(f"{flag}.reached").write_text(str(os.getpid()))
