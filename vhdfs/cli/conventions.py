@@ -31,7 +31,7 @@ from typing import Any
 
 from vhdfs import progress
 from vhdfs.errors import UsageError
-from vhdfs.vhd.dynheader import printable
+from vhdfs.quoting import printable
 
 FORCE_SHARE = ("--force-share", "-U")
 FORCE_SHARE_HELP = ("read images that another process is writing (as qemu-img -U): reading "
