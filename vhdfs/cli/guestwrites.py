@@ -18,6 +18,7 @@ command and without root:
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ from vhdfs.progress import Progress
 from vhdfs.quoting import escape
 from vhdfs.resolve import looks_like_vhd, open_source
 from vhdfs.vhdx.layer import is_vhdx
+
+log = logging.getLogger("vhdfs")
 
 
 @dataclass
@@ -132,6 +135,12 @@ def write_guest(args: argparse.Namespace, command: str,
                 failure = WriteFailed(f"{plan.target.description}: {exc.message}"
                                       f"{'; ' + exc.state if exc.state else ''}; "
                                       f"{summary(outcome.done)}")
+            problems = mount.problems()
+            if failure is not None and problems:
+                failure.message += f"; the image's mount logged: {problems[0]}"
+            elif problems:
+                for problem in problems:
+                    log.warning("the image's mount: %s", problem)
         if failure is not None:
             failure.message += (f"; {args.image} is complete and valid with what was done "
                                 f"(vhdfs changes {args.image} lists it)")

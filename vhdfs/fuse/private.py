@@ -73,6 +73,17 @@ class PrivateMount:
         except OSError:
             return ""
 
+    def problems(self) -> list[str]:
+        """The warnings and errors the daemon logged so far, without their time stamps: a
+        request it failed (the chain could not be read or written) is what a tool then
+        reports as an I/O error, without the reason."""
+        found = []
+        for line in self.daemon_log().splitlines():
+            for level in (" WARNING: ", " ERROR: "):
+                if level in line:
+                    found.append(line.split(level, 1)[1].strip())
+        return found
+
 
 def _mounts_below(root: Path) -> list[Path]:
     """Mount points inside `root`, the deepest first."""

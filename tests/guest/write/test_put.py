@@ -227,3 +227,28 @@ def test_put_leaves_nothing_behind_in_the_temporary_folder(two_base, tmp_path):
     assert vhdfs_run("put", child, "-", "/srv/x", stdin=b"x", env={"TMPDIR": str(tmp_path)}
                      ).returncode == 0
     assert set(os.listdir(tmp_path)) == before | {"x"}
+
+
+def test_verify_still_passes_after_replacing_welcome_png(windows_base, tmp_path, vhdfs):
+    """The demo's step: ntfs-3g unmounts cleanly (the volume's dirty flag clear), the image
+    still passes every check of verify."""
+    child = child_of(windows_base, tmp_path)
+    new = tmp_path / "new-Welcome.png"
+    new.write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(5000))
+    assert vhdfs("put", child, new, "C:\\inetpub\\wwwroot\\Welcome.png", "--force").code == 0
+    done = vhdfs("verify", child)
+    assert done.code == 0, done.out
+    assert "ok    clean-shutdown: volume 2 is clean (NTFS dirty flag clear)" in done.out
+
+
+def test_put_into_a_vhdx_checkpoint(two_base, tmp_path, vhdfs):
+    base = tmp_path / "base.vhdx"
+    assert vhdfs("convert", two_base.path, base, "--to", "vhdx").code == 0
+    checkpoint = tmp_path / "cp.avhdx"
+    assert vhdfs("create", checkpoint, "--parent", base).code == 0
+    source = tmp_path / "x"
+    source.write_bytes(b"in a checkpoint\n")
+    done = vhdfs("put", checkpoint, source, "/srv/x")
+    assert done.code == 0, done.err
+    assert vhdfs("cat", checkpoint, "/srv/x").raw == b"in a checkpoint\n"
+    assert vhdfs("ls", base, "/srv").out.split() == ["data.bin"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,9 +28,14 @@ from tests.guest.write.conftest import (
     sha256_file,
     vhdfs_run,
 )
+from tests.hostile.conftest import errorfs
 from tests.tooling import force_unmount
 from vhdfs.cli import main
+from vhdfs.guest.volumes import open_volumes
 from vhdfs.guest.write import tools
+from vhdfs.resolve import OpenOptions, open_chain
+
+NTFS_DATA = 0x80
 
 
 def one_error_line(err: str) -> str:
@@ -279,3 +285,44 @@ def test_json_errors_are_an_error_object(two_base, tmp_path):
     done = vhdfs_run("rm", child, "/srv", "--json")
     assert done.returncode == 6
     assert b'"type": "RefusedError"' in done.stdout and b'"exit_code": 6' in done.stdout
+
+
+def _logfile_offset_in(base: Path) -> int:
+    """The offset in the VHD file `base` of the first cluster of $LogFile on volume 2: bytes
+    ntfs-3g reads when it mounts the volume and planning (through TSK) never reads."""
+    with open_chain(str(base), OpenOptions()) as chain:
+        volume = open_volumes(chain).get(2)
+        logfile = volume.require_fs().open("/$LogFile")
+        data = next(attr for attr in logfile if int(attr.info.type) == NTFS_DATA)
+        first = next(iter(data))
+        offset = volume.start + int(first.addr) * volume.block_size
+        extent = next(iter(chain.iter_extents(offset, SECTOR)))
+        return int(extent.file_offset)
+
+
+def test_a_read_error_the_tool_survives_is_a_warning_naming_the_parent(windows_base,
+                                                                       tmp_path, vhdfs):
+    """ntfs-3g reads $LogFile when it mounts and goes on when that read fails; the put
+    succeeds, and the failed read, with the parent file and offset behind it, is a warning
+    (the daemon's log is read before the private folder goes)."""
+    backing, mnt = tmp_path / "backing", tmp_path / "errorfs"
+    backing.mkdir()
+    shutil.copyfile(windows_base.path, backing / "base.vhd")
+    bad = _logfile_offset_in(backing / "base.vhd")
+    failing = errorfs(backing, mnt, [("base.vhd", bad, 4096)])
+    try:
+        child = child_of(Base(mnt / "base.vhd", ""), tmp_path)
+        source = tmp_path / "x"
+        source.write_bytes(b"x")
+        # a process of its own: the daemon forked from it logs to its file through the real
+        # standard error, which pytest's capture replaces in-process
+        done = vhdfs_run("put", child, source, "C:\\x.txt", "--volume", "2", "--progress",
+                         "none")
+        assert done.returncode == 0, done.stderr
+        (warning,) = done.stderr.decode().strip().splitlines()
+        assert warning.startswith("vhdfs: warning: the image's mount: read of p2 at offset ")
+        assert warning.endswith(f"base.vhd: reading 512 bytes at offset {bad} failed: "
+                                "Input/output error")
+        assert vhdfs("cat", child, "C:\\x.txt").raw == b"x"
+    finally:
+        failing.stop()

@@ -148,8 +148,7 @@ def _require_clean_journal(volume: Volume) -> None:
                           "boot the guest and shut it down, or run e2fsck on the volume first")
 
 
-def _walk(volume: Volume, parts: tuple[str, ...], *, follow_last: bool = True
-          ) -> tuple[Found, int]:
+def _walk(volume: Volume, parts: tuple[str, ...]) -> tuple[Found, int]:
     """The deepest existing entry on the way to `parts` and how many components it covers,
     walking from the root (TSK is never asked for a name below a file)."""
     found = resolve(volume, GuestPath("", ()))
@@ -158,8 +157,7 @@ def _walk(volume: Volume, parts: tuple[str, ...], *, follow_last: bool = True
     for count in range(1, len(parts) + 1):
         if not found.is_dir:
             return found, count - 1
-        deeper = resolve(volume, GuestPath("", parts[:count]),
-                         follow_last=follow_last or count < len(parts))
+        deeper = resolve(volume, GuestPath("", parts[:count]))
         if deeper is None:
             return found, count - 1
         found = deeper
