@@ -38,6 +38,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "fuse": ("fuse",),
     "fuse/test_times_ops.py": ("ops",),
     "guest": ("fuse",),
+    "guest/write": ("fuse",),  # put, rm, mkdir: a private mount, ntfs-3g, debugfs, mtools
     "guest/write/test_plan.py": ("unit",),  # planning through the chain, nothing mounted
     "guest/write/test_tools.py": ("unit",),  # debugfs and mtools on plain image files
     "azure": ("azure",),
