@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 from vhdfs.azure.location import looks_remote
 from vhdfs.chain import Chain
-from vhdfs.cli.commands.ls import add_volume_option
 from vhdfs.cli.common import add_image_options, layer_names, open_image, warn_children
 from vhdfs.errors import FormatError, RefusedError, UsageError, VhdfsError
 from vhdfs.fuse.mountpoint import check_fuse_available
@@ -60,7 +59,9 @@ class Written:
 
 
 def add_write_options(parser: argparse.ArgumentParser, force_help: str) -> None:
-    add_volume_option(parser)
+    parser.add_argument("--volume", type=int, metavar="N",
+                        help="the volume (partition number, see vhdfs volumes); by default "
+                        "the one where most of GUESTPATH exists")
     parser.add_argument("--force", action="store_true", help=force_help)
     add_image_options(parser)
 
