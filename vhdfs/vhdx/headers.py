@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from construct import ChecksumError as ConstructChecksumError
-from construct import ConstructError, Container
+from construct import Container
 
 from vhdfs.errors import FormatError
 from vhdfs.sources.base import Source
 from vhdfs.vhdx import format as fmt
+from vhdfs.vhdx import rules
 
 _FIELDS = ("sequence_number", "file_write_guid", "data_write_guid", "log_guid", "log_version",
            "version", "log_length", "log_offset")
@@ -32,35 +32,21 @@ class Headers:
 
     @classmethod
     def read(cls, source: Source, warn: Callable[[str], None]) -> Headers:
+        """The current header (vhdfs.vhdx.rules.current_slot); FormatError when neither is
+        valid or its log version is unknown, a warning when one of the two is damaged."""
         name = source.name
-        valid: list[tuple[Any, int]] = []
-        problems: list[str] = []
-        for number, offset in enumerate(fmt.HEADER_OFFSETS, start=1):
-            raw = source.read_at(offset, fmt.HEADER_SIZE)
-            try:
-                header = fmt.HEADER.parse(raw).tail.value
-            except ConstructChecksumError:
-                problems.append(f"header {number} at offset {offset} fails its CRC-32C check")
-                continue
-            except ConstructError:
-                problems.append(f"header {number} at offset {offset} has no 'head' signature")
-                continue
-            if header.version != 1:
-                problems.append(f"header {number} at offset {offset} has version "
-                                f"{header.version} (expected 1)")
-                continue
-            valid.append((header, number))
-        if not valid:
-            raise FormatError(name, "both VHDX headers are damaged (" + "; ".join(problems)
-                              + ")", "the file cannot be read; restore it from a copy")
-        header, number = max(valid, key=lambda item: item[0].sequence_number)
-        if problems:
-            warn(f"{name}: {problems[0]}; using header {number} (sequence "
-                 f"{header.sequence_number})")
-        if header.log_version != 0:
-            raise FormatError(name, f"header {number}: log version {header.log_version} "
-                              "is not supported (expected 0)", "")
-        return cls(header, number)
+        slots = rules.read_header_slots(source.read_at)
+        current = rules.current_slot(slots)
+        if current is None:
+            problem = rules.both_headers_damaged(slots)
+            raise FormatError(name, problem.what, problem.fix)
+        damaged = [slot.problem for slot in slots if slot.problem]
+        if damaged:
+            warn(f"{name}: {damaged[0]}; using header {current.number} (sequence "
+                 f"{current.header.sequence_number})")
+        if (problem := rules.log_version_problem(current)) is not None:
+            raise FormatError(name, problem.what, problem.fix)
+        return cls(current.header, current.number)
 
     def update(self, source: Source, **changes: Any) -> None:
         """Write a new current header into the other slot (and flush it): the current one's

@@ -27,20 +27,18 @@ import logging
 import sys
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
-
-from construct import ChecksumError as ConstructChecksumError
-from construct import ConstructError
+from typing import Any, NoReturn
 
 from vhdfs.errors import FormatError, ImageIOError, RefusedError, VhdfsError
 from vhdfs.image import DiskType, LocatorEntry, Run, RunKind
 from vhdfs.sources.base import Source
 from vhdfs.vhdx import format as fmt
+from vhdfs.vhdx import rules
 from vhdfs.vhdx.bitmap import lsb_runs, set_lsb_bits
 from vhdfs.vhdx.headers import Headers
 from vhdfs.vhdx.journal import Journal
 from vhdfs.vhdx.log import LogReplay, replay_log
+from vhdfs.vhdx.rules import PATH_KEYS, Region
 
 log = logging.getLogger("vhdfs")
 
@@ -51,8 +49,6 @@ BITMAP_CACHE_BLOCKS = 1024
 # flush costs two fsyncs: fewer, larger commits are what keep random writes fast.
 AUTO_FLUSH_SECTORS = 128
 BAT_ENTRIES_PER_SECTOR = fmt.LOG_SECTOR // 8
-# Parent locator keys that name a file, in the order they are tried.
-PATH_KEYS = ("relative_path", "volume_path", "absolute_win32_path")
 
 
 def is_vhdx(source: Source) -> bool:
@@ -69,20 +65,16 @@ def refuse_vhdx(source: Source, action: str) -> None:
                            "--to dynamic")
 
 
-@dataclass(frozen=True)
-class Region:
-    name: str
-    start: int
-    end: int
-
-
 class VhdxLayer:
-    """One VHDX file: fixed, dynamic or differencing; writable when opened so."""
+    """One VHDX file: fixed, dynamic or differencing; writable when opened so (a
+    `vhdfs.image.ImageLayer`)."""
 
     image_format = "VHDX"
     header = None  # no VHD dynamic header
     bitmap_size = 0
     format_id = staticmethod(fmt.guid_text)  # ids shown as Windows shows them
+    creation_time = None  # VHDX keeps no creation time
+    commit_mark = None  # vhdfs commit marks VHD parents only
 
     def __init__(self, source: Source, *, size_rule: str = "auto", writable: bool = False) -> None:
         self.source = source
@@ -142,166 +134,44 @@ class VhdxLayer:
         return bytes(data)
 
     def _read_region_table(self) -> dict[bytes, Region]:
-        table = None
-        problems: list[str] = []
-        for number, offset in enumerate(fmt.REGION_TABLE_OFFSETS, start=1):
-            try:
-                table = fmt.REGION_TABLE.parse(self._read(offset, fmt.REGION_TABLE_SIZE)).tail.value
-                break
-            except ConstructChecksumError:
-                problems.append(f"region table {number} at offset {offset} fails its CRC-32C check")
-            except ConstructError:
-                problems.append(f"region table {number} at offset {offset} has no 'regi' signature")
-        if table is None:
-            raise FormatError(self.name, "both region tables are damaged (" + "; ".join(problems)
-                              + ")", "the file cannot be read; restore it from a copy")
-        if problems:
-            self._warn(f"{self.name}: {problems[0]}; using region table 2")
-        if table.entry_count > fmt.MAX_REGION_ENTRIES:
-            raise FormatError(self.name, f"region table: {table.entry_count} entries (at most "
-                              f"{fmt.MAX_REGION_ENTRIES})", "the region table is damaged")
-        names = {fmt.BAT_REGION: "BAT region", fmt.METADATA_REGION: "metadata region"}
-        regions: dict[bytes, Region] = {}
-        for index, entry in enumerate(table.entries):
-            name = names.get(entry.guid)
-            where = f"region table entry {index} ({name or fmt.guid_text(entry.guid)})"
-            if name is None:
-                if entry.required & 1:
-                    raise FormatError(self.name, f"{where}: a required region vhdfs does not "
-                                      "know", "the image needs a newer VHDX reader")
-                continue
-            if entry.guid in regions:
-                raise FormatError(self.name, f"{where}: listed twice", "the region table is damaged")
-            start, end = entry.file_offset, entry.file_offset + entry.length
-            if start % MiB or entry.length % MiB or entry.length == 0 or start < fmt.HEADER_SECTION_SIZE:
-                raise FormatError(self.name, f"{where}: offset {start}, length {entry.length}; both "
-                                  "must be whole MiB, past the first MiB", "the region table is damaged")
-            if end > self.data_size:
-                raise FormatError(self.name, f"{where}: ends at {end}, past the end of the file "
-                                  f"({self.data_size} bytes)", "the file is truncated")
-            regions[entry.guid] = Region(name, start, end)
-        for guid, name in names.items():
-            if guid not in regions:
-                raise FormatError(self.name, f"region table: no {name}", "the region table is damaged")
-        spans = list(regions.values())
-        hdr = self.current_header
-        if hdr.log_length:
-            spans.append(Region("log", hdr.log_offset, hdr.log_offset + hdr.log_length))
-        spans.sort(key=lambda r: r.start)
-        for previous, region in zip(spans, spans[1:], strict=False):
-            if region.start < previous.end:
-                raise FormatError(
-                    self.name, f"region table: the {region.name} [{region.start}, {region.end}) "
-                    f"overlaps the {previous.name} [{previous.start}, {previous.end})",
-                    "the region table is damaged")
-        self.spans = spans
-        return regions
+        slots = rules.read_region_table_slots(self._read)
+        usable = [slot for slot in slots if slot.table is not None]
+        if not usable:
+            self._fail(rules.both_tables_damaged(slots))
+        if slots[0].table is None:
+            self._warn(f"{self.name}: {slots[0].problem}; using region table 2")
+        layout, problem = rules.region_layout(usable[0].table, self.current_header, self.data_size)
+        if problem is not None:
+            self._fail(problem)
+        self.spans = layout.spans
+        return layout.regions
+
+    def _fail(self, problem: rules.Problem) -> NoReturn:
+        raise FormatError(self.name, problem.what, problem.fix)
 
     def _read_metadata(self) -> None:
         region = self.regions[fmt.METADATA_REGION]
-        raw = self._read(region.start, region.end - region.start)
-        where = f"metadata region at offset {region.start}"
-        try:
-            head = fmt.METADATA_TABLE_HEADER.parse(raw)
-        except ConstructError:
-            raise FormatError(self.name, f"{where}: no 'metadata' signature",
-                              "the metadata region is damaged") from None
-        if head.entry_count > fmt.MAX_METADATA_ENTRIES:
-            raise FormatError(self.name, f"{where}: {head.entry_count} entries (at most "
-                              f"{fmt.MAX_METADATA_ENTRIES})", "the metadata region is damaged")
-        items: dict[bytes, bytes] = {}
-        for index in range(head.entry_count):
-            entry = fmt.METADATA_ENTRY.parse(raw[32 + 32 * index:64 + 32 * index])
-            name = fmt.KNOWN_METADATA.get(entry.item_id)
-            what = f"{where}, entry {index} ({name or fmt.guid_text(entry.item_id)})"
-            if name is None:
-                if entry.flags & fmt.META_IS_REQUIRED:
-                    raise FormatError(self.name, f"{what}: a required metadata item vhdfs does "
-                                      "not know", "the image needs a newer VHDX reader")
-                continue
-            if entry.item_id in items:
-                raise FormatError(self.name, f"{what}: listed twice", "the metadata is damaged")
-            if entry.length and (entry.offset < fmt.METADATA_TABLE_SIZE
-                                 or entry.offset + entry.length > len(raw)):
-                raise FormatError(self.name, f"{what}: {entry.length} bytes at offset "
-                                  f"{entry.offset} lie outside the region's item area",
-                                  "the metadata is damaged")
-            items[entry.item_id] = raw[entry.offset:entry.offset + entry.length]
-
-        def item(guid: bytes, size: int) -> bytes:
-            value = items.get(guid)
-            if value is None or len(value) < size:
-                raise FormatError(self.name, f"{where}: the {fmt.KNOWN_METADATA[guid]} item is "
-                                  "missing or short", "the metadata is damaged")
-            return value
-
-        params = fmt.FILE_PARAMETERS_ITEM.parse(item(fmt.FILE_PARAMETERS, 8))
-        self.block_size = params.block_size
-        self.leave_blocks_allocated = bool(params.flags & fmt.LEAVE_BLOCKS_ALLOCATED)
-        self.has_parent = bool(params.flags & fmt.HAS_PARENT)
-        self.size = int.from_bytes(item(fmt.VIRTUAL_DISK_SIZE, 8)[:8], "little")
-        self.virtual_disk_id = item(fmt.VIRTUAL_DISK_ID, 16)[:16]
-        self.logical_sector_size = int.from_bytes(item(fmt.LOGICAL_SECTOR_SIZE, 4)[:4], "little")
-        self.physical_sector_size = int.from_bytes(item(fmt.PHYSICAL_SECTOR_SIZE, 4)[:4], "little")
-        bs = self.block_size
-        if bs < MiB or bs > 256 * MiB or bs & (bs - 1):
-            raise FormatError(self.name, f"{where}: block size {bs}; expected a power of two "
-                              "from 1 MiB to 256 MiB", "the metadata is damaged")
-        for label, value in (("logical", self.logical_sector_size),
-                             ("physical", self.physical_sector_size)):
-            if value not in (512, 4096):
-                raise FormatError(self.name, f"{where}: {label} sector size {value}; expected "
-                                  "512 or 4096", "the metadata is damaged")
-        if self.size == 0 or self.size % self.logical_sector_size or self.size > fmt.MAX_VIRTUAL_SIZE:
-            raise FormatError(self.name, f"{where}: virtual disk size {self.size}; expected a "
-                              f"multiple of {self.logical_sector_size} up to 64 TiB",
-                              "the metadata is damaged")
+        meta, problem = rules.parse_metadata(self._read(region.start, region.end - region.start),
+                                             region)
+        if problem is not None:
+            self._fail(problem)
+        assert meta is not None
+        self.metadata = meta
+        self.block_size = meta.block_size
+        self.leave_blocks_allocated = meta.leave_blocks_allocated
+        self.has_parent = meta.has_parent
+        self.size = meta.size
+        self.virtual_disk_id = meta.virtual_disk_id
+        self.logical_sector_size = meta.logical_sector_size
+        self.physical_sector_size = meta.physical_sector_size
         self.locator: dict[str, str] = {}
+        self.parent_ids = ()
         if self.has_parent:
-            self.locator = self._parse_parent_locator(item(fmt.PARENT_LOCATOR, 20), where)
-
-    def _parse_parent_locator(self, raw: bytes, where: str) -> dict[str, str]:
-        what = f"{where}: parent locator"
-        head = fmt.PARENT_LOCATOR_HEADER.parse(raw)
-        if head.locator_type != fmt.VHDX_PARENT_LOCATOR_TYPE:
-            raise FormatError(self.name, f"{what}: type {fmt.guid_text(head.locator_type)} is not "
-                              "the VHDX parent locator type", "vhdfs knows VHDX parents only")
-        if 20 + 12 * head.key_value_count > len(raw):
-            raise FormatError(self.name, f"{what}: {head.key_value_count} entries do not fit in "
-                              f"its {len(raw)} bytes", "the metadata is damaged")
-        values: dict[str, str] = {}
-        for index in range(head.key_value_count):
-            entry = fmt.PARENT_LOCATOR_ENTRY.parse(raw[20 + 12 * index:32 + 12 * index])
-            texts = []
-            for offset, length in ((entry.key_offset, entry.key_length),
-                                   (entry.value_offset, entry.value_length)):
-                if offset + length > len(raw) or length % 2:
-                    raise FormatError(self.name, f"{what}, entry {index}: {length} bytes at "
-                                      f"offset {offset} lie outside the locator",
-                                      "the metadata is damaged")
-                try:
-                    texts.append(raw[offset:offset + length].decode("utf-16-le"))
-                except UnicodeDecodeError:
-                    raise FormatError(self.name, f"{what}, entry {index}: not UTF-16 text",
-                                      "the metadata is damaged") from None
-            if texts[0] in values:
-                raise FormatError(self.name, f"{what}, entry {index}: key {texts[0]!r} is listed "
-                                  "twice", "the metadata is damaged (which parent is meant is "
-                                  "ambiguous); vhdfs set-parent rewrites the locator")
-            values[texts[0]] = texts[1]
-        linkage = values.get("parent_linkage")
-        if linkage is None:
-            raise FormatError(self.name, f"{what}: no parent_linkage entry", "the metadata is damaged")
-        ids = []
-        for key in ("parent_linkage", "parent_linkage2"):
-            if key in values:
-                raw_id = fmt.parse_guid_text(values[key])
-                if raw_id is None:
-                    raise FormatError(self.name, f"{what}: {key} {values[key]!r} is not a GUID",
-                                      "the metadata is damaged")
-                ids.append(raw_id)
-        self.parent_ids = tuple(ids)
-        return values
+            where = f"metadata region at offset {region.start}"
+            locator, problem = rules.parse_parent_locator(meta.locator_raw, where)
+            if problem is not None:
+                self._fail(problem)
+            self.locator, self.parent_ids = locator.values, locator.ids
 
     def _read_bat(self) -> None:
         region = self.regions[fmt.BAT_REGION]
@@ -309,90 +179,24 @@ class VhdxLayer:
         self.block_count = -(-self.size // self.block_size)
         entries = fmt.bat_entry_count(self.size, self.block_size, self.logical_sector_size,
                                       self.has_parent)
-        if entries * 8 > region.end - region.start:
-            raise FormatError(self.name, f"BAT region at offset {region.start}: "
-                              f"{region.end - region.start} bytes, but a disk of {self.size} bytes "
-                              f"in {self.block_size}-byte blocks needs {entries} entries "
-                              f"({entries * 8} bytes)", "the region table or the metadata is damaged")
+        if (problem := rules.bat_region_problem(region, entries, self.size,
+                                                self.block_size)) is not None:
+            self._fail(problem)
         bat = array.array("Q", self._read(region.start, entries * 8))
         if sys.byteorder == "big":
             bat.byteswap()
         self.bat = bat
-        self._check_bat()
-
-    def _check_bat(self) -> None:
-        """Mark payload blocks whose BAT entry (or sector bitmap entry) cannot be followed."""
-        ratio, bs = self.chunk_ratio, self.block_size
-        # (start, end, what, block) with block -1 - chunk for a chunk's sector bitmap
-        stored: list[tuple[int, int, str, int]] = []
-        for block in range(self.block_count):
-            entry = self.bat[fmt.payload_index(block, ratio)]
-            state, offset = entry & fmt.STATE_MASK, entry & fmt.OFFSET_MASK
-            where = f"BAT entry {fmt.payload_index(block, ratio)} (block {block})"
-            if state not in fmt.PAYLOAD_STATES:
-                self.bad_blocks[block] = f"{where} has state {state}, which is undefined"
-                continue
-            if state == fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT and not self.has_parent:
-                self.bad_blocks[block] = f"{where} is partially present in a file without a parent"
-                continue
-            if state < fmt.PAYLOAD_BLOCK_FULLY_PRESENT:
-                continue
-            length = min(bs, self.size - block * bs)
-            reason = self._storage_problem(offset, length)
-            if reason:
-                self.bad_blocks[block] = f"{where} points to file offset {offset}, {reason}"
-                continue
-            stored.append((offset, offset + length, f"block {block}", block))
-            if state == fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT:
-                sb_index = fmt.bitmap_index(block, ratio)
-                sb = self.bat[sb_index]
-                sb_offset = sb & fmt.OFFSET_MASK
-                if sb & fmt.STATE_MASK != fmt.SB_BLOCK_PRESENT:
-                    self.bad_blocks[block] = (f"{where} is partially present but its sector bitmap "
-                                              f"(BAT entry {sb_index}) is not")
-                elif reason := self._storage_problem(sb_offset, fmt.SECTOR_BITMAP_BLOCK):
-                    self.bad_blocks[block] = (f"{where}: its sector bitmap (BAT entry {sb_index}) "
-                                              f"points to file offset {sb_offset}, {reason}")
-        if self.has_parent:
-            for chunk in range(-(-self.block_count // ratio)):
-                sb_index = fmt.bitmap_index(chunk * ratio, ratio)
-                sb = self.bat[sb_index]
-                state, start = sb & fmt.STATE_MASK, sb & fmt.OFFSET_MASK
-                where = f"BAT entry {sb_index} (the sector bitmap of chunk {chunk})"
-                if state == fmt.SB_BLOCK_PRESENT:
-                    if reason := self._storage_problem(start, fmt.SECTOR_BITMAP_BLOCK):
-                        self.bad_bitmaps[chunk] = f"{where} points to file offset {start}, {reason}"
-                        continue
-                    stored.append((start, start + fmt.SECTOR_BITMAP_BLOCK,
-                                   f"the sector bitmap of chunk {chunk}", -1 - chunk))
-                elif state != fmt.SB_BLOCK_NOT_PRESENT:
-                    self.bad_bitmaps[chunk] = f"{where} has state {state}, which is undefined"
-        stored.sort()
-        previous: tuple[int, int, str, int] | None = None
-        for item in stored:
-            if previous is not None and item[0] < previous[1]:
-                for one, other in ((item, previous), (previous, item)):
-                    reason = f"{one[2]} at file offset {one[0]} shares its storage with {other[2]}"
-                    if one[3] >= 0:
-                        self.bad_blocks.setdefault(one[3], reason)
-                    else:  # a sector bitmap: only writing would go wrong (refused)
-                        self.bad_bitmaps.setdefault(-1 - one[3], reason)
-            if previous is None or item[1] > previous[1]:
-                previous = item
+        verdict = rules.check_bat(bat, self.bat_shape)
+        self.bad_blocks, self.bad_bitmaps = verdict.bad_blocks, verdict.bad_bitmaps
         for block in sorted(self.bad_blocks)[:3]:
             self._warn(f"{self.name}: {self.bad_blocks[block]}; that block cannot be read")
         if len(self.bad_blocks) > 3:
             self._warn(f"{self.name}: {len(self.bad_blocks) - 3} more damaged BAT entries")
 
-    def _storage_problem(self, offset: int, length: int) -> str:
-        if offset < fmt.HEADER_SECTION_SIZE:
-            return "inside the header section (the first MiB)"
-        if offset + length > self.data_size:
-            return f"past the end of the file ({self.data_size} bytes)"
-        for span in self.spans:
-            if offset < span.end and span.start < offset + length:
-                return f"inside the {span.name} [{span.start}, {span.end})"
-        return ""
+    @property
+    def bat_shape(self) -> rules.BatShape:
+        return rules.BatShape(self.size, self.block_size, self.chunk_ratio, self.has_parent,
+                              self.data_size, tuple(self.spans))
 
     # ---------------------------------------------------------------- facts
     @property
