@@ -56,6 +56,16 @@ FOOTER_STRUCT = ChecksummedStruct(
     cookie_fix="this is not a VHD file, or its footer is damaged (vhdfs check --repair)",
     damage_fix="the footer is damaged; vhdfs check --repair can restore it")
 
+# vhdfs commit marks a parent it copies into in the last 32 reserved bytes (footer bytes
+# 480-511, where no other writer puts anything): this magic, a version and the child's unique
+# id. vhdfs.maintain.journals sets and clears the mark; every reader reports it.
+MARKER_MAGIC = b"vhdfs-commit"
+MARKER_VERSION = b"\0\0\0\x01"
+MARKER_FOOTER_BYTE = 480
+MARK_LENGTH = len(MARKER_MAGIC) + len(MARKER_VERSION) + 16
+_MARK_INDEX = MARKER_FOOTER_BYTE - FOOTER_STRUCT.offset("reserved")  # into Footer.reserved
+MARK_SLICE = slice(_MARK_INDEX, _MARK_INDEX + MARK_LENGTH)
+
 
 def chs_geometry(total_sectors: int) -> tuple[int, int, int]:
     """CHS geometry for a disk of `total_sectors`, by the algorithm in the VHD specification."""
@@ -74,6 +84,18 @@ def chs_geometry(total_sectors: int) -> tuple[int, int, int]:
             spt, heads = 63, 16
             cyl_times_heads = total // spt
     return cyl_times_heads // heads, heads, spt
+
+
+def footer_geometry(size: int) -> tuple[int, int, int]:
+    """The CHS geometry a footer records for a disk of `size` bytes (create and resize)."""
+    cylinders, heads, spt = chs_geometry(size // 512)
+    if cylinders * heads * spt * 512 != size:
+        # The geometry cannot express this size. As qemu-img does for exact sizes, write
+        # the maximum geometry, which readers that size disks by CHS (qemu, for creators
+        # it does not know) take to mean "use the current size"; Hyper-V and Azure use
+        # the current size anyway.
+        return MAX_GEOMETRY
+    return cylinders, heads, spt
 
 
 SIZE_RULES = ("auto", "current", "chs")
@@ -107,13 +129,7 @@ class Footer:
     @classmethod
     def new(cls, disk_type: DiskType, size: int, data_offset: int = NO_DATA_OFFSET,
             unique_id: bytes | None = None) -> Footer:
-        cylinders, heads, spt = chs_geometry(size // 512)
-        if cylinders * heads * spt * 512 != size:
-            # The geometry cannot express this size. As qemu-img does for exact sizes, write
-            # the maximum geometry, which readers that size disks by CHS (qemu, for creators
-            # it does not know) take to mean "use the current size"; Hyper-V and Azure use
-            # the current size anyway.
-            cylinders, heads, spt = MAX_GEOMETRY
+        cylinders, heads, spt = footer_geometry(size)
         return cls(
             features=FEATURES_RESERVED, version=VERSION_1_0, data_offset=data_offset,
             timestamp=vhd_now(), creator_app=CREATOR_APP, creator_version=0x00010000,
@@ -149,6 +165,19 @@ class Footer:
 
     def copy(self, **changes: object) -> Footer:
         return replace(self, **changes)
+
+    def resized(self, size: int) -> Footer:
+        """This footer for a disk of `size` bytes: the current size and, as create writes
+        it, the geometry (the original size stays what the disk was created with)."""
+        cylinders, heads, spt = footer_geometry(size)
+        return replace(self, current_size=size, cylinders=cylinders, heads=heads,
+                       sectors_per_track=spt)
+
+    @property
+    def commit_mark(self) -> bytes | None:
+        """The unique id of the child whose commit into this file is unfinished, if marked."""
+        area = self.reserved[MARK_SLICE]
+        return bytes(area[-16:]) if area.startswith(MARKER_MAGIC) else None
 
     @property
     def chs_size(self) -> int:
