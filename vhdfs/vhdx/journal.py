@@ -115,19 +115,30 @@ class Journal:
         self.headers.update(self.source)  # the second copy: both current
         self._file_guid_changed = True
 
-    def begin_data(self) -> None:
-        """Before the first write of virtual disk data in this session."""
+    def begin_data(self, guid: bytes | None = None) -> None:
+        """Before the first write of virtual disk data in this session: a new DataWriteGuid,
+        or `guid` when the caller chose it beforehand (commit records it, so a resumed run
+        keeps it: a header that already holds it is not written again)."""
         with self._lock:
-            if not self._data_guid_changed:
-                self._update(data_write_guid=new_guid())
-                self._data_guid_changed = True
+            if self._data_guid_changed:
+                return
+            if guid is None or bytes(self.header.data_write_guid) != guid:
+                self._update(data_write_guid=guid or new_guid())
+            elif not self._file_guid_changed:
+                self._update()  # the FileWriteGuid still changes before the first write
+            self._data_guid_changed = True
 
     # ---------------------------------------------------------------- the log
-    def commit(self, sectors: list[tuple[int, bytes]]) -> None:
+    def commit(self, sectors: list[tuple[int, bytes]], *, atomic: bool = False) -> None:
         """Make `sectors` ((4 KiB-aligned file offset, 4 KiB), in the order they may reach
-        the file) durable through the log, then write them in place."""
+        the file) durable through the log, then write them in place. `atomic`: in one entry,
+        so a crash leaves all of them or none (refused when they do not fit)."""
         if not sectors:
             return
+        if atomic and len(sectors) > self.max_sectors:
+            raise FormatError(self.name, f"a change of {len(sectors)} metadata sectors does not "
+                              f"fit in one entry of its {self.log_length}-byte log "
+                              f"({self.max_sectors} sectors)", "nothing was written")
         with self._lock:
             self.source.sync()
             if not self._log_started:

@@ -33,7 +33,7 @@ from vhdfs.errors import FormatError, ImageIOError, RefusedError, VhdfsError
 from vhdfs.image import DiskType, LocatorEntry, Run, RunKind
 from vhdfs.sources.base import Source
 from vhdfs.vhdx import format as fmt
-from vhdfs.vhdx import rules
+from vhdfs.vhdx import metadata, rules
 from vhdfs.vhdx.bitmap import lsb_runs, set_lsb_bits
 from vhdfs.vhdx.headers import Headers
 from vhdfs.vhdx.journal import Journal
@@ -561,6 +561,19 @@ class VhdxLayer:
                 raw += self._read(at + len(raw), fmt.LOG_SECTOR - len(raw))
             out.append((at, raw))
         return out
+
+    def write_metadata(self, region: bytes) -> None:
+        """Replace the metadata region with `region` (vhdfs.vhdx.metadata.with_item makes
+        it): the completed writes are flushed first, then the sectors that differ go through
+        the log in one entry, so a crash leaves the old metadata or the new."""
+        self._require_writable()
+        assert self.journal is not None
+        self.flush()
+        meta = self.regions[fmt.METADATA_REGION]
+        with self._flush_lock:
+            old = self._read(meta.start, meta.end - meta.start)
+            self.journal.commit(metadata.changed_sectors(meta.start, old, region), atomic=True)
+        self._read_metadata()
 
     def close(self) -> None:
         """Flush, and empty the log a write session used (a clean close)."""
