@@ -1,6 +1,7 @@
 """What an upload writes, checked against an in-memory model of the blob: the writes of a flat
-upload make the flattened chain, the writes of a patch make it on top of the parent's blob,
-and every write keeps Azure's rules (at most 4 MiB, 512-byte aligned)."""
+upload make the flattened chain and send only pages with a non-zero byte, the writes of a
+patch make it on top of the parent's blob (clearing the child's zeros only where the base
+blob holds pages), and every write keeps Azure's rules (at most 4 MiB, 512-byte aligned)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from vhdfs.chain import Chain
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
 from vhdfs.resolve import open_chain
 from vhdfs.sources.local import LocalFile
-from vhdfs.upload.planning import MAX_WRITE, ZERO_GRAIN, Write, coalesce, flat_writes, patch_writes
+from vhdfs.upload.pages import nonzero_pages
+from vhdfs.upload.planning import MAX_WRITE, Write, file_writes, flat_writes, patch_writes, range_hash
 from vhdfs.vhd.layer import Layer
 
 SECTOR = 512
@@ -33,8 +35,19 @@ def check_rules(writes: list[Write]) -> None:
         assert w.offset % SECTOR == 0 and w.length % SECTOR == 0 and w.length > 0
         if w.data is not None:
             assert len(w.data) == w.length <= MAX_WRITE
+        assert w.sha256 == range_hash(Write(w.offset, w.length, w.data))  # hashed as sent
     ends = [(w.offset, w.end) for w in writes]
     assert all(a[1] <= b[0] for a, b in zip(ends, ends[1:], strict=False))  # in order, disjoint
+
+
+def pages_of(data: bytes) -> set[int]:
+    """Offsets of the pages of `data` with a non-zero byte."""
+    return {at for at in range(0, len(data), SECTOR) if data[at:at + SECTOR].count(0) < SECTOR}
+
+
+def written_pages(writes: list[Write], *, clears: bool = False) -> set[int]:
+    return {at for w in writes if (w.data is None) == clears
+            for at in range(w.offset, w.end, SECTOR)}
 
 
 layer_writes = st.lists(st.tuples(
@@ -62,10 +75,10 @@ def write_all(path: Path, plan: list, seed: int) -> None:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(base_plan=layer_writes, child_plan=layer_writes, seed=st.integers(0, 99),
-       block=st.sampled_from([512 * 1024, 2 * MiB]))
+       block=st.sampled_from([512 * 1024, 2 * MiB]), readers=st.sampled_from([1, 3]))
 def test_flat_and_patch_writes_make_the_chain(tmp_path: Path, base_plan: list, child_plan: list,
-                                              seed: int, block: int) -> None:
-    folder = tmp_path / f"c{seed}-{len(base_plan)}-{len(child_plan)}-{block}"
+                                              seed: int, block: int, readers: int) -> None:
+    folder = tmp_path / f"c{seed}-{len(base_plan)}-{len(child_plan)}-{block}-{readers}"
     folder.mkdir(exist_ok=True)
     base, child = folder / "base.vhd", folder / "child.vhd"
     for path in (base, child):
@@ -78,61 +91,105 @@ def test_flat_and_patch_writes_make_the_chain(tmp_path: Path, base_plan: list, c
 
     with open_chain(str(child)) as chain, open_chain(str(base)) as parent:
         want = chain.read(0, SIZE) + FOOTER
-        writes = list(flat_writes(chain, FOOTER))
+        writes = list(flat_writes(chain, FOOTER, readers=readers))
         check_rules(writes)
         blob = bytearray(SIZE + SECTOR)
         apply(blob, writes)
         assert blob == want
         assert all(w.data is not None for w in writes)
-        # Only data goes up: no 64 KiB grain of a write is all zeros where the disk is zeros
-        # on the whole grain.
-        for w in writes[:-1]:
-            for grain in range(w.offset - w.offset % ZERO_GRAIN, w.end, ZERO_GRAIN):
-                if want[grain:grain + ZERO_GRAIN] == bytes(ZERO_GRAIN):
-                    assert not (w.offset <= grain and grain + ZERO_GRAIN <= w.end)
+        # Only data goes up: exactly the pages with a non-zero byte, and the footer.
+        assert written_pages(writes[:-1]) == pages_of(want[:SIZE])
 
-        # Patch: the parent's blob (flat) plus the child's writes, zeros included.
-        parent_blob = bytearray(parent.read(0, SIZE) + b"P" * SECTOR)
+        # Patch: the parent's blob (flat, as its upload left it: only its data pages) plus
+        # the child's writes.
+        base_blob = parent.read(0, SIZE)
+        base_pages = sorted(pages_of(base_blob))
+
+        def listed(start: int, end: int) -> list[tuple[int, int]]:
+            return [(at, at + SECTOR) for at in base_pages if start <= at < end]
+
+        parent_blob = bytearray(base_blob + b"P" * SECTOR)
         top = Layer(LocalFile(child))
         try:
-            patch = list(patch_writes(Chain([top]), 1, FOOTER))
+            patch = list(patch_writes(Chain([top]), 1, FOOTER, listed, readers=readers))
         finally:
             top.close()
         check_rules(patch)
         apply(parent_blob, patch)
         assert parent_blob == want
-        child_bytes = sum(w.length for w in patch[:-1])
-        here = sum(e.length for e in chain.iter_extents() if e.layer == 0)
-        assert child_bytes == here  # exactly what the child holds, nothing of the base
+        # Of what the child holds: its data pages are written, its zero pages cleared where
+        # the base has data, and nothing else is touched.
+        held = {at for e in chain.iter_extents() if e.layer == 0
+                for at in range(e.offset, e.offset + e.length, SECTOR)}
+        assert written_pages(patch[:-1]) == held & pages_of(want[:SIZE])
+        assert written_pages(patch, clears=True) == (held - pages_of(want[:SIZE])) & \
+            set(base_pages)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 64), st.integers(1, 40), st.booleans()), max_size=20),
-       st.sampled_from([2048, 8192, MAX_WRITE]))
-def test_coalesce_keeps_bytes_and_limits(items: list, limit: int) -> None:
-    pieces, pos = [], 0
-    for gap, sectors, is_data in items:
-        pos += gap * SECTOR
-        length = sectors * SECTOR
-        data = bytes([len(pieces) % 250 + 1]) * length if is_data else None
-        pieces.append(Write(pos, length, data))
-        pos += length
-    out = list(coalesce(pieces, limit))
-    check_rules(out)
-    assert all(w.length <= limit for w in out if w.data is not None)
-    want, got = bytearray(pos + 1), bytearray(pos + 1)
-    apply(want, pieces)
-    apply(got, out)
-    assert got == want
-    cleared = sorted((w.offset, w.end) for w in pieces if w.data is None)
-    assert sorted((w.offset, w.end) for w in out if w.data is None) == _merge(cleared)
+def test_a_zero_sector_of_the_child_over_base_data_is_cleared(tmp_path: Path) -> None:
+    """The case a page-level zero check could get wrong: the child holds one zero sector over
+    the base's data (cleared), and zeros over a base hole (left alone: nothing to clear)."""
+    base, child = tmp_path / "base.vhd", tmp_path / "child.vhd"
+    create_dynamic(base, SIZE, 512 * 1024)
+    write_all_bytes(base, [(1 * MiB, b"\xbb" * 8192)])
+    with Layer(LocalFile(base)) as layer:
+        create_differencing(child, parent_info_of(base, layer))
+    write_all_bytes(child, [(1 * MiB, b"\xcc" * 512 + bytes(512) + b"\xcc" * 512),
+                            (6 * MiB, bytes(4096) + b"\xdd" * 512)])
+    top = Layer(LocalFile(child))
+    try:
+        base_ranges = [(1 * MiB, 1 * MiB + 8192)]
+        patch = list(patch_writes(Chain([top]), 1, FOOTER,
+                                  lambda lo, hi: [(a, b) for a, b in base_ranges if a < hi and b > lo]))
+    finally:
+        top.close()
+    assert [(w.offset, w.length, w.data is None) for w in patch[:-1]] == [
+        (1 * MiB, 512, False),  # the child's data
+        (1 * MiB + 512, 512, True),  # its zero sector over the base's 0xbb: cleared
+        (1 * MiB + 1024, 512, False),  # (the sectors after it are the base's: the bitmap)
+        (6 * MiB + 4096, 512, False),  # zeros over a hole of the base: not sent, not cleared
+    ]
 
 
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for lo, hi in ranges:
-        if out and out[-1][1] == lo:
-            out[-1] = (out[-1][0], hi)
-        else:
-            out.append((lo, hi))
-    return out
+def write_all_bytes(path: Path, writes: list[tuple[int, bytes]]) -> None:
+    with Layer(LocalFile(path, writable=True), writable=True) as layer:
+        for offset, data in writes:
+            layer.write(offset, data)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, 2 * MiB // SECTOR), st.integers(1, 3 * MiB // SECTOR),
+                          st.sampled_from(["random", "zeros", "sparse"])), max_size=5),
+       st.integers(0, 99), st.sampled_from([1, 2, 4]))
+def test_file_writes_send_its_data_pages(tmp_path: Path, plan: list, seed: int,
+                                         readers: int) -> None:
+    """--as-is: the file as it is, its zero pages (holes and zeros inside data) left out."""
+    rng = random.Random(seed)
+    path = tmp_path / f"f{seed}-{len(plan)}-{readers}.img"
+    size = 6 * MiB
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+        for first, count, kind in plan:
+            data = bytearray(rng.randbytes(count * SECTOR)) if kind == "random" else \
+                bytearray(count * SECTOR)
+            if kind == "sparse":
+                for at in range(0, len(data), 3 * SECTOR + 7):
+                    data[at] = 9
+            handle.seek(first * SECTOR)
+            handle.write(data[:size - first * SECTOR])
+    want = path.read_bytes()
+    with LocalFile(path) as source:
+        writes = list(file_writes(source, readers=readers))
+    check_rules(writes)
+    blob = bytearray(size)
+    apply(blob, writes)
+    assert blob == want
+    assert written_pages(writes) == pages_of(want)
+
+
+@given(st.binary(max_size=5000), st.integers(0, 9))
+def test_nonzero_pages_against_a_page_loop(data: bytes, zeros: int) -> None:
+    buf = bytes(zeros * SECTOR) + data + bytes(70 * 1024) + data
+    found = nonzero_pages(buf)
+    assert {at for lo, hi in found for at in range(lo, hi, SECTOR)} == pages_of(buf)
+    assert all(a[1] < b[0] for a, b in zip(found, found[1:], strict=False))  # merged

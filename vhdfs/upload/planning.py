@@ -1,51 +1,48 @@
-"""What an upload writes: page-aligned writes of at most 4 MiB, only where data is.
+"""What an upload writes: page writes of at most 4 MiB, only of pages that hold data.
 
-Pure functions over the extent map and local files, so they can be checked against an
-in-memory model without a server:
-  - `flat_writes`: the flat disk of a chain (only non-zero 64 KiB grains of data extents,
-    as `vhdfs.convert.data_pieces` finds them) followed by the fixed-VHD footer;
-  - `patch_writes`: only what layers above the base hold (layer index < `upto`), zeros
-    included (as page clears): on top of a copy of the base, they make the flattened chain;
-  - `file_writes`: any file as it is (non-zero grains of its data ranges).
-Adjacent pieces are merged into writes of at most `MAX_WRITE` bytes; adjacent clears into one.
+The blob is taken in aligned 4 MiB windows. For each window that holds anything to send,
+the planner says which stretches to read (`Window.spans`) and how (`Window.fill`); a worker
+thread reads them, finds the pages with a non-zero byte (vhdfs.upload.pages: a page blob
+reads pages never written as zeros) and makes the window's writes, each with the SHA-256
+of its bytes. Several windows are read, checked and hashed at once (pread and hashlib
+release the GIL; the zero check costs well under a millisecond per window), and their writes
+come out in order. A write never crosses a window boundary, so no write exceeds 4 MiB and
+the writes of a source do not depend on how many threads made them.
+
+  - `flat_writes`: the flat disk of a chain (its data extents, as `vhdfs.convert.data_windows`
+    finds them), then the fixed-VHD footer;
+  - `patch_writes`: only what layers above the base hold (layer index < `upto`): their data
+    pages, and page clears where they hold zeros over pages the base blob has written (a
+    zero sector of the child over the base's data must read as zero; over a base page never
+    written there is nothing to clear); on top of a copy of the base, they make the
+    flattened chain;
+  - `file_writes`: any file as it is (the non-zero pages of its data ranges).
+
+Pure functions of the extent map and local files, checked against an in-memory model.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Iterable, Iterator
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vhdfs.chain import Chain
-from vhdfs.convert import ConvertStats, data_pieces
+from vhdfs.convert import data_windows
 from vhdfs.progress import Progress
 from vhdfs.sources.local import LocalFile
+from vhdfs.upload.pages import PAGE, Runs, nonzero_pages, overlap, zero_gaps
 
-PAGE = 512
 MAX_WRITE = 4 * 1024 * 1024  # Azure's Put Page limit; Azurite does not enforce it, we do
-READ_CHUNK = 4 * 1024 * 1024
-ZERO_GRAIN = 64 * 1024  # as vhdfs.convert: all-zero grains inside data are not sent
+WINDOW = MAX_WRITE  # the unit of reading, zero detection and hashing
+# Windows read, checked and hashed at once: pread and hashlib release the GIL, so one
+# thread per core keeps the senders fed; more only contend.
+READERS = max(2, min(4, os.cpu_count() or 2))
 _ZERO_CHUNK = bytes(MAX_WRITE)
-
-
-def nonzero_pieces(data: bytes, grain: int = ZERO_GRAIN) -> Iterator[tuple[int, int]]:
-    """(start, end) of the parts of `data` that are not all zeros, at `grain` resolution
-    (grains counted from the start of `data`). Compares bytes slices: memoryview comparison
-    is about 30 times slower."""
-    if len(data) <= len(_ZERO_CHUNK) and data == _ZERO_CHUNK[:len(data)]:
-        return
-    zero = _ZERO_CHUNK[:grain]
-    start = None
-    for pos in range(0, len(data), grain):
-        piece = data[pos:pos + grain]
-        if piece == (zero if len(piece) == grain else bytes(len(piece))):
-            if start is not None:
-                yield start, pos
-                start = None
-        elif start is None:
-            start = pos
-    if start is not None:
-        yield start, len(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,140 +50,179 @@ class Write:
     offset: int
     length: int
     data: bytes | None  # None: clear the pages (they must read as zeros)
+    sha256: bytes = b""  # of the bytes written (zeros for a clear); b"": not computed yet
 
     @property
     def end(self) -> int:
         return self.offset + self.length
 
 
-def _padded(offset: int, data: bytes) -> bytes:
-    if offset % PAGE:
-        raise ValueError(f"internal: a piece at offset {offset} is not 512-byte aligned")
-    tail = len(data) % PAGE
-    return data + bytes(PAGE - tail) if tail else data
-
-
-def coalesce(items: Iterable[Write], limit: int = MAX_WRITE) -> Iterator[Write]:
-    """Merge adjacent writes of the same kind; data writes never exceed `limit` bytes."""
-    buf = bytearray()
-    start = -1
-    clear: Write | None = None
-    for item in items:
-        if item.length == 0:
-            continue
-        if item.data is None:
-            if buf:
-                yield from _flush(start, buf, limit)
-                buf = bytearray()
-            if clear is not None and clear.end == item.offset:
-                clear = Write(clear.offset, clear.length + item.length, None)
-            else:
-                if clear is not None:
-                    yield clear
-                clear = Write(item.offset, item.length, None)
-            continue
-        if clear is not None:
-            yield clear
-            clear = None
-        data = _padded(item.offset, item.data)
-        if buf and start + len(buf) == item.offset:
-            buf += data
-        else:
-            if buf:
-                yield from _flush(start, buf, limit)
-            buf = bytearray(data)
-            start = item.offset
-        while len(buf) >= limit:
-            yield Write(start, limit, bytes(buf[:limit]))
-            del buf[:limit]
-            start += limit
-    if clear is not None:
-        yield clear
-    if buf:
-        yield from _flush(start, buf, limit)
-
-
-def _flush(start: int, buf: bytearray, limit: int) -> Iterator[Write]:
-    for pos in range(0, len(buf), limit):
-        piece = bytes(buf[pos:pos + limit])
-        yield Write(start + pos, len(piece), piece)
-
-
-def flat_writes(chain: Chain, footer: bytes, progress: Progress | None = None,
-                stats: ConvertStats | None = None) -> Iterator[Write]:
-    stats = stats or ConvertStats(size=chain.size)
-    pieces = (Write(off, len(data), data) for off, data in data_pieces(chain, stats, progress))
-    yield from coalesce(pieces)
-    yield Write(chain.size, len(footer), footer)
-
-
-def patch_writes(chain: Chain, upto: int, footer: bytes, progress: Progress | None = None
-                 ) -> Iterator[Write]:
-    """Everything layers 0 .. upto-1 hold (data and zeros), then the footer."""
-
-    def pieces() -> Iterator[Write]:
-        for ext in chain.iter_extents():
-            if ext.is_zero or ext.layer >= upto:
-                if progress:
-                    progress.advance(ext.length)
-                continue
-            layer = chain.layers[ext.layer]
-            done = 0
-            while done < ext.length:
-                n = min(READ_CHUNK, ext.length - done)
-                data = layer.read_data(ext.file_offset + done, n)
-                base = ext.offset + done
-                pos = 0
-                for lo, hi in nonzero_pieces(data):
-                    if lo > pos:
-                        yield Write(base + pos, lo - pos, None)
-                    yield Write(base + lo, hi - lo, data[lo:hi])
-                    pos = hi
-                if pos < n:
-                    yield Write(base + pos, n - pos, None)
-                done += n
-                if progress:
-                    progress.advance(n)
-
-    yield from coalesce(pieces())
-    yield Write(chain.size, len(footer), footer)
-
-
-def file_writes(source: LocalFile, progress: Progress | None = None) -> Iterator[Write]:
-    """A file as it is: the non-zero grains of its data ranges (holes are never read)."""
-    size = source.size()
-
-    def pieces() -> Iterator[Write]:
-        pos = 0
-        for lo, hi in source.data_ranges(0, size):
-            if progress and lo > pos:
-                progress.advance(lo - pos)
-            at = lo
-            while at < hi:
-                n = min(READ_CHUNK, hi - at)
-                data = source.read_at(at, n)
-                for a, b in nonzero_pieces(data):
-                    yield Write(at + a, b - a, data[a:b])
-                at += n
-                if progress:
-                    progress.advance(n)
-            pos = hi
-        if progress and size > pos:
-            progress.advance(size - pos)
-
-    yield from coalesce(pieces())
-
-
-def range_hash(write: Write) -> bytes:
-    if write.data is not None:
-        return hashlib.sha256(write.data).digest()
+@functools.lru_cache(maxsize=64)
+def _zeros_hash(length: int) -> bytes:
     digest = hashlib.sha256()
-    left = write.length
+    left = length
     while left:
         n = min(left, len(_ZERO_CHUNK))
         digest.update(memoryview(_ZERO_CHUNK)[:n])
         left -= n
     return digest.digest()
+
+
+def range_hash(write: Write) -> bytes:
+    """The SHA-256 of what `write` leaves in the blob."""
+    if write.sha256:
+        return write.sha256
+    if write.data is not None:
+        return hashlib.sha256(write.data).digest()
+    return _zeros_hash(write.length)
+
+
+def data_write(offset: int, data: bytes) -> Write:
+    """A write of `data` (a whole number of pages) with its hash."""
+    if offset % PAGE or len(data) % PAGE:
+        raise ValueError(f"internal: a write of {len(data)} bytes at {offset} is not page aligned")
+    return Write(offset, len(data), data, hashlib.sha256(data).digest())
+
+
+@dataclass(frozen=True)
+class Window:
+    """One aligned window of the blob: what to read into it and what may need clearing."""
+
+    offset: int
+    length: int
+    spans: Runs  # blob offsets [lo, hi) to read and check, sorted, inside the window
+    fill: Callable[[memoryview], None]  # reads the spans into a zeroed buffer of `length`
+    clear_under: Runs | None = None  # zero pages inside these (blob offsets) are cleared
+
+
+def window_writes(window: Window) -> list[Write]:
+    """Read one window, find its data pages, and make its writes (hashed), in order."""
+    buf = bytearray(window.length)
+    window.fill(memoryview(buf))
+    at = window.offset
+    data: Runs = []  # offsets into buf
+    zeros: Runs = []  # blob offsets
+    for lo, hi in window.spans:
+        found = nonzero_pages(buf, lo - at, hi - at)
+        if window.clear_under:
+            zeros += [(at + a, at + b) for a, b in zero_gaps(lo - at, hi - at, found)]
+        for a, b in found:  # adjacent spans (extents of two layers) make one write
+            if data and data[-1][1] == a:
+                data[-1] = (data[-1][0], b)
+            else:
+                data.append((a, b))
+    writes = [data_write(at + a, _padded(buf[a:b])) for a, b in data]
+    if zeros and window.clear_under:
+        clears = [Write(a, b - a, None, _zeros_hash(b - a))
+                  for a, b in overlap(zeros, window.clear_under)]
+        writes = sorted(writes + clears, key=lambda w: w.offset)
+    return writes
+
+
+def _padded(piece: bytearray) -> bytes:
+    tail = len(piece) % PAGE
+    return bytes(piece) + bytes(PAGE - tail) if tail else bytes(piece)
+
+
+def in_order(windows: Iterable[Window], progress: Progress | None = None,
+             readers: int = READERS) -> Iterator[Write]:
+    """The writes of every window, in order, `readers` windows at a time (a bounded number
+    ahead, so memory stays at a few windows)."""
+    pool = ThreadPoolExecutor(readers, thread_name_prefix="vhdfs-read")
+    pending: deque[tuple[Window, Future[list[Write]]]] = deque()
+    try:
+        for window in windows:
+            pending.append((window, pool.submit(window_writes, window)))
+            while len(pending) > 2 * readers:
+                yield from _take(pending, progress)
+        while pending:
+            yield from _take(pending, progress)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _take(pending: deque, progress: Progress | None) -> list[Write]:
+    window, future = pending.popleft()
+    writes = future.result()
+    if progress:
+        progress.advance(window.length)
+    return writes
+
+
+def flat_writes(chain: Chain, footer: bytes, progress: Progress | None = None,
+                readers: int = READERS) -> Iterator[Write]:
+    """The flat disk's data pages, then the footer."""
+
+    def windows() -> Iterator[Window]:
+        for found in data_windows(chain, progress):
+            extents = found.extents
+            spans = [(e.offset, e.offset + e.length) for e in extents]
+
+            def fill(view: memoryview, at: int = found.offset, extents: list = extents) -> None:
+                chain.read_into(at, view, extents)
+
+            yield Window(found.offset, found.length, spans, fill)
+
+    yield from in_order(windows(), progress, readers)
+    yield data_write(chain.size, footer)
+
+
+def patch_writes(chain: Chain, upto: int, footer: bytes, base_pages: Callable[[int, int], Runs],
+                 progress: Progress | None = None, readers: int = READERS) -> Iterator[Write]:
+    """What layers 0 .. upto-1 hold: their data pages, and clears of their zero pages where
+    `base_pages(start, end)` (the base blob's written pages) says the base has data; then
+    the footer."""
+
+    def windows() -> Iterator[Window]:
+        for offset in range(0, chain.size, WINDOW):
+            length = min(WINDOW, chain.size - offset)
+            extents = [e for e in chain.iter_extents(offset, length)
+                       if not e.is_zero and e.layer < upto]
+            if not extents:
+                if progress:
+                    progress.advance(length)
+                continue
+            spans = [(e.offset, e.offset + e.length) for e in extents]
+
+            def fill(view: memoryview, at: int = offset, extents: list = extents) -> None:
+                chain.read_into(at, view, extents)
+
+            yield Window(offset, length, spans, fill, base_pages(offset, offset + length))
+
+    yield from in_order(windows(), progress, readers)
+    yield data_write(chain.size, footer)
+
+
+def file_writes(source: LocalFile, progress: Progress | None = None,
+                readers: int = READERS) -> Iterator[Write]:
+    """A file as it is: the non-zero pages of its data ranges (holes are never read)."""
+    size = source.size()
+
+    def windows() -> Iterator[Window]:
+        ranges = source.data_ranges(0, size)
+        i = 0
+        for offset in range(0, size, WINDOW):
+            end = min(offset + WINDOW, size)
+            spans: Runs = []
+            while i < len(ranges) and ranges[i][0] < end:
+                lo, hi = max(ranges[i][0], offset), min(ranges[i][1], end)
+                if lo < hi:
+                    spans.append((lo, hi))
+                if ranges[i][1] > end:
+                    break
+                i += 1
+            if not spans:
+                if progress:
+                    progress.advance(end - offset)
+                continue
+
+            def fill(view: memoryview, at: int = offset, spans: Runs = spans) -> None:
+                for lo, hi in spans:
+                    source.read_into(lo, view[lo - at:hi - at])
+
+            yield Window(offset, end - offset, spans, fill)
+
+    yield from in_order(windows(), progress, readers)
 
 
 class RangeDigest:

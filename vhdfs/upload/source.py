@@ -179,7 +179,10 @@ def _plan_patch(spec: str, base_spec: str, open_options: OpenOptions) -> SourceP
         chain.close()
         raise
     return SourcePlan(spec, "patch", chain.size + FOOTER_SIZE, fingerprint, facts[0][0],
-                      facts[0][1], lambda progress: patch_writes(chain, upto, new_footer, progress),
+                      facts[0][1],
+                      # Zeros of the child are cleared only over pages the base blob holds.
+                      lambda progress: patch_writes(chain, upto, new_footer, base.data_ranges,
+                                                    progress),
                       chain.close, top=chain.top, base=base_loc, base_id=footer.unique_id,
                       watched=watched)
 
