@@ -43,8 +43,8 @@ MiB = 1 << 20
 GPT_BACKUP_BYTES = 33 * SECTOR
 SCAN_PIECE = 1 << 30  # the range past a new end is mapped in pieces of this size
 READ_PIECE = 4 * MiB
-ZERO_GRAIN = 64 * 1024
 _ZERO_PIECE = bytes(READ_PIECE)
+_ZERO_SECTOR = bytes(SECTOR)
 
 
 @dataclass
@@ -58,7 +58,7 @@ class ResizeReport:
     new_file_size: int
     table_entries: int | None  # the BAT's size after the resize (None: a fixed disk)
     moved_blocks: int  # blocks copied to the end to make room for a larger BAT
-    cut: int  # bytes holding data past the new end that a --force shrink dropped
+    cut: int  # bytes of non-zero sectors past the new end that a --force shrink dropped
     partition_table: str  # mbr, gpt, none (or "unread": a child, or a damaged table)
     parent: str | None  # a differencing disk's parent, at the new size
     children: list[str]  # children (found beside it or in --search) that now need resizing
@@ -239,8 +239,8 @@ def _partition_table(layer: Layer) -> PartitionTable | None:
 
 
 def _data_past(layer: Layer, source: LocalFile, start: int, end: int) -> tuple[int, int | None]:
-    """(bytes of data that are not zeros in [start, end) at 64 KiB grains, the first such
-    offset) of what the layer itself holds there."""
+    """(bytes in sectors that are not all zeros in [start, end), the first such sector's
+    offset), of what the layer itself holds there."""
     holding, first = 0, None
     for piece in range(start, end, SCAN_PIECE):
         for run in layer.map(piece, min(SCAN_PIECE, end - piece)):
@@ -254,12 +254,11 @@ def _data_past(layer: Layer, source: LocalFile, start: int, end: int) -> tuple[i
                     data = source.read_at(at, min(READ_PIECE, hi - at))
                     if data == _ZERO_PIECE[:len(data)]:
                         continue
-                    for grain in range(0, len(data), ZERO_GRAIN):
-                        chunk = data[grain:grain + ZERO_GRAIN]
-                        if chunk.count(0) != len(chunk):
-                            holding += len(chunk)
+                    for sector in range(0, len(data), SECTOR):
+                        if data[sector:sector + SECTOR] != _ZERO_SECTOR:
+                            holding += SECTOR
                             if first is None:
-                                first = run.offset + (at - run.file_offset) + grain
+                                first = run.offset + (at - run.file_offset) + sector
     return holding, first
 
 

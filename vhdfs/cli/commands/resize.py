@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from vhdfs.cli.common import open_options
 from vhdfs.cli.conventions import report as print_result
 from vhdfs.vhd.footer import SIZE_RULES
 
@@ -44,11 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vhdfs.errors import UsageError
     from vhdfs.resize import describe, resize
+    from vhdfs.resolve import OpenOptions
 
     if getattr(args, "force_share", False):
         raise UsageError("--force-share is for reading: resize writes IMAGE and holds it "
                          "exclusively")
-    report = resize(args.image, args.size, align=args.align, force=args.force,
-                    options=open_options(args))
+    options = OpenOptions(parents=list(args.parent), search=list(args.search),
+                          size_rule=args.size_rule)  # a local file: no blob options
+    report = resize(args.image, args.size, align=args.align, force=args.force, options=options)
     print_result(args, dataclasses.asdict(report), describe(report))
     return 0
