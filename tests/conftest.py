@@ -35,6 +35,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "interop/test_libvhdi.py": ("fuse",),
     "ops": ("ops",),
     "ops/test_commit_crash.py": ("crash", "slow"),
+    "ops/test_resize_crash.py": ("crash", "slow"),  # errorfs too: a FUSE pass-through
     "fuse": ("fuse",),
     "fuse/test_times_ops.py": ("ops",),
     "guest": ("fuse",),
