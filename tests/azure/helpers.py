@@ -76,3 +76,42 @@ def flat_disk(image: Path, out: Path, env: dict[str, str]) -> bytes:
     """The chain as `vhdfs convert --to fixed` makes it (data + footer)."""
     vhdfs("convert", image, out, "--to", "fixed", env=env)
     return out.read_bytes()
+
+
+PAGE = 512
+
+
+def nonzero_pages(data: bytes) -> int:
+    """How many 512-byte pages of `data` hold a non-zero byte (a plain loop: the model)."""
+    return sum(1 for at in range(0, len(data), PAGE) if data[at:at + PAGE].count(0) < PAGE)
+
+
+def short_writes(rng: random.Random, size: int, count: int) -> list[tuple[int, bytes]]:
+    """Short writes as a guest makes them: 512 B to 8 KiB, some all zeros, some with zero
+    sectors inside, anywhere on the disk."""
+    out: list[tuple[int, bytes]] = []
+    for _ in range(count):
+        sectors = rng.randint(1, 16)
+        data = bytearray(rng.randbytes(sectors * PAGE))
+        kind = rng.random()
+        if kind < 0.15:
+            data = bytearray(len(data))
+        elif kind < 0.5:
+            for s in rng.sample(range(sectors), rng.randint(0, sectors - 1)):
+                data[s * PAGE:(s + 1) * PAGE] = bytes(PAGE)
+        out.append((rng.randrange(size // PAGE - sectors) * PAGE, bytes(data)))
+    return out
+
+
+def hidden_style_chain(folder: Path, seed: int = 5) -> Path:
+    """24 MiB, 512 KiB blocks, three layers of short writes (the chain of the issue)."""
+    rng = random.Random(seed)
+    size = 24 * MiB
+    paths = [folder / "base.vhd", folder / "mid.vhd", folder / "top.vhd"]
+    create_dynamic(paths[0], size, 512 * KiB)
+    write_layer(paths[0], short_writes(rng, size, 400))
+    for parent, child in zip(paths, paths[1:], strict=False):
+        with Layer(LocalFile(parent)) as layer:
+            create_differencing(child, parent_info_of(parent, layer))
+        write_layer(child, short_writes(rng, size, 150))
+    return paths[-1]

@@ -4,51 +4,24 @@ wire by the test proxy; a zero sector of a child over its base's data is still c
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from tests.azure.azurite import Azurite, FaultProxy, connection_string
-from tests.azure.helpers import KiB, MiB, flat_disk, service, vhdfs, write_layer
+from tests.azure.helpers import (
+    KiB,
+    MiB,
+    flat_disk,
+    hidden_style_chain,
+    nonzero_pages,
+    service,
+    vhdfs,
+    write_layer,
+)
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
 from vhdfs.sources.local import LocalFile
 from vhdfs.vhd.layer import Layer
 
 PAGE = 512
-
-
-def nonzero_pages(data: bytes) -> int:
-    return sum(1 for at in range(0, len(data), PAGE) if data[at:at + PAGE].count(0) < PAGE)
-
-
-def short_writes(rng: random.Random, size: int, count: int) -> list[tuple[int, bytes]]:
-    """Short writes as a guest makes them: 512 B to 8 KiB, some all zeros, some with zero
-    sectors inside, anywhere on the disk."""
-    out = []
-    for _ in range(count):
-        sectors = rng.randint(1, 16)
-        data = bytearray(rng.randbytes(sectors * PAGE))
-        kind = rng.random()
-        if kind < 0.15:
-            data = bytearray(len(data))
-        elif kind < 0.5:
-            for s in rng.sample(range(sectors), rng.randint(0, sectors - 1)):
-                data[s * PAGE:(s + 1) * PAGE] = bytes(PAGE)
-        out.append((rng.randrange(size // PAGE - sectors) * PAGE, bytes(data)))
-    return out
-
-
-def hidden_style_chain(folder: Path, seed: int = 5) -> Path:
-    """24 MiB, 512 KiB blocks, three layers of short writes (the chain of the issue)."""
-    rng = random.Random(seed)
-    size = 24 * MiB
-    paths = [folder / "base.vhd", folder / "mid.vhd", folder / "top.vhd"]
-    create_dynamic(paths[0], size, 512 * KiB)
-    write_layer(paths[0], short_writes(rng, size, 400))
-    for parent, child in zip(paths, paths[1:], strict=False):
-        with Layer(LocalFile(parent)) as layer:
-            create_differencing(child, parent_info_of(parent, layer))
-        write_layer(child, short_writes(rng, size, 150))
-    return paths[-1]
 
 
 def page_writes(proxy: FaultProxy) -> list:

@@ -1,6 +1,7 @@
 """Benchmark: upload to blob storage and lazy remote reads, against Azurite (127.0.0.1).
 
-    python -m tools.bench.upload [--folder DIR] [--size 4G] [--data 400M]
+    python -m tools.bench.upload [--folder DIR] [--size 4G] [--data 400M] [--rounds 3]
+                                 [--parts sdk,cat,pages,sender]
 
 Upload: a dynamic VHD of --size holding --data of random (incompressible) data, laid out as
 a file system leaves it: three quarters in files of 64 KiB to 8 MiB packed in the first
@@ -18,7 +19,21 @@ changed inetpub/wwwroot/Welcome.png; the base uploaded flat, the child --as-is, 
 set-parent; `vhdfs cat az://.../child.vhd 'C:\\inetpub\\wwwroot\\Welcome.png' --stats` against
 the same `vhdfs cat` of the local chain.
 
-Prints a Markdown table for docs/benchmarks.md.
+Zero pages (--parts pages): bytes sent against the bytes of the non-zero 512-byte sectors of
+the flat disk plus the 512-byte footer, on the chain of issue 14 (24 MiB, 512 KiB blocks,
+three layers of short writes: tests/azure/helpers.py hidden_style_chain) and on the disk
+above; and the upload's time against the same upload with zero detection switched off (every
+page of every data extent sent), medians of --rounds interleaved rounds.
+
+Sender (--parts sender): `vhdfs upload` (concurrency 8) against an in-memory sender doing the
+same ranged writes with 8 threads: the writes of the same upload made beforehand and held in
+memory, sent by 8 threads through vhdfs's own client (same transport, Content-MD5 and lease)
+after creating the blob and taking the lease, the metadata set at the end. The command's
+start-up (Python, imports, opening the chain, creating the blob, the lease, the footer, the
+metadata) is measured as the same command uploading an empty disk of the same size, and
+subtracted. Medians of --rounds interleaved rounds.
+
+Prints Markdown tables for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -27,20 +42,27 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.azure.helpers import service, stats_of
+from tests.azure.helpers import hidden_style_chain, service, stats_of
 from tests.fixtures.content import make_png
 from tests.fixtures.windows import build_windows_disk
 from tools.azurite import Azurite, azurite_binary
 from tools.bench.common import GiB, KiB, MiB
+from vhdfs.azure.client import blob_client
+from vhdfs.azure.credentials import parse_location
+from vhdfs.azure.lease import LeaseKeeper
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
+from vhdfs.resolve import open_chain
 from vhdfs.sources.local import LocalFile
 from vhdfs.units import human, parse_size
+from vhdfs.upload.source import plan_source
 from vhdfs.vhd.layer import Layer
 
 
@@ -162,22 +184,174 @@ def bench_cat(folder: Path, server: Azurite, env: dict) -> list[str]:
             f"{human(stats['bytes_fetched'])} ({share:.2f}% of 2 GiB) | {stats['requests']} |"]
 
 
+# ---------------------------------------------------------------------------- zero pages
+# `vhdfs upload` with zero detection switched off: every page of every data extent is sent.
+NO_ZERO_CHECK = ("import sys\n"
+                 "import vhdfs.upload.planning as planning\n"
+                 "planning.nonzero_pages = lambda buf, start, end: [(start, end)] if end > start "
+                 "else []\n"
+                 "from vhdfs.cli import run\n"
+                 "sys.argv[0] = 'vhdfs'\n"
+                 "sys.exit(run())\n")
+
+
+def upload_command(*args: object, env: dict, zero_check: bool = True
+                   ) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.perf_counter()
+    command = [sys.executable, "-m", "vhdfs"] if zero_check else \
+        [sys.executable, "-c", NO_ZERO_CHECK]
+    done = subprocess.run([*command, "-q", "upload", *map(str, args), "--stats"],
+                          capture_output=True, env=env)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        raise SystemExit(f"vhdfs upload {' '.join(map(str, args))} failed:\n"
+                         f"{done.stderr.decode(errors='replace')}")
+    return seconds, done
+
+
+def nonzero_sector_bytes(image: Path) -> int:
+    """Bytes of the flat disk's sectors that hold a non-zero byte (a plain loop over the
+    data extents: independent of the upload's own zero check)."""
+    count = 0
+    with open_chain(str(image), allow_raw=True) as chain:
+        for offset in range(0, chain.size, 4 * MiB):
+            length = min(4 * MiB, chain.size - offset)
+            if all(e.is_zero for e in chain.iter_extents(offset, length)):
+                continue
+            data = chain.read(offset, length)
+            zero = bytes(512)
+            count += sum(1 for at in range(0, length, 512) if data[at:at + 512] != zero)
+    return count * 512
+
+
+def bench_pages(folder: Path, server: Azurite, env: dict, size: int, data: int,
+                rounds: int) -> list[str]:
+    small = hidden_style_chain(_fresh(folder / "pages-chain"))
+    disk = folder / "disk.vhd"
+    if not disk.exists():
+        build_disk(disk, size, data)
+    with_check_container(server, "pages")
+    rows = ["| disk | non-zero sectors + footer | bytes sent | ratio | upload | same upload "
+            "without zero detection (sent) |", "|---|---|---|---|---|---|"]
+    for label, image in (("24 MiB chain, 512 KiB blocks, short writes (3 layers)", small),
+                         (f"{human(size)} dynamic VHD, {human(data)} of data", disk)):
+        want = nonzero_sector_bytes(image) + 512
+        times: dict[bool, list[float]] = {True: [], False: []}
+        sent: dict[bool, int] = {}
+        for index in range(rounds):
+            for check in (True, False):
+                name = f"az://pages/{image.stem}-{int(check)}-{index}.vhd"
+                seconds, done = upload_command(image, name, env=env, zero_check=check)
+                times[check].append(seconds)
+                sent[check] = stats_of(done.stderr.decode())["bytes_sent"]
+        ours, plain = statistics.median(times[True]), statistics.median(times[False])
+        rows.append(f"| {label} | {want} | {sent[True]} | {sent[True] / want:.4f} | "
+                    f"{ours:.2f} s | {plain:.2f} s ({sent[False]}, {sent[False] / want:.2f}x) |")
+    return rows
+
+
+def _fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+def with_check_container(server: Azurite, name: str) -> None:
+    client = service(server.endpoint).get_container_client(name)
+    if not client.exists():
+        client.create_container()
+
+
+# ---------------------------------------------------------------------------- sender
+def memory_sender(env: dict, dest: str, image: Path, concurrency: int = 8) -> float:
+    """The writes `vhdfs upload image` makes, made beforehand and held in memory, then sent
+    by `concurrency` threads through vhdfs's own client, as the upload sends them (create
+    the blob, take the lease, write with Content-MD5, set the metadata). Returns seconds
+    from creating the blob to the metadata."""
+    os.environ["AZURE_STORAGE_CONNECTION_STRING"] = env["AZURE_STORAGE_CONNECTION_STRING"]
+    plan = plan_source(str(image))
+    try:
+        writes = list(plan.writes(None))
+    finally:
+        plan.close()
+    client = blob_client(parse_location(dest))
+    start = time.perf_counter()
+    client.create_page_blob(size=plan.blob_size, metadata={"vhdfs_state": "uploading"})
+    keeper = LeaseKeeper(client, dest)
+    lease = keeper.acquire()
+    try:
+        def send(write) -> None:  # noqa: ANN001 - planning.Write
+            client.upload_page(write.data, offset=write.offset, length=write.length, lease=lease,
+                               validate_content=True)
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(send, writes))
+        client.set_blob_metadata({"vhdfs_state": "complete"}, lease=lease)
+    finally:
+        keeper.release()
+    return time.perf_counter() - start
+
+
+def bench_sender(folder: Path, server: Azurite, env: dict, size: int, data: int,
+                 rounds: int) -> list[str]:
+    disk = folder / "disk.vhd"
+    if not disk.exists():
+        build_disk(disk, size, data)
+    empty = folder / "empty.vhd"
+    create_dynamic(empty, size, 2 * MiB, force=True)
+    with_check_container(server, "sender")
+    ours, startup, anchor = [], [], []
+    for index in range(rounds):
+        seconds, _ = upload_command(disk, f"az://sender/ours-{index}.vhd", env=env)
+        ours.append(seconds)
+        seconds, _ = upload_command(empty, f"az://sender/empty-{index}.vhd", env=env)
+        startup.append(seconds)
+        anchor.append(memory_sender(env, f"az://sender/memory-{index}.vhd", disk))
+    net = [o - s for o, s in zip(ours, startup, strict=True)]
+    ratio = statistics.median(anchor) / statistics.median(net)
+    return [f"Disk: {human(size)} dynamic VHD holding {human(data)} of data; medians of {rounds}.",
+            "", "| | seconds |", "|---|---|",
+            f"| `vhdfs upload` (concurrency 8), wall time | {statistics.median(ours):.2f} |",
+            f"| start-up: the same command uploading an empty disk of {human(size)} | "
+            f"{statistics.median(startup):.2f} |",
+            f"| `vhdfs upload` less start-up | {statistics.median(net):.2f} |",
+            f"| in-memory sender, the same writes, 8 threads (the limit) | "
+            f"{statistics.median(anchor):.2f} |",
+            "", f"vhdfs upload at **{ratio:.2f}x** the in-memory sender's speed "
+            f"(runs: ours {', '.join(f'{x:.2f}' for x in net)}; sender "
+            f"{', '.join(f'{x:.2f}' for x in anchor)})."]
+
+
+PARTS = ("sdk", "cat", "pages", "sender")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folder", type=Path, help="work folder (default: a new temporary one)")
     parser.add_argument("--size", default="4G")
     parser.add_argument("--data", default="400M")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--parts", default=",".join(PARTS))
     args = parser.parse_args()
+    parts = args.parts.split(",")
     binary = azurite_binary()
     if binary is None:
         raise SystemExit("Azurite is not installed: run scripts/setup")
     folder = args.folder or Path(tempfile.mkdtemp(prefix="vhdfs-bench-upload-"))
     folder.mkdir(parents=True, exist_ok=True)
+    size, data = parse_size(args.size), parse_size(args.data)
+    lines: list[str] = []
     try:
         with Azurite(binary, folder / "azurite") as server:
             env = dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=server.connection_string)
-            lines = bench_upload(folder, server, env, parse_size(args.size), parse_size(args.data))
-            lines += [""] + bench_cat(folder, server, env)
+            if "sdk" in parts:
+                lines += bench_upload(folder, server, env, size, data) + [""]
+            if "cat" in parts:
+                lines += bench_cat(folder, server, env) + [""]
+            if "pages" in parts:
+                lines += bench_pages(folder, server, env, size, data, args.rounds) + [""]
+            if "sender" in parts:
+                lines += bench_sender(folder, server, env, size, data, args.rounds) + [""]
     finally:
         if args.folder is None:
             shutil.rmtree(folder, ignore_errors=True)
