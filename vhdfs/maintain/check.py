@@ -19,11 +19,13 @@ from pathlib import Path
 from vhdfs.azure.location import looks_remote
 from vhdfs.errors import ChainError, FormatError, ImageBusy, VhdfsError
 from vhdfs.maintain.commit import unfinished_commit_fix
+from vhdfs.maintain.commit_vhdx import unfinished_commit_fix as unfinished_commit_fix_vhdx
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import read_only_reason
 from vhdfs.maintain.findings import ERROR, CannotCheck, FileScan, Finding
 from vhdfs.maintain.scan import scan_file
-from vhdfs.resolve import OpenOptions, find_parent, open_source
+from vhdfs.maintain.scan_vhdx import scan_any
+from vhdfs.resolve import OpenOptions, find_parent, open_layer, open_source
 from vhdfs.sources import locks
 from vhdfs.sources.base import Source
 from vhdfs.sources.local import LocalFile
@@ -113,10 +115,15 @@ def _open(path: str, options: OpenOptions) -> Source:
 def _scan(path: str, options: OpenOptions) -> FileScan:
     with _open(path, options) as source:
         # A remote image is checked without reading every block's bitmap (one request each).
-        scan = scan_file(source, size_rule=options.size_rule, bitmaps=not source.remote)
+        scan = scan_any(source, lambda: scan_file(source, size_rule=options.size_rule,
+                                                  bitmaps=not source.remote),
+                        bitmaps=not source.remote)
     if scan.commit_state is not None:  # the repair of an unfinished commit is commit's own
-        fix = unfinished_commit_fix(scan.path, scan.commit_state, scan.unique_id,
-                                    list(options.search))
+        if scan.commit_state.get("image_format") == "vhdx":
+            fix = unfinished_commit_fix_vhdx(scan.path, scan.commit_state, list(options.search))
+        else:
+            fix = unfinished_commit_fix(scan.path, scan.commit_state, scan.unique_id,
+                                        list(options.search))
         for finding in scan.findings:
             if finding.code == "mid-commit" and fix is not None:
                 finding.fix, finding.hint = fix, ""
@@ -127,7 +134,7 @@ def _opens(path: str, options: OpenOptions) -> str:
     """Layer's own verdict, a safety net behind the scan: "" when the file opens."""
     with _open(path, options) as source:  # closed (and unlocked) when Layer refuses it too
         try:
-            Layer(source, size_rule=options.size_rule)
+            open_layer(source, options)
             return ""
         except FormatError as exc:
             return str(exc)
@@ -223,7 +230,7 @@ def _check_chain(spec: str, options: OpenOptions, report: CheckReport, repair: b
     except VhdfsError:
         return
     try:
-        layer = Layer(source, size_rule=options.size_rule)
+        layer = open_layer(source, options)
     except VhdfsError:
         source.close()
         return  # the scan said why; the links are checked once it opens

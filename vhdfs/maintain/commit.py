@@ -27,12 +27,12 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from vhdfs.errors import RefusedError, UsageError
 from vhdfs.image import SECTOR
-from vhdfs.maintain.copier import ReadAhead
+from vhdfs.maintain.commit_vhdx import commit_vhdx
+from vhdfs.maintain.copier import CommitResult, ReadAhead
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import remove_durably, require_folder_writable, require_writable
 from vhdfs.maintain.findings import ERROR, RANK_COMMIT, CannotCheck, Fix
@@ -52,6 +52,7 @@ from vhdfs.maintain.journals import (
 )
 from vhdfs.maintain.repairs import clear_commit_mark, faults_of
 from vhdfs.maintain.scan import scan_file
+from vhdfs.maintain.scan_vhdx import is_vhdx_path
 from vhdfs.maintain.siblings import find_children, unique_id_of
 from vhdfs.progress import Progress
 from vhdfs.resolve import OpenOptions, find_parent
@@ -70,20 +71,6 @@ log = logging.getLogger("vhdfs")
 CHECKPOINT_BYTES = 1 << 30
 # Problems of the parent a resumed commit mends itself: its own marks, half written.
 OWN_MARK_CODES = {"mid-commit", "footer-copy-mark"}
-
-
-@dataclass
-class CommitResult:
-    child: str
-    parent: str
-    found_by: str
-    bytes_copied: int = 0
-    runs: int = 0
-    blocks: int = 0
-    resumed_at: int | None = None  # the child block a previous, interrupted run had reached
-    other_children: list[str] = field(default_factory=list)
-    searched: list[str] = field(default_factory=list)
-    child_deleted: bool = False
 
 
 def _now_iso() -> str:
@@ -345,7 +332,11 @@ def commit(child: str, options: OpenOptions | None = None, *, delete_child: bool
            faults: Faults | None = None, quiet: bool = False,
            warn: Callable[[str], None] | None = None,
            checkpoint_bytes: int = CHECKPOINT_BYTES) -> CommitResult:
-    """Merge `child` into its parent (see the module text). Restartable after any crash."""
+    """Merge `child` into its parent (see the module text). Restartable after any crash.
+    A VHDX child (.avhdx) is committed by vhdfs.maintain.commit_vhdx."""
+    if is_vhdx_path(child):
+        return commit_vhdx(child, options, delete_child=delete_child, faults=faults, quiet=quiet,
+                           warn=warn, checkpoint_bytes=checkpoint_bytes)
     job = _Commit(child, options or OpenOptions(), faults or Faults.from_env(), quiet,
                   warn or log.warning, checkpoint_bytes)
     return job.run(delete_child)

@@ -1,19 +1,36 @@
-"""The copying loop of commit: the child's runs are read ahead in a thread while the parent
-is written, and the kernel is asked to start writing the parent back as data arrives, so
-the syncs that order data before metadata find little left to do."""
+"""The copying loop of commit (and what a commit reports): the child's runs are read ahead
+in a thread while the parent is written, and the kernel is asked to start writing the
+parent back as data arrives, so the syncs that order data before metadata find little left
+to do."""
 
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vhdfs.image import RunKind
 from vhdfs.vhd.layer import Layer
 
 CHUNK = 4 << 20
 BUFFERS = 4  # memory in flight: BUFFERS * CHUNK
+
+
+@dataclass
+class CommitResult:
+    """What a commit did (VHD and VHDX alike): the --json result of `vhdfs commit`."""
+
+    child: str
+    parent: str
+    found_by: str
+    bytes_copied: int = 0
+    runs: int = 0
+    blocks: int = 0
+    resumed_at: int | None = None  # the child block a previous, interrupted run had reached
+    other_children: list[str] = field(default_factory=list)
+    searched: list[str] = field(default_factory=list)
+    child_deleted: bool = False
 
 
 @dataclass

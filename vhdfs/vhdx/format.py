@@ -315,3 +315,14 @@ def bitmap_index(block: int, ratio: int) -> int:
     """BAT index of the sector bitmap entry of the chunk holding payload block `block`."""
     return (block // ratio) * (ratio + 1) + ratio
 
+
+# vhdfs's own user metadata item (not required: other readers skip it): the mark of an
+# unfinished `vhdfs commit` into this file (vhdfs.maintain.journals_vhdx), for when the file
+# travels without the journal beside it.
+COMMIT_MARK_ITEM = guid("7A1F3C52-5B8E-4D0B-9C1A-76686466636D")
+COMMIT_MARK = Struct(
+    "magic" / Const(b"vhdfs-commit\0\0\0\x01"),  # name and version
+    "child_id" / Bytes(16),  # the child's DataWriteGuid
+    "parent_before" / Bytes(16),  # the parent's DataWriteGuid when the commit began
+    "parent_after" / Bytes(16),  # the one the commit gives it
+)

@@ -74,7 +74,6 @@ class VhdxLayer:
     bitmap_size = 0
     format_id = staticmethod(fmt.guid_text)  # ids shown as Windows shows them
     creation_time = None  # VHDX keeps no creation time
-    commit_mark = None  # vhdfs commit marks VHD parents only
 
     def __init__(self, source: Source, *, size_rule: str = "auto", writable: bool = False) -> None:
         self.source = source
@@ -231,6 +230,13 @@ class VhdxLayer:
     @property
     def parent_id(self) -> bytes | None:
         return self.parent_ids[0] if self.has_parent else None
+
+    @property
+    def commit_mark(self) -> bytes | None:
+        """The DataWriteGuid of the child an unfinished `vhdfs commit` is copying into this
+        file, as its metadata marks it (format.COMMIT_MARK_ITEM); None when unmarked."""
+        mark = self.metadata.commit_mark
+        return bytes(mark.child_id) if mark is not None else None
 
     @property
     def parent_name(self) -> str:

@@ -226,6 +226,17 @@ class Metadata:
     def item(self, guid: bytes) -> MetadataEntry | None:
         return next((entry for entry in self.entries if entry.item_id == guid), None)
 
+    @property
+    def commit_mark(self) -> Any | None:
+        """vhdfs's mark of an unfinished commit into the file (format.COMMIT_MARK), if any."""
+        found = self.item(fmt.COMMIT_MARK_ITEM)
+        if found is None or len(found.value) < fmt.COMMIT_MARK.sizeof():
+            return None
+        try:
+            return fmt.COMMIT_MARK.parse(found.value)
+        except ConstructError:
+            return None
+
 
 def parse_metadata(raw: bytes, region: Region) -> tuple[Metadata | None, Problem | None]:
     """The metadata table and the known items, checked as [MS-VHDX] 2.6 requires."""

@@ -1,0 +1,139 @@
+"""The records of an unfinished commit into a VHDX parent (vhdfs.maintain.commit_vhdx).
+
+As for VHD (vhdfs.maintain.journals), two records say a parent is mid-commit:
+
+- the journal `PARENT.vhdfs-commit` beside it (JSON, the same file name and format as a VHD
+  commit's, with `image_format` "vhdx" and the parent's DataWriteGuids before and after: the
+  commit gives the parent a new one, chosen before anything is written, so a resumed run
+  keeps it);
+- a mark inside the parent, for when the file travels without its journal: a user metadata
+  item of vhdfs's own (format.COMMIT_MARK_ITEM; not required, so qemu, libvhdi and Hyper-V
+  skip it, as the specification asks of items a reader does not know) holding the child's
+  DataWriteGuid and the parent's old and new ones. It is written through the parent's log
+  before the first byte of the child and removed after the last one is durable.
+
+The parent's new DataWriteGuid is a mark of its own: from its first write on, no child made
+on the parent matches it any more, except the one being committed, whose locator names the
+new GUID as `parent_linkage2` first.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from vhdfs.maintain.journals import (
+    COMMIT_JOURNAL_FORMAT,
+    PHASE_COPYING,
+    PHASE_PREPARED,
+    DamagedJournal,
+    journal_path,
+)
+from vhdfs.vhdx import format as fmt
+from vhdfs.vhdx.rules import Metadata
+
+IMAGE_FORMAT = "vhdx"
+
+
+@dataclass(frozen=True)
+class VhdxMark:
+    child_id: bytes  # the child's DataWriteGuid
+    parent_before: bytes  # the parent's DataWriteGuid when the commit began
+    parent_after: bytes  # the one the commit gives it
+
+
+def encode_mark(mark: VhdxMark) -> bytes:
+    """The value of the mark item (format.COMMIT_MARK_ITEM, laid out as format.COMMIT_MARK)."""
+    return fmt.COMMIT_MARK.build(dict(child_id=mark.child_id, parent_before=mark.parent_before,
+                                      parent_after=mark.parent_after))
+
+
+def mark_of(meta: Metadata) -> VhdxMark | None:
+    """The mark of an unfinished commit into this file, if its metadata holds one."""
+    found = meta.commit_mark
+    if found is None:
+        return None
+    return VhdxMark(bytes(found.child_id), bytes(found.parent_before), bytes(found.parent_after))
+
+
+def guid_text(raw: bytes) -> str:
+    return fmt.guid_text(raw)
+
+
+@dataclass
+class VhdxCommitJournal:
+    parent: str  # the parent's file name when the commit started
+    parent_unique_id: str  # its DataWriteGuid then
+    parent_new_unique_id: str  # the DataWriteGuid the commit gives it
+    child: str  # absolute path of the child
+    child_unique_id: str  # the child's DataWriteGuid (a commit does not change it)
+    phase: str
+    next_block: int  # child blocks before this one are durable in the parent
+    blocks: int
+    started: str
+    child_mtime_ns: int = 0  # once the child is linked to the new GUID (see commit_vhdx)
+
+    def dump(self) -> bytes:
+        return json.dumps({"format": COMMIT_JOURNAL_FORMAT, "version": 1,
+                           "image_format": IMAGE_FORMAT, **asdict(self)}, indent=1).encode() + b"\n"
+
+    @property
+    def ids(self) -> tuple[bytes, bytes]:
+        return fmt.guid(self.parent_unique_id), fmt.guid(self.parent_new_unique_id)
+
+
+def read_vhdx_journal(parent: str | Path) -> VhdxCommitJournal | None:
+    path = journal_path(parent)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DamagedJournal(f"{path}: cannot read the commit journal: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+        if data.get("format") != COMMIT_JOURNAL_FORMAT or data.get("image_format") != IMAGE_FORMAT:
+            raise ValueError("not a vhdfs commit journal of a VHDX parent")
+        fields = {k: data[k] for k in VhdxCommitJournal.__dataclass_fields__ if k in data}
+        journal = VhdxCommitJournal(**fields)
+        if not isinstance(journal.next_block, int) or journal.phase not in (PHASE_PREPARED,
+                                                                            PHASE_COPYING):
+            raise ValueError("bad phase or block number")
+        _ = journal.ids  # both GUIDs must parse
+        return journal
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DamagedJournal(f"{path}: the commit journal is damaged ({exc}); the commit it "
+                             "recorded is unfinished: run vhdfs commit CHILD again") from None
+
+
+def commit_state(path: str, meta: Metadata) -> dict | None:
+    """What `vhdfs info` and `vhdfs check` say about an unfinished commit into the VHDX file
+    `path` (the same keys as vhdfs.maintain.journals.commit_state, and `image_format`)."""
+    mark = mark_of(meta)
+    try:
+        journal = read_vhdx_journal(path)
+        damaged = ""
+    except DamagedJournal as exc:
+        journal, damaged = None, str(exc)
+    if mark is None and journal is None and not damaged:
+        return None
+    state: dict = {"journal": str(journal_path(path)) if (journal or damaged) else None,
+                   "image_format": IMAGE_FORMAT}
+    if journal is not None:
+        state.update(child=journal.child, child_unique_id=journal.child_unique_id,
+                     phase=journal.phase, next_block=journal.next_block, blocks=journal.blocks,
+                     parent_unique_id=journal.parent_unique_id,
+                     parent_new_unique_id=journal.parent_new_unique_id)
+        state["finish"] = f"vhdfs commit {journal.child}"
+    else:
+        state.update(child=None, child_unique_id=guid_text(mark.child_id) if mark else None)
+        if mark is not None:
+            state.update(parent_unique_id=guid_text(mark.parent_before),
+                         parent_new_unique_id=guid_text(mark.parent_after))
+        state["finish"] = ("vhdfs commit CHILD (the child with DataWriteGuid "
+                           f"{state['child_unique_id']}), or vhdfs check --repair "
+                           f"{path} --search DIR to find it")
+    if damaged:
+        state["journal_problem"] = damaged
+    return state
