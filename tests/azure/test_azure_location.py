@@ -140,3 +140,38 @@ def test_translated_errors_are_one_scrubbed_line() -> None:
 def test_blobs_open_read_only() -> None:
     with pytest.raises(RefusedError, match="opened read-only"):
         open_chain("http://127.0.0.1:9/devstoreaccount1/c/d.vhd", writable=True)
+
+
+@pytest.mark.parametrize("url, account, container, blob, managed", [
+    # A managed disk's upload URL, as `az disk grant-access --access-level Write` returns it.
+    ("https://md-impexp-t0vk4qjq2dqv.z22.blob.storage.azure.net/mbdvvjvmp0rz/abcd"
+     "?sv=2018-03-28&sr=b&si=0b2e&sig=c2lnbmF0dXJl", "md-impexp-t0vk4qjq2dqv", "mbdvvjvmp0rz",
+     "abcd", True),
+    ("https://md-lgbzvxp2kfmx.blob.storage.azure.net/xq0fk3lwd1fc/abcd?sig=x",
+     "md-lgbzvxp2kfmx", "xq0fk3lwd1fc", "abcd", True),
+    # A storage account behind a DNS-zone endpoint, and the usual forms.
+    ("https://acme.z13.blob.storage.azure.net/vhds/d.vhd", "acme", "vhds", "d.vhd", False),
+    ("https://acme.blob.core.usgovcloudapi.net/vhds/d.vhd", "acme", "vhds", "d.vhd", False),
+    ("http://devstoreaccount1.blob.localhost:10000/c/d.vhd", "devstoreaccount1", "c", "d.vhd",
+     False),
+])
+def test_virtual_host_forms(url: str, account: str, container: str, blob: str,
+                            managed: bool) -> None:
+    from vhdfs.azure.location import is_managed_disk_host
+
+    loc = parse_blob_url(url)
+    assert (loc.account, loc.container, loc.blob, loc.path_style) == \
+        (account, container, blob, False)
+    assert is_managed_disk_host(loc) == managed
+    assert "sig" not in loc.display
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:10000/md-acct/c/d.vhd",
+                                 "http://localhost:10000/devstoreaccount1/c/d.vhd",
+                                 "http://[::1]:10000/devstoreaccount1/c/d.vhd"])
+def test_ip_hosts_and_plain_names_stay_path_style(url: str) -> None:
+    from vhdfs.azure.location import is_managed_disk_host
+
+    loc = parse_blob_url(url)
+    assert loc.path_style and loc.container == "c" and loc.blob == "d.vhd"
+    assert not is_managed_disk_host(loc)  # an emulator account named md-... is no disk

@@ -1,7 +1,8 @@
 """Where a page blob lives: parse the blob forms users write.
 
 Accepted forms:
-  https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB[?SAS]   (any ACCOUNT.blob.SUFFIX host)
+  https://ACCOUNT.blob.core.windows.net/CONTAINER/BLOB[?SAS]   (any ACCOUNT.blob.SUFFIX host, and
+                                                               ACCOUNT.zNN.blob.storage.azure.net)
   http://127.0.0.1:10000/devstoreaccount1/CONTAINER/BLOB[?SAS] (path style: Azurite, IP hosts)
   az://CONTAINER/BLOB                                          (account from the environment)
 
@@ -32,12 +33,27 @@ def is_loopback(host: str) -> bool:
 
 
 def _virtual_host_account(host: str) -> str | None:
-    """ACCOUNT of an `ACCOUNT.blob.<suffix>` host name (no port), else None."""
-    name = host.split(":")[0].lower()
+    """ACCOUNT of a virtual-host style name (port aside), else None: `ACCOUNT.blob.SUFFIX`
+    (core.windows.net, the sovereign clouds, `ACCOUNT.blob.localhost`), and the DNS-zone
+    endpoints `ACCOUNT.zNN.blob.storage.azure.net`, which is also where a managed disk's
+    upload URL points (`md-impexp-....zNN.blob.storage.azure.net`). IP hosts and plain
+    names (Azurite's 127.0.0.1:10000, localhost) are path style."""
+    name = host.rsplit(":", 1)[0].lower() if not host.startswith("[") else ""
     labels = name.split(".")
-    if len(labels) >= 3 and labels[1] == "blob" and labels[0]:
+    if not labels[0] or all(label.isdigit() for label in labels):
+        return None
+    if len(labels) >= 3 and labels[1] == "blob":
+        return labels[0]
+    if name.endswith(".blob.storage.azure.net"):
         return labels[0]
     return None
+
+
+def is_managed_disk_host(loc: BlobLocation) -> bool:
+    """A managed disk's upload (or download) URL: its account is `md-...`, as AzCopy tells
+    them apart; that endpoint takes page writes and reads only (no lease, no metadata, no
+    Content-MD5 on writes, no create or delete)."""
+    return not loc.path_style and loc.account.lower().startswith("md-")
 
 
 @dataclass(frozen=True)
