@@ -135,7 +135,7 @@ def test_azure_disk_rules_before_any_byte(tmp_path: Path, env: dict, azurite: Az
     done = vhdfs("upload", odd, f"az://{container}/odd.vhd", env=up_env, check=False)
     assert done.returncode == 2
     assert "not a whole number of MiB" in done.stderr and "65 MiB" in done.stderr
-    assert f"truncate -s {65 * MiB} disk.raw" in done.stderr  # the fix, spelled out
+    assert f"resize it with: vhdfs resize {odd} {65 * MiB}" in done.stderr  # the fix, spelled out
     small = tmp_path / "small.vhd"
     create_dynamic(small, 16 * MiB)
     done = vhdfs("upload", small, f"az://{container}/small.vhd", env=up_env, check=False)

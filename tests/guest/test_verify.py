@@ -100,7 +100,9 @@ def test_size_not_a_whole_mib_fails_with_a_command_that_fixes_it(vhdfs, tmp_path
     message = next(f for f in failures(result) if "not a whole number of MiB" in f)
     assert f"virtual size {DISK_SIZE + 512} bytes" in message
     command = message.split("with: ", 1)[1]
-    assert f"truncate -s {DISK_SIZE + 1024 * 1024}" in command
+    # a raw image: a fixed-VHD copy, resized by vhdfs resize (no raw copy, no truncate)
+    assert command == (f"vhdfs convert {odd} disk-fixed.vhd --to fixed && "
+                       f"vhdfs resize disk-fixed.vhd {DISK_SIZE + 1024 * 1024}")
     # the command works: run it (vhdfs from this interpreter's venv) and verify its result
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     subprocess.run(["sh", "-c", command], cwd=tmp_path, env=env, check=True,

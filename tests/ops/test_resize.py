@@ -352,3 +352,16 @@ def test_resizes_match_a_model(tmp_path_factory: pytest.TempPathFactory, seed: i
     assert errors_of(image) == []
     with open_chain(str(image), OpenOptions()) as chain:
         assert chain.size == len(model)
+
+
+def test_verify_names_the_resize_that_fixes_the_size_and_it_does(tmp_path: Path) -> None:
+    image = make_base(tmp_path / "odd.vhd", "dynamic", 64 * MiB + 512)
+    report = json.loads(cli("verify", image, "--json").stdout)
+    size = [f for f in report["findings"] if f["check"] == "size" and f["status"] == "fail"]
+    assert len(size) == 1
+    command = size[0]["message"].split("resize it with: ", 1)[1]
+    assert command == f"vhdfs resize {image} {65 * MiB}"  # one command, in place
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    subprocess.run(["sh", "-c", command], env=env, check=True, capture_output=True)
+    after = json.loads(cli("verify", image, "--json").stdout)
+    assert [f["status"] for f in after["findings"] if f["check"] == "size"] == ["pass", "pass"]

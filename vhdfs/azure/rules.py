@@ -3,8 +3,9 @@
 The numbers (MiB alignment, the upload minimum, the OS disk limits) live in the packaged tables
 vhdfs/data/azure_disks.toml and vm_sizes.toml with their sources; this module only applies them
 to a virtual size. `vhdfs upload` checks them before the first byte is sent (`check_disk`,
-`check_page_blob`); `vhdfs verify` reports them (`check_size`, `fitting_vm_sizes`). The page
-blob limit (8 TiB) is the storage service's own.
+`check_page_blob`); `vhdfs verify` reports them (`check_size`, `fitting_vm_sizes`); a size
+that breaks them comes with the `vhdfs resize` command that fixes it (`resize_command`). The
+page blob limit (8 TiB) is the storage service's own.
 """
 
 from __future__ import annotations
@@ -72,14 +73,23 @@ def vm_sizes() -> list[VmSize]:
             for s in _load("vm_sizes.toml")["size"]]
 
 
-def resize_command(image: str, new_size: int, gpt: bool) -> str:
-    """Shell commands that give a copy of the image the size `new_size`, as a fixed VHD."""
-    steps = [f"vhdfs convert {shlex.quote(image)} disk.raw --to raw",
-             f"truncate -s {new_size} disk.raw"]
+def resize_command(image: str, new_size: int, *, in_place: bool = False) -> str:
+    """The command that gives the disk `new_size` bytes: `vhdfs resize` of the image itself
+    when it is one local VHD (`in_place`: fixed or dynamic, no parent), else of a fixed-VHD
+    copy of its flattened chain (a child, a VHDX, a raw image, a blob). vhdfs resize then
+    names what the partition table needs (sgdisk -e for GPT)."""
+    if in_place:
+        return f"vhdfs resize {shlex.quote(image)} {new_size}"
+    return (f"vhdfs convert {shlex.quote(image)} disk-fixed.vhd --to fixed && "
+            f"vhdfs resize disk-fixed.vhd {new_size}")
+
+
+def _resize_advice(image: str, target: int, *, in_place: bool, gpt: bool = False) -> str:
+    what = "resize it" if in_place else "make a resized copy"
+    text = f"{what} with: {resize_command(image, target, in_place=in_place)}"
     if gpt:
-        steps.append("sgdisk -e disk.raw")  # move the backup GPT to the new end of the disk
-    steps.append("vhdfs convert disk.raw disk-fixed.vhd --to fixed")
-    return " && ".join(steps)
+        text += " (then sgdisk -e, as vhdfs resize says: the backup GPT moves to the new end)"
+    return text
 
 
 @dataclass
@@ -88,29 +98,32 @@ class SizeCheck:
     message: str
 
 
-def check_size(size: int, image: str, scheme: str, rules: DiskRules | None = None) -> list[SizeCheck]:
-    """The upload and OS-disk rules for a disk of virtual size `size` (bytes)."""
+def check_size(size: int, image: str, scheme: str, rules: DiskRules | None = None, *,
+               in_place: bool = False) -> list[SizeCheck]:
+    """The upload and OS-disk rules for a disk of virtual size `size` (bytes). `in_place`:
+    the image is one local VHD, which vhdfs resize changes itself (see resize_command)."""
     rules = rules or disk_rules()
     out: list[SizeCheck] = []
     mib = rules.alignment
+    gpt = scheme == "gpt"
     if size % mib:
         target = -(-size // mib) * mib
         out.append(SizeCheck("fail", f"virtual size {size} bytes is not a whole number of MiB "
-                             f"(Azure takes a fixed VHD of N MiB + 512 bytes); make a copy "
-                             f"{target} bytes ({human(target)}) large with: "
-                             f"{resize_command(image, target, scheme == 'gpt')}"))
+                             f"(Azure takes a fixed VHD of N MiB + 512 bytes); {target} bytes "
+                             f"({human(target)}) is: "
+                             f"{_resize_advice(image, target, in_place=in_place, gpt=gpt)}"))
     else:
         out.append(SizeCheck("pass", f"virtual size {size} bytes ({human(size)}) is a whole "
                              "number of MiB"))
     if size < rules.min_virtual_size:
         target = rules.min_virtual_size
         out.append(SizeCheck("fail", f"virtual size {human(size)} is below Azure's upload minimum "
-                             f"of {human(target)}; grow a copy with: "
-                             f"{resize_command(image, target, scheme == 'gpt')}"))
+                             f"of {human(target)}; "
+                             f"{_resize_advice(image, target, in_place=in_place, gpt=gpt)}"))
     elif size > rules.os_max:
         out.append(SizeCheck("fail", f"virtual size {human(size)} is above Azure's OS disk "
                              f"maximum of {human(rules.os_max)}; shrink the guest's partitions "
-                             "and the disk first"))
+                             "and the disk first (vhdfs resize refuses to cut what they hold)"))
     else:
         out.append(SizeCheck("pass", f"within Azure's OS disk limits ({human(rules.min_virtual_size)}"
                              f" to {human(rules.os_max)})"))
@@ -130,8 +143,9 @@ def fitting_vm_sizes(size: int, rules: DiskRules | None = None) -> tuple[list[tu
     return [(s, s.placements(size)) for s in sizes if s.placements(size)], len(sizes)
 
 
-def check_disk(name: str, size: int) -> None:
-    """A flat disk of `size` bytes that goes up as a fixed VHD (data + 512-byte footer)."""
+def check_disk(name: str, size: int, *, in_place: bool = False) -> None:
+    """A flat disk of `size` bytes that goes up as a fixed VHD (data + 512-byte footer).
+    `in_place`: as check_size's."""
     rules = disk_rules()
     mib = rules.alignment
     if size <= 0:
@@ -140,15 +154,15 @@ def check_disk(name: str, size: int) -> None:
         up = -(-size // mib) * mib
         raise UsageError(
             f"{name}: virtual size {size} bytes is not a whole number of MiB, which Azure requires "
-            f"of a disk (a fixed VHD of N MiB + 512 bytes); make a copy {up} bytes "
-            f"({human(up)}) large with: {resize_command(name, up, gpt=False)} (then sgdisk -e "
-            "for a GPT disk), or store the file as it is with --as-is")
+            f"of a disk (a fixed VHD of N MiB + 512 bytes); {up} bytes ({human(up)}) is: "
+            f"{_resize_advice(name, up, in_place=in_place)}; or store the file as it is with "
+            "--as-is")
     if size < rules.min_virtual_size:
         low = rules.min_virtual_size
         raise UsageError(
             f"{name}: virtual size {human(size)} is below Azure's upload minimum of {human(low)}; "
-            f"grow a copy with: {resize_command(name, low, gpt=False)}, or store the file as it "
-            "is with --as-is")
+            f"{_resize_advice(name, low, in_place=in_place)}; or store the file as it is with "
+            "--as-is")
     largest = min(rules.max_virtual_size, PAGE_BLOB_MAX - mib)
     if size > largest:
         raise UsageError(

@@ -126,7 +126,9 @@ def _check_upload(report: Report, chain: Chain, image: str, scheme: str) -> None
         how = f"the source is {' over '.join(kinds)}: upload flattens and converts it"
     report.add("upload", INFO, f"vhdfs upload sends a fixed VHD of {chain.size} + 512 bytes; "
                f"{how}", layer_kinds=kinds, virtual_size=chain.size)
-    for item in check_size(chain.size, image, scheme):
+    # One local fixed or dynamic VHD: vhdfs resize changes it in place; else a resized copy.
+    in_place = kinds in (["fixed"], ["dynamic"]) and not chain.top.source.remote
+    for item in check_size(chain.size, image, scheme, in_place=in_place):
         report.add("size", item.status, item.message, virtual_size=chain.size)
 
 

@@ -84,7 +84,11 @@ def _plan_flat(spec: str, open_options: OpenOptions) -> SourcePlan:
     chain = open_chain(spec, open_options, allow_raw=True)
     try:
         watched.add_layers(chain.layers)
-        check_disk(spec, chain.size)
+        top = chain.top
+        # One local fixed or dynamic VHD: the size fix is vhdfs resize of the file itself.
+        in_place = len(chain.layers) == 1 and isinstance(top, Layer) and \
+            not top.is_differencing and not top.source.remote
+        check_disk(spec, chain.size, in_place=in_place)
         facts = [_file_facts(layer.source) for layer in chain.layers]
         parts = [f"{getattr(layer, 'unique_id', b'').hex()}:{tag}"
                  for layer, (_, _, tag) in zip(chain.layers, facts, strict=True)]
