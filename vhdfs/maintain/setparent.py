@@ -32,6 +32,8 @@ from vhdfs.maintain.journals import (
     write_setparent_journal,
 )
 from vhdfs.maintain.scan import scan_file
+from vhdfs.maintain.scan_vhdx import is_vhdx_path
+from vhdfs.maintain.setparent_vhdx import set_parent_vhdx
 from vhdfs.resolve import OpenOptions, open_chain
 from vhdfs.sources import locks
 from vhdfs.sources.local import LocalFile
@@ -130,6 +132,14 @@ def plan_header(header: DynamicHeader, child_path: Path, parent_path: Path, tail
 
 def set_parent(child: str, parent: str, *, force: bool = False, options: OpenOptions | None = None,
                faults: Faults | None = None) -> SetParentResult:
+    if is_vhdx_path(child):  # a VHDX child: its parent locator item (vhdfs.maintain.setparent_vhdx)
+        relinked = set_parent_vhdx(child, parent, force=force, options=options, faults=faults)
+        for text in relinked.warnings:
+            log.warning("%s", text)
+        return SetParentResult(child=str(child), parent=str(parent),
+                               parent_unique_id=relinked.parent_unique_id, forced=relinked.forced,
+                               old_name="", new_name="", old_locators=relinked.old_locators,
+                               new_locators=relinked.new_locators)
     options = options or OpenOptions()
     faults = faults or Faults.from_env()
     child_path, parent_path = Path(child), Path(parent)

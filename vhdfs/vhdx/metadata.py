@@ -94,6 +94,50 @@ def changed_sectors(region_start: int, old: bytes, new: bytes) -> list[tuple[int
     return out
 
 
+def read_metadata(source: Source, warn: Callable[[str], None] = lambda text: None
+                  ) -> rules.Metadata:
+    """The metadata region as every reader sees it (a pending log replayed in memory), read
+    without the BAT and without parsing the parent locator; FormatError when the headers,
+    the region tables or the metadata cannot be read."""
+    name = source.name
+    headers = Headers.read(source, warn)
+    header = headers.current
+    replay = None
+    size = source.size()
+    if header.log_guid != fmt.ZERO_GUID:
+        replay = replay_log(source.read_at, name, size, header.log_guid, header.log_offset,
+                            header.log_length)
+
+    def read(offset: int, length: int) -> bytes:
+        if replay is None:
+            return source.read_at(offset, length)
+        stored = max(0, min(length, size - offset))
+        data = bytearray(source.read_at(offset, stored) if stored else b"")
+        data += bytes(length - stored)
+        replay.apply(offset, data)
+        return bytes(data)
+
+    return _metadata(name, read, header, replay.file_size if replay else size)
+
+
+def _metadata(name: str, read: Callable[[int, int], bytes], header, data_size: int
+              ) -> rules.Metadata:
+    slots = rules.read_region_table_slots(read)
+    usable = [slot for slot in slots if slot.table is not None]
+    if not usable:
+        problem = rules.both_tables_damaged(slots)
+        raise FormatError(name, problem.what, problem.fix)
+    layout, problem = rules.region_layout(usable[0].table, header, data_size)
+    if problem is not None:
+        raise FormatError(name, problem.what, problem.fix)
+    region = layout.regions[fmt.METADATA_REGION]
+    meta, problem = rules.parse_metadata(read(region.start, region.end - region.start), region)
+    if problem is not None:
+        raise FormatError(name, problem.what, problem.fix)
+    assert meta is not None
+    return meta
+
+
 def edit_metadata(source: Source, change: Callable[[rules.Metadata], bytes | None],
                   warn: Callable[[str], None] = lambda text: None) -> bool:
     """Change the metadata region of the writable `source` in one log entry: `change` gets
@@ -110,20 +154,8 @@ def edit_metadata(source: Source, change: Callable[[rules.Metadata], bytes | Non
                             header.log_offset, header.log_length)
         if replay is not None:
             journal.replay_into_file(replay)
-    slots = rules.read_region_table_slots(source.read_at)
-    usable = [slot for slot in slots if slot.table is not None]
-    if not usable:
-        problem = rules.both_tables_damaged(slots)
-        raise FormatError(name, problem.what, problem.fix)
-    layout, problem = rules.region_layout(usable[0].table, headers.current, source.size())
-    if problem is not None:
-        raise FormatError(name, problem.what, problem.fix)
-    region = layout.regions[fmt.METADATA_REGION]
-    raw = source.read_at(region.start, region.end - region.start)
-    meta, problem = rules.parse_metadata(raw, region)
-    if problem is not None:
-        raise FormatError(name, problem.what, problem.fix)
-    assert meta is not None
+    meta = _metadata(name, source.read_at, headers.current, source.size())
+    raw, region = meta.raw, meta.region
     new = change(meta)
     if new is None or new == raw:
         return False

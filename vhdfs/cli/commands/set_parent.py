@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "set-parent", help="re-link a child to its parent after the parent moved",
         description="Rewrite CHILD's parent name and its W2ru, W2ku and MacX locators to point "
-        "at PARENT; nothing else changes. PARENT must have the unique id CHILD expects. "
+        "at PARENT (a VHDX child: its parent locator's parent_linkage, relative_path, "
+        "volume_path and absolute_win32_path); nothing else changes. PARENT must have the "
+        "unique id (VHDX: DataWriteGuid) CHILD expects. "
         "When CHILD is a page blob (az://CONTAINER/BLOB or a URL), PARENT is a blob too and the "
         "link is recorded in CHILD's metadata instead.")
     parser.add_argument("child")
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     forced = " (forced: parent id replaced)" if result.forced else ""
     print(f"re-linked {result.child} to {result.parent}, unique id {result.parent_unique_id}{forced}")
-    print(f"  parent name  {result.old_name or '(none)'} -> {result.new_name}")
+    if result.old_name or result.new_name:  # a VHDX records no parent name
+        print(f"  parent name  {result.old_name or '(none)'} -> {result.new_name}")
     for code, text in result.new_locators:
         print(f"  locator {code:<4} {text}")
     return 0
