@@ -35,6 +35,10 @@ KEYS = {
                    "old_locators", "locators", "metadata", "seconds", "warnings"},
     "get": {"image", "volume", "path", "dest", "files", "bytes", "skipped", "seconds",
             "warnings"},
+    "resize": {"image", "format", "kind", "old_size", "new_size", "old_file_size",
+               "new_file_size", "table_entries", "moved_blocks", "cut", "partition_table",
+               "parent", "children", "finished_interrupted", "next_steps", "seconds",
+               "warnings"},
     "info": {"virtual_size", "layers"},
     "check": {"image", "status", "exit_code", "repair", "dry_run", "layers"},
     "volumes": {"size", "scheme", "disk_signature", "disk_guid", "volumes", "warnings"},
@@ -142,6 +146,21 @@ def test_set_parent(vhdfs, chain, tmp_path):
     assert {loc["code"] for loc in result["locators"]} == {"W2ru", "W2ku", "MacX"}
     assert any(loc["path"] == str(moved / "base.vhd") for loc in result["locators"])
     assert vhdfs("info", chain).code == 0  # found again
+
+
+def test_resize(vhdfs, chain, tmp_path):
+    base = tmp_path / "base.vhd"
+    done = vhdfs("resize", base, "8M", "--force", "--json")
+    assert done.code == 0, done.err
+    result = done.json()
+    assert set(result) == KEYS["resize"]
+    assert (result["old_size"], result["new_size"], result["kind"]) == (4 << 20, 8 << 20, "dynamic")
+    assert result["children"] == [str(chain)] and result["cut"] == 0
+    assert result["new_file_size"] == base.stat().st_size
+    assert any("child.vhd" in w for w in result["warnings"])  # its child must follow
+    result = vhdfs("resize", chain, "8M", "--json").json()
+    assert set(result) == KEYS["resize"]
+    assert (result["kind"], result["parent"]) == ("differencing", str(base))
 
 
 def test_info_and_check(vhdfs, chain):
