@@ -340,12 +340,13 @@ def test_repair_killed_at_every_point_leaves_a_readable_file(tmp_path, build):
         shutil.rmtree(work)
 
 
-def test_vhdx_is_named_not_misread(tmp_path):
+def test_vhdx_is_checked_by_its_own_rules(tmp_path):
+    """A VHDX is checked as VHDX (tests/vhdx/test_vhdx_check.py), never misread as a VHD."""
     image = tmp_path / "disk.vhdx"
     subprocess.run(["qemu-img", "create", "-f", "vhdx", str(image), "8M"], check=True,
                    capture_output=True)
     result = cli("check", image)
-    assert result.returncode == 8 and "is a VHDX file" in result.stdout
+    assert result.returncode == 0 and "(dynamic, image)" in result.stdout, result.stdout
 
 
 def test_chain_walk_ends_even_if_the_resolver_misses_a_loop(tmp_path, monkeypatch):

@@ -199,6 +199,8 @@ class _VhdxCommit:
                                    "it (was the file replaced?)")
             if journal.phase != PHASE_COPYING:
                 return 0, before, after
+            if child.parent_ids == (after,):  # linked to the new GUID alone: copied in full
+                return journal.blocks, before, after
             if journal.child_mtime_ns != self.child_path.stat().st_mtime_ns:
                 self.warn(f"{self.child_path} changed since its commit was interrupted; copying all "
                           "of it again")
