@@ -65,6 +65,27 @@ class Chain:
         self._cache_generation = 0  # bumped by every invalidation
         self._cached_extents = 0
         self._write_lock = threading.Lock()
+        # Ranges read as zeros whatever the layers hold (a view made by `with_zeros`).
+        self._zero_starts: list[int] = []
+        self._zero_ends: list[int] = []
+        self._view_of: Chain | None = None
+
+    def with_zeros(self, ranges: list[tuple[int, int]]) -> Chain:
+        """A read-only view of this chain whose extent map says ZERO over `ranges` ((offset,
+        length), sector aligned) whatever the layers hold there: those bytes are neither read
+        nor copied by what asks the map (convert and upload --skip-free pass the free space
+        of the guest's file systems). The view shares the layers; closing it closes nothing."""
+        view = Chain(self.layers, self.links)
+        for offset, length in sorted(ranges):
+            if length <= 0:
+                continue
+            if view._zero_ends and offset <= view._zero_ends[-1]:
+                view._zero_ends[-1] = max(view._zero_ends[-1], offset + length)
+            else:
+                view._zero_starts.append(offset)
+                view._zero_ends.append(offset + length)
+        view._view_of = self
+        return view
 
     @property
     def top(self) -> Layer:
@@ -102,7 +123,39 @@ class Chain:
                                         last.file_offset)
                     continue
             merged.append(ext)
-        return merged
+        return self._cut_zeros(merged) if self._zero_starts else merged
+
+    def _cut_zeros(self, extents: list[Extent]) -> list[Extent]:
+        """`extents` with the view's zero ranges as ZERO extents (adjacent ZEROs merged)."""
+        out: list[Extent] = []
+
+        def put(ext: Extent) -> None:
+            if out and ext.layer == ZERO and out[-1].layer == ZERO:
+                last = out[-1]
+                out[-1] = Extent(last.offset, last.length + ext.length, ZERO)
+            else:
+                out.append(ext)
+
+        for ext in extents:
+            pos, end = ext.offset, ext.offset + ext.length
+            if ext.layer == ZERO:
+                put(ext)
+                continue
+            i = max(bisect.bisect_right(self._zero_starts, pos) - 1, 0)
+            while pos < end:
+                if i < len(self._zero_starts) and self._zero_ends[i] <= pos:
+                    i += 1
+                    continue
+                start = self._zero_starts[i] if i < len(self._zero_starts) else end
+                if start > pos:  # data up to the next zero range
+                    stop = min(start, end)
+                    put(Extent(pos, stop - pos, ext.layer, ext.file_offset + pos - ext.offset))
+                    pos = stop
+                    continue
+                stop = min(self._zero_ends[i], end)
+                put(Extent(pos, stop - pos, ZERO))
+                pos = stop
+        return out
 
     def _unit_extents(self, unit: int) -> tuple[list[int], list[Extent]]:
         with self._cache_lock:
@@ -199,6 +252,8 @@ class Chain:
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         """Write into the top layer; partial sectors are merged with what the chain shows."""
+        if self._view_of is not None:
+            raise ImageIOError(f"{self.top.name}: a view with zero ranges is read-only")
         length = len(data)
         if length == 0:
             return
@@ -226,6 +281,8 @@ class Chain:
         self.top.flush()
 
     def close(self) -> None:
+        if self._view_of is not None:
+            return  # the layers belong to the chain the view was made of
         try:
             if self.writable:
                 self.top.close()  # flushes (and leaves a VHDX's log empty: a clean close)

@@ -3,7 +3,8 @@ import a raw image).
 
 Only extents that hold data are read; ZERO extents cost nothing. Within data, all-zero
 pieces are not written either, so raw output stays sparse and dynamic output allocates
-only blocks that hold something.
+only blocks that hold something. With skip_free, the clusters the guest's file systems
+leave free count as ZERO extents too (`skip_free_space`, which upload uses as well).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from vhdfs.chain import Chain, Extent
 from vhdfs.create import atomic_output
 from vhdfs.errors import ImageIOError, RefusedError, UsageError
+from vhdfs.filesystems.free import FreeSpace, free_space
 from vhdfs.image import SECTOR
 from vhdfs.progress import Progress
 from vhdfs.sources.local import LocalFile
@@ -43,6 +45,8 @@ class ConvertStats:
     size: int = 0
     data_read: int = 0
     data_written: int = 0
+    skipped_free: int = 0  # bytes the chain stores in free file-system space, left out
+    free_space: FreeSpace | None = None  # the map used (skip_free), per volume
 
 
 @dataclass
@@ -220,11 +224,25 @@ def vhdx_spec_for(chain: Chain, *, fixed: bool, block_size: int | None,
     return spec
 
 
+def skip_free_space(chain: Chain) -> tuple[Chain, FreeSpace, int]:
+    """--skip-free (convert and upload): a view of `chain` in which the clusters its file
+    systems leave free read as zeros (vhdfs.filesystems.free), so that nothing of them is
+    read, written or sent; the map; and how many bytes the chain stores in them (its data
+    extents there: what is left out)."""
+    free = free_space(chain)
+    skipped = 0
+    for offset, length in free.ranges:
+        skipped += sum(e.length for e in chain.iter_extents(offset, length) if not e.is_zero)
+    return chain.with_zeros(free.ranges), free, skipped
+
+
 def convert(chain: Chain, out: str | os.PathLike[str], to: str, *,
             block_size: int | None = None, fixed: bool = False, force: bool = False,
-            progress: Progress | None = None) -> ConvertStats:
+            progress: Progress | None = None, skip_free: bool = False) -> ConvertStats:
     """Write the chain's flat disk to `out` as `to` (see TARGETS; `fixed` makes a "vhdx"
-    output fixed). `block_size`: of dynamic output (default 2M for VHD, 32M for VHDX)."""
+    output fixed). `block_size`: of dynamic output (default 2M for VHD, 32M for VHDX).
+    `skip_free`: the free space of the guest's file systems is written as zeros, unread
+    (`skip_free_space`)."""
     if to not in TARGETS:
         raise UsageError(f"--to {to!r}: expected one of {', '.join(TARGETS)}")
     if fixed and to != "vhdx":
@@ -244,6 +262,8 @@ def convert(chain: Chain, out: str | os.PathLike[str], to: str, *,
         block_size = block_size or DEFAULT_BLOCK_SIZE
         check_block_size(block_size, chain.size)
     stats = ConvertStats(size=chain.size)
+    if skip_free:
+        chain, stats.free_space, stats.skipped_free = skip_free_space(chain)
     with atomic_output(target, force=force) as tmp:
         if spec is not None:
             _write_vhdx(chain, tmp, spec, stats, progress)

@@ -28,7 +28,8 @@ KEYS = {
     "create": {"output", "format", "kind", "virtual_size", "block_size", "logical_sector_size",
                "unique_id", "virtual_disk_id", "parent", "seconds", "warnings"},
     "convert": {"source", "chain", "output", "format", "kind", "virtual_size", "file_size",
-                "data_read", "data_written", "seconds", "warnings"},
+                "data_read", "data_written", "skipped_free", "free_space", "seconds",
+                "warnings"},
     "commit": {"child", "parent", "found_by", "bytes_copied", "runs", "blocks", "resumed_at",
                "other_children", "searched", "child_deleted", "seconds", "warnings"},
     "set-parent": {"child", "parent", "parent_unique_id", "forced", "old_name", "new_name",
@@ -120,6 +121,7 @@ def test_convert(vhdfs, chain, tmp_path, to, format_, kind):
     # Read: at least the base's two runs (the child's lies inside the first), in windows.
     assert 64 * 1024 + 4096 <= result["data_read"] <= 4 << 20
     assert result["data_written"] > 0 and result["seconds"] >= 0
+    assert (result["skipped_free"], result["free_space"]) == (0, None)  # without --skip-free
 
 
 def test_commit(vhdfs, chain, tmp_path):

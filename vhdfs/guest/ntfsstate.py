@@ -14,25 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from construct import Bytes, Int8ul, Int16ul, Struct
-
+from vhdfs.filesystems.ntfs import (
+    HIBERNATED,
+    NTFS_ATTR_VOLUME_INFORMATION,
+    NTFS_VOLUME_INODE,
+    RESUMED,
+    VOLUME_INFORMATION,
+    VOLUME_IS_DIRTY,
+)
 from vhdfs.guest.image import tsk_call
 from vhdfs.guest.paths import resolve
 from vhdfs.guest.volumes import Volume
-
-NTFS_VOLUME_INODE = 3
-NTFS_ATTR_VOLUME_INFORMATION = 0x70
-VOLUME_IS_DIRTY = 0x0001
-
-VOLUME_INFORMATION = Struct(
-    "reserved" / Bytes(8),
-    "major_version" / Int8ul,
-    "minor_version" / Int8ul,
-    "flags" / Int16ul,
-)
-
-HIBERNATED = (b"hibr", b"HIBR")
-RESUMED = (b"wake", b"WAKE")
 
 
 @dataclass(frozen=True)

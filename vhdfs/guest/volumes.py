@@ -12,25 +12,12 @@ from dataclasses import dataclass, field
 import pytsk3
 
 from vhdfs.errors import VhdfsError
+from vhdfs.filesystems.tsk import VolumeImage, fs_type_name, open_file_system, tsk_message
 from vhdfs.guest.errors import FileSystemError, NoSuchVolume
 from vhdfs.guest.fsid import fs_identity
-from vhdfs.guest.image import FlatDisk, VolumeImage, tsk_message
+from vhdfs.guest.image import FlatDisk
 from vhdfs.partitions import Partition, PartitionTable, read_table
 
-FS_TYPE_NAMES = {
-    int(pytsk3.TSK_FS_TYPE_NTFS): "NTFS",
-    int(pytsk3.TSK_FS_TYPE_FAT12): "FAT12",
-    int(pytsk3.TSK_FS_TYPE_FAT16): "FAT16",
-    int(pytsk3.TSK_FS_TYPE_FAT32): "FAT32",
-    int(pytsk3.TSK_FS_TYPE_EXFAT): "exFAT",
-    int(pytsk3.TSK_FS_TYPE_EXT2): "ext2",
-    int(pytsk3.TSK_FS_TYPE_EXT3): "ext3",
-    int(pytsk3.TSK_FS_TYPE_EXT4): "ext4",
-    int(pytsk3.TSK_FS_TYPE_ISO9660): "ISO9660",
-    int(pytsk3.TSK_FS_TYPE_HFS): "HFS+",
-    int(pytsk3.TSK_FS_TYPE_FFS1): "UFS1",
-    int(pytsk3.TSK_FS_TYPE_FFS2): "UFS2",
-}
 # File systems whose names Windows (and TSK's lookups) compare without regard to case.
 CASE_INSENSITIVE = frozenset({"NTFS", "FAT12", "FAT16", "FAT32", "exFAT"})
 
@@ -91,41 +78,11 @@ class DiskVolumes:
         return [v for v in self.volumes if v.fs is not None]
 
 
-def _signature_type(image: VolumeImage) -> int:
-    """The file system a volume's own signature names (NTFS/exFAT OEM id, FAT32/FAT type
-    string, ext superblock magic), else TSK's autodetection. TSK's autodetection opens the
-    volume as every type it knows, and its YAFFS2 probe alone reads tens of MiB (26 MiB of a
-    111 MiB NTFS volume): from blob storage that was most of what a guest command fetched."""
-    boot = image.read_bytes(0, 512)
-    if boot[3:11] == b"NTFS    ":
-        return int(pytsk3.TSK_FS_TYPE_NTFS_DETECT)
-    if boot[3:11] == b"EXFAT   ":
-        return int(pytsk3.TSK_FS_TYPE_EXFAT)
-    if boot[0x52:0x57] == b"FAT32" or boot[0x36:0x39] == b"FAT":
-        return int(pytsk3.TSK_FS_TYPE_FAT_DETECT)
-    if image.read_bytes(1024 + 56, 2) == b"\x53\xef":
-        return int(pytsk3.TSK_FS_TYPE_EXT_DETECT)
-    return int(pytsk3.TSK_FS_TYPE_DETECT)
-
-
-def _fs_info(image: VolumeImage) -> pytsk3.FS_Info:
-    """Open the file system as its signature says, else (or when that fails) as TSK detects."""
-    hint = _signature_type(image)
-    if hint != int(pytsk3.TSK_FS_TYPE_DETECT):
-        try:
-            return pytsk3.FS_Info(image, type=hint)
-        except (OSError, RuntimeError):
-            if isinstance(image.failure, VhdfsError):
-                raise
-            image.failure = None  # not what its signature says: let TSK look at every type
-    return pytsk3.FS_Info(image)
-
-
 def _open_fs(volume: Volume) -> None:
     image = volume.image
     image.failure = None
     try:
-        fs = _fs_info(image)
+        fs = open_file_system(image)
     except (OSError, RuntimeError) as exc:
         if isinstance(image.failure, VhdfsError):
             raise image.failure from None  # the chain could not be read: not a guest problem
@@ -134,8 +91,7 @@ def _open_fs(volume: Volume) -> None:
             volume.error = "no file system TSK recognises (unformatted, encrypted, or damaged)"
         return
     volume.fs = fs
-    ftype = int(fs.info.ftype)
-    volume.fs_type = FS_TYPE_NAMES.get(ftype, f"TSK type 0x{ftype:x}")
+    volume.fs_type = fs_type_name(fs)
     volume.block_size = int(fs.info.block_size)
     try:
         volume.label, volume.uuid = fs_identity(volume.fs_type, image, fs)

@@ -22,7 +22,9 @@ from vhdfs.azure.location import BlobLocation, looks_remote
 from vhdfs.azure.pageblob import PageBlob
 from vhdfs.azure.rules import check_disk, check_page_blob
 from vhdfs.chain import Chain
+from vhdfs.convert import skip_free_space
 from vhdfs.errors import FormatError, ParentMismatch, UsageError, VhdfsError
+from vhdfs.filesystems.free import FreeSpace
 from vhdfs.progress import Progress
 from vhdfs.resolve import OpenOptions, open_chain, open_layer, open_source
 from vhdfs.sources.local import LocalFile
@@ -47,6 +49,8 @@ class SourcePlan:
     base: BlobLocation | None = None
     base_id: bytes = b""
     watched: WatchedFiles = field(default_factory=WatchedFiles)
+    skipped_free: int = 0  # --skip-free: bytes of the source's data in free space, not read
+    free_space: FreeSpace | None = None  # --skip-free: the map, per volume
 
 
 def _file_facts(source: Any) -> tuple[int, float, str]:
@@ -79,7 +83,16 @@ def upload_footer(chain: Chain, fingerprint: str, mtime: float) -> bytes:
     return footer.copy(timestamp=stamp & 0xFFFFFFFF).build()
 
 
-def _plan_flat(spec: str, open_options: OpenOptions) -> SourcePlan:
+def _without_free_space(plan: SourcePlan, chain: Chain, footer: bytes) -> SourcePlan:
+    """--skip-free: the plan's writes read the chain with its file systems' free clusters as
+    zeros (vhdfs.convert.skip_free_space, as convert does), so none of them is read or sent;
+    whatever the planning makes of zeros (none are sent) holds for them too."""
+    view, plan.free_space, plan.skipped_free = skip_free_space(chain)
+    plan.writes = lambda progress: flat_writes(view, footer, progress)
+    return plan
+
+
+def _plan_flat(spec: str, open_options: OpenOptions, skip_free: bool = False) -> SourcePlan:
     watched = WatchedFiles.before_opening(spec)
     chain = open_chain(spec, open_options, allow_raw=True)
     try:
@@ -92,14 +105,16 @@ def _plan_flat(spec: str, open_options: OpenOptions) -> SourcePlan:
         facts = [_file_facts(layer.source) for layer in chain.layers]
         parts = [f"{getattr(layer, 'unique_id', b'').hex()}:{tag}"
                  for layer, (_, _, tag) in zip(chain.layers, facts, strict=True)]
-        fingerprint = _fingerprint("flat", parts)
+        # A resumed upload must be of the same bytes: with or without the free space.
+        fingerprint = _fingerprint("flat", parts + (["skip-free"] if skip_free else []))
         footer = upload_footer(chain, fingerprint, facts[0][1])
+        plan = SourcePlan(spec, "flat", chain.size + FOOTER_SIZE, fingerprint, facts[0][0],
+                          facts[0][1], lambda progress: flat_writes(chain, footer, progress),
+                          chain.close, top=chain.top, watched=watched)
+        return _without_free_space(plan, chain, footer) if skip_free else plan
     except BaseException:
         chain.close()
         raise
-    return SourcePlan(spec, "flat", chain.size + FOOTER_SIZE, fingerprint, facts[0][0], facts[0][1],
-                      lambda progress: flat_writes(chain, footer, progress), chain.close,
-                      top=chain.top, watched=watched)
 
 
 def _plan_as_is(spec: str) -> SourcePlan:
@@ -192,12 +207,17 @@ def _plan_patch(spec: str, base_spec: str, open_options: OpenOptions) -> SourceP
 
 
 def plan_source(spec: str, *, as_is: bool = False, patch_base: str | None = None,
-                open_options: OpenOptions | None = None) -> SourcePlan:
+                open_options: OpenOptions | None = None, skip_free: bool = False) -> SourcePlan:
     """Open what `spec` names and plan its upload: the flat disk of its chain, the file as it
-    is (`as_is`), or the child layers over the blob of their base (`patch_base`)."""
+    is (`as_is`), or the child layers over the blob of their base (`patch_base`);
+    `skip_free`: the flat disk without its file systems' free space."""
     open_options = open_options or OpenOptions()
+    if skip_free and (as_is or patch_base):
+        raise UsageError(f"--skip-free leaves out the free space of a flattened disk; it does "
+                         f"not go with {'--as-is' if as_is else '--patch-base'}, which upload "
+                         "the file or the child's own sectors as they are")
     if as_is:
         return _plan_as_is(spec)
     if patch_base:
         return _plan_patch(spec, patch_base, open_options)
-    return _plan_flat(spec, open_options)
+    return _plan_flat(spec, open_options, skip_free)

@@ -69,6 +69,7 @@ class UploadOptions:
     patch_base: str | None = None
     open_options: OpenOptions = field(default_factory=OpenOptions)
     quiet: bool = False
+    skip_free: bool = False  # the file systems' free space goes as zeros (vhdfs.convert)
 
 
 @dataclass
@@ -87,6 +88,8 @@ class UploadReport:
     already_complete: bool = False
     parent_link: str = ""
     notes: list[str] = field(default_factory=list)
+    skipped_free: int = 0  # --skip-free: bytes of the source's data in free space, not sent
+    free_space: dict | None = None  # --skip-free: the map, per volume (FreeSpace.to_json)
 
     @property
     def skipped(self) -> int:
@@ -272,7 +275,7 @@ def upload(source: str, dest_spec: str, options: UploadOptions,
         raise UsageError(f"{dest.display}: is the base blob itself; upload to a new blob name")
     started = time.monotonic()
     plan = plan_source(source, as_is=options.as_is, patch_base=options.patch_base,
-                       open_options=options.open_options)
+                       open_options=options.open_options, skip_free=options.skip_free)
     try:
         return _Upload(plan, dest, options, note).run(started)
     finally:
@@ -293,6 +296,9 @@ class _Upload:
         self.name = dest.display
         self.client = blob_client(dest, self.credential)
         self.report = UploadReport(scrub(plan.name), self.name, plan.mode, plan.blob_size)
+        if plan.free_space is not None:
+            self.report.skipped_free = plan.skipped_free
+            self.report.free_space = plan.free_space.to_json()
         self.props: Any = None  # the destination's properties, None while it does not exist
         self.resuming = False
         self.metadata: dict[str, str] = {}
@@ -481,6 +487,8 @@ def describe(report: UploadReport) -> str:
             text += f" ({human(report.present)} already there)"
         if report.cleared:
             text += f", cleared {human(report.cleared)}"
+        if report.free_space is not None:
+            text += f", left out {human(report.skipped_free)} of data in free space (--skip-free)"
         text += f", {report.seconds:.1f} s ({human(int(rate))}/s); digest {report.digest}"
     if report.verified:
         text += "; verified"

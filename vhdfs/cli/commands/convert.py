@@ -1,4 +1,5 @@
-"""vhdfs convert SOURCE OUT --to raw|fixed|dynamic|vhdx [--fixed] [--format vhd|vhdx]"""
+"""vhdfs convert SOURCE OUT --to raw|fixed|dynamic|vhdx [--fixed] [--format vhd|vhdx]
+[--skip-free]"""
 
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--block-size", help=f"block size of dynamic output (default "
                         f"{DEFAULT_BLOCK_SIZE >> 20}M for VHD, {VHDX_BLOCK_SIZE >> 20}M for VHDX)")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--skip-free", action="store_true",
+                        help="write the clusters no file uses (free space of NTFS, FAT, exFAT "
+                        "and ext file systems, as The Sleuth Kit reads them) as zeros, without "
+                        "reading them: deleted data is not copied. OUT then differs from SOURCE "
+                        "there; partition tables, gaps and other file systems are copied as "
+                        "they are")
     add_image_options(parser)
     parser.set_defaults(func=run)
 
@@ -47,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         chain_names = layer_names(chain)
         progress = Progress(f"convert {args.out}", chain.size, quiet=args.quiet)
         stats = convert(chain, args.out, to, block_size=block_size, fixed=fixed, force=args.force,
-                        progress=progress)
+                        progress=progress, skip_free=args.skip_free)
     seconds = time.monotonic() - started
     container = {"raw": "raw", "vhdx": "vhdx"}.get(to, "vhd")
     kind = "raw" if to == "raw" else ("fixed" if fixed or to == "fixed" else "dynamic")
@@ -55,9 +62,14 @@ def run(args: argparse.Namespace) -> int:
         emit(args, {"source": args.source, "chain": chain_names, "output": args.out,
                     "format": container, "kind": kind, "virtual_size": stats.size,
                     "file_size": os.stat(args.out).st_size, "data_read": stats.data_read,
-                    "data_written": stats.data_written, "seconds": round(seconds, 3)})
+                    "data_written": stats.data_written, "skipped_free": stats.skipped_free,
+                    "free_space": stats.free_space.to_json() if stats.free_space else None,
+                    "seconds": round(seconds, 3)})
         return 0
     shown = args.to if to != "vhdx" else f"{kind} VHDX"
     print(f"wrote {args.out} ({shown}, {stats.size} bytes): read {human(stats.data_read)}, "
           f"wrote {human(stats.data_written)} of data in {seconds:.1f} s")
+    if stats.free_space is not None:
+        print(f"--skip-free: left out {human(stats.skipped_free)} ({stats.skipped_free} bytes) "
+              f"of data in free space; {stats.free_space.summary()}")
     return 0

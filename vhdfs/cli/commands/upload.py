@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--patch-base", metavar="BLOB",
                         help="DEST becomes a server-side copy of BLOB (the fixed-VHD blob of "
                         "SOURCE's parent) plus only the sectors SOURCE holds")
+    parser.add_argument("--skip-free", action="store_true",
+                        help="send the clusters no file uses (free space of NTFS, FAT, exFAT "
+                        "and ext file systems, as The Sleuth Kit reads them) as zeros: neither "
+                        "read nor sent, so deleted data does not go up; partition tables, gaps "
+                        "and other file systems go as they are")
     add_image_options(parser)
     parser.set_defaults(func=run)
 
@@ -45,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     options = UploadOptions(concurrency=args.concurrency, resume=args.resume,
                             overwrite=args.overwrite, verify=args.verify, as_is=args.as_is,
                             patch_base=args.patch_base, open_options=open_options(args),
+                            skip_free=args.skip_free,
                             quiet=args.quiet)
 
     def note(text: str) -> None:
