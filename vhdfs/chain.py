@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from vhdfs.errors import ImageIOError
-from vhdfs.image import RunKind
-from vhdfs.vhd.layer import Layer
+from vhdfs.image import ImageLayer, RunKind
 
 ZERO = -1  # layer index of extents that read as zeros
 DEFAULT_UNIT = 2 * 1024 * 1024
@@ -52,7 +51,7 @@ class ParentLink:
 class Chain:
     """Layers top first; layers[-1] is the base."""
 
-    def __init__(self, layers: list, links: list[ParentLink] | None = None) -> None:
+    def __init__(self, layers: list[ImageLayer], links: list[ParentLink] | None = None) -> None:
         if not layers:
             raise ValueError("a chain needs at least one layer")
         self.layers = layers
@@ -88,12 +87,17 @@ class Chain:
         return view
 
     @property
-    def top(self) -> Layer:
+    def top(self) -> ImageLayer:
         return self.layers[0]
 
     @property
+    def name(self) -> str:
+        """What messages call the disk: its top layer's file (or blob URL)."""
+        return self.top.name
+
+    @property
     def writable(self) -> bool:
-        return bool(getattr(self.top, "writable", False))
+        return self.top.writable
 
     @property
     def warnings(self) -> list[str]:

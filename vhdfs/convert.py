@@ -23,7 +23,7 @@ from vhdfs.errors import ImageIOError, RefusedError, UsageError
 from vhdfs.filesystems.free import FreeSpace, free_space
 from vhdfs.image import SECTOR
 from vhdfs.progress import Progress
-from vhdfs.sources.local import LocalFile
+from vhdfs.sources.local import LocalFile, identity_of
 from vhdfs.sources.writeback import WritebackAhead
 from vhdfs.vhd.build import DEFAULT_BLOCK_SIZE, check_block_size, check_size, fixed_footer, write_sparse
 from vhdfs.vhd.footer import DiskType
@@ -90,7 +90,13 @@ def nonzero_runs(buf: bytearray, window: Window) -> list[tuple[int, int]]:
 
 
 _ZERO_WINDOW = memoryview(bytes(WINDOW))
-_buffers = threading.local()
+
+
+class _ThreadBuffers(threading.local):
+    window: bytearray | None = None  # each thread's own, made at its first reuse
+
+
+_buffers = _ThreadBuffers()
 
 
 def read_window(chain: Chain, window: Window, *, reuse: bool = False
@@ -100,7 +106,7 @@ def read_window(chain: Chain, window: Window, *, reuse: bool = False
     if not reuse:
         buf = bytearray(window.length)
     else:
-        buf = getattr(_buffers, "window", None)
+        buf = _buffers.window
         if buf is None:
             buf = _buffers.window = bytearray(WINDOW)
         view = memoryview(buf)
@@ -210,12 +216,10 @@ def _write_vhdx(chain: Chain, path: Path, spec: vhdx_build.NewVhdx, stats: Conve
 
 def vhdx_spec_for(chain: Chain, *, fixed: bool, block_size: int | None,
                   logical_sector_size: int | None = None) -> vhdx_build.NewVhdx:
-    """The VHDX a chain converts into: its size; the top's sector sizes when it is a VHDX
-    (the guest sees them), else 512/4096; Hyper-V's block size unless one is given."""
+    """The VHDX a chain converts into: its size; the top's sector sizes (the guest sees
+    them; 4096 physical where the top records none); Hyper-V's block size unless one is given."""
     top = chain.top
-    lss, pss = 512, 4096
-    if isinstance(top, VhdxLayer):
-        lss, pss = top.logical_sector_size, top.physical_sector_size
+    lss, pss = top.logical_sector_size, top.physical_sector_size or 4096
     spec = vhdx_build.NewVhdx(size=chain.size,
                               block_size=block_size or vhdx_build.DEFAULT_BLOCK_SIZE,
                               logical_sector_size=logical_sector_size or lss,
@@ -248,9 +252,9 @@ def convert(chain: Chain, out: str | os.PathLike[str], to: str, *,
     if fixed and to != "vhdx":
         raise UsageError("--fixed applies to --to vhdx (a fixed VHD is --to fixed)")
     target = Path(out)
+    target_identity = identity_of(target)
     for layer in chain.layers:
-        name = getattr(layer.source, "path", None)
-        if name is not None and target.exists() and target.resolve() == Path(name).resolve():
+        if target_identity is not None and layer.source.identity() == target_identity:
             raise RefusedError(f"{target}: is part of the chain being converted; write to "
                                "another file")
     spec = None

@@ -16,6 +16,7 @@ from pathlib import Path
 from vhdfs.azure.credentials import parse_location
 from vhdfs.azure.location import looks_remote
 from vhdfs.errors import RefusedError, UsageError
+from vhdfs.image import ImageLayer
 from vhdfs.sources.modes import give_new_file_mode
 from vhdfs.vhd.build import (
     DEFAULT_BLOCK_SIZE,
@@ -29,7 +30,6 @@ from vhdfs.vhd.build import (
 from vhdfs.vhd.footer import DiskType, Footer
 from vhdfs.vhdx import build as vhdx_build
 from vhdfs.vhdx.build import NewVhdx
-from vhdfs.vhdx.layer import VhdxLayer
 
 _EPOCH_2000 = 946684800
 
@@ -95,17 +95,17 @@ def create_differencing(out: str | os.PathLike[str], parent: ParentInfo,
         return write_sparse(tmp, size, block_size, DiskType.DIFFERENCING, parent)
 
 
-def parent_info_of(path: str | os.PathLike[str], layer) -> ParentInfo:
+def parent_info_of(path: str | os.PathLike[str], layer: ImageLayer) -> ParentInfo:
     """ParentInfo for an opened layer (the top of the chain a child will extend): a local
     file, or a page blob (`az://`, `https://`), whose URL is recorded without its query."""
-    if getattr(layer, "image_format", "VHD") != "VHD":
+    if layer.image_format != "VHD":
         # Hyper-V links a VHD differencing disk to a VHD parent only.
         raise RefusedError(f"{path}: is a {layer.image_format} image; a VHD differencing disk "
                            f"can only have a VHD parent; convert it first: vhdfs convert {path} "
                            "base.vhd --to dynamic")
     if looks_remote(str(path)):
         return ParentInfo(path=None, unique_id=layer.unique_id, size=layer.size,
-                          timestamp=layer.footer.timestamp, block_size=layer.block_size,
+                          timestamp=layer.creation_time or 0, block_size=layer.block_size,
                           url=parse_location(str(path)).url)
     where = Path(path).resolve()
     require_text_path(where)
@@ -129,7 +129,7 @@ def create_vhdx(out: str | os.PathLike[str], size: int, *, fixed: bool = False,
 
 
 def create_vhdx_differencing(out: str | os.PathLike[str], parent_path: str | os.PathLike[str],
-                             parent: VhdxLayer, *, block_size: int | None = None,
+                             parent: ImageLayer, *, block_size: int | None = None,
                              force: bool = False) -> NewVhdx:
     """A new differencing VHDX (a checkpoint, .avhdx) over the local VHDX `parent`: its
     size, sector sizes and virtual disk id, a locator naming its DataWriteGuid."""

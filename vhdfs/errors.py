@@ -112,6 +112,8 @@ class MountError(VhdfsError):
 
 class RemoteError(VhdfsError):
     exit_code = 8
+    status: int | None = None  # the HTTP status of the failed request, when one came back
+    code: str = ""  # the storage service's error code (BlobNotFound ...), when it gave one
 
 
 class ImageBusy(VhdfsError):

@@ -103,6 +103,7 @@ GPT_ATTR_LEGACY_BIOS_BOOTABLE = 1 << 2
 
 
 class FlatDisk(Protocol):
+    name: str  # what messages call the disk (a chain: its top layer's file)
     size: int
 
     def read(self, offset: int, length: int) -> bytes: ...
@@ -147,11 +148,6 @@ def _guid(raw: bytes) -> str:
     return str(uuid.UUID(bytes_le=raw)).upper()
 
 
-def _disk_name(disk: FlatDisk) -> str:
-    top = getattr(disk, "top", None)
-    return str(getattr(top, "name", None) or getattr(disk, "name", "disk"))
-
-
 def _looks_like_boot_sector(sector: bytes) -> bool:
     """A volume boot record (a file system on the whole disk), not an MBR.
 
@@ -168,7 +164,7 @@ def _looks_like_boot_sector(sector: bytes) -> bool:
 
 def read_table(disk: FlatDisk) -> PartitionTable:
     """The partition table of `disk`; scheme "none" when there is none."""
-    name = _disk_name(disk)
+    name = disk.name
     sector0 = disk.read(0, SECTOR)
     if len(sector0) < SECTOR or sector0[510:512] != b"\x55\xaa" or _looks_like_boot_sector(sector0):
         return PartitionTable("none")
@@ -291,6 +287,6 @@ def _check_bounds(disk: FlatDisk, table: PartitionTable) -> None:
     for part in table.partitions:
         if part.end > disk.size:
             table.warnings.append(
-                f"{_disk_name(disk)}: partition {part.number} ends at byte {part.end}, past the "
+                f"{disk.name}: partition {part.number} ends at byte {part.end}, past the "
                 f"end of the disk ({disk.size} bytes); only its first "
                 f"{max(disk.size - part.start, 0)} bytes can be read")

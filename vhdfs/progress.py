@@ -57,7 +57,7 @@ class Progress:
         self.stream = stream or sys.stderr
         mode = _configured or ("none" if quiet else "auto")
         if mode == "auto":
-            tty = bool(getattr(self.stream, "isatty", lambda: False)())
+            tty = self.stream.isatty()
             mode = "bar" if tty else "lines"
         self.mode = mode
         self.done = 0

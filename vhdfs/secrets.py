@@ -134,6 +134,8 @@ class ScrubbingWriter:
         self.wrapped.flush()
 
     def __getattr__(self, name: str) -> Any:
+        # The rest of the text stream's interface (isatty, fileno, encoding ...) is the
+        # wrapped stream's own: a proxy, not a probe.
         return getattr(self.wrapped, name)
 
 

@@ -82,7 +82,7 @@ def test_damaged_bat_entry_gives_eio_for_that_block_and_is_logged(tmp_path):
     point.mkdir()
     done = vhdfs("mount", child, point, "--log", log)
     try:
-        assert "points past the data area" in done.stderr  # warned at open, mounted anyway
+        assert "runs past the data area" in done.stderr  # warned at open, mounted anyway
         bad_start, bad_end = BAD_INDEX * BLOCK, (BAD_INDEX + 1) * BLOCK
         _check_serving(point / "disk.raw", flat, bad_start, bad_end)
     finally:

@@ -20,6 +20,7 @@ class FileDisk:
     """A raw file as a flat disk (what the partition reader needs: read and size)."""
 
     def __init__(self, path) -> None:
+        self.name = str(path)
         self.data = path.read_bytes()
         self.size = len(self.data)
 

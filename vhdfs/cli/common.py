@@ -45,9 +45,8 @@ def warn_children(chain: Chain, search: list[str]) -> None:
     from vhdfs.maintain.siblings import children_warning  # only for the commands that write
 
     top = chain.top
-    unique_id = getattr(top, "unique_id", None)
-    if isinstance(top.source, LocalFile) and unique_id:
-        warning = children_warning(Path(top.name), unique_id, search)
+    if isinstance(top.source, LocalFile) and top.unique_id:
+        warning = children_warning(Path(top.name), top.unique_id, search)
         if warning:
             logging.getLogger("vhdfs").warning("%s", warning)
 
@@ -59,7 +58,7 @@ def layer_names(chain: Chain) -> list[str]:
 
 def print_stats(args: argparse.Namespace) -> None:
     """--stats: what the command fetched from (and sent to) blob storage, on stderr."""
-    if getattr(args, "stats", False):
+    if getattr(args, "stats", False):  # only the commands that open images have --stats
         from vhdfs.azure.stats import TRANSFER
 
         print(f"vhdfs: stats: {TRANSFER.summary()}", file=sys.stderr)

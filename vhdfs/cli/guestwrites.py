@@ -71,7 +71,7 @@ FORCE_BASE = ("write into a base or a chain's only layer (normally a differencin
 
 
 def _open_for_writing(args: argparse.Namespace, command: str) -> Chain:
-    if getattr(args, "force_share", False):
+    if args.force_share:
         raise UsageError(f"--force-share is for reading: {command} writes IMAGE and holds it "
                          "alone")
     if looks_remote(args.image):

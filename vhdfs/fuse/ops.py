@@ -27,7 +27,7 @@ import pyfuse3
 import trio
 
 from vhdfs.chain import Chain
-from vhdfs.errors import VhdfsError
+from vhdfs.errors import ImageIOError, VhdfsError
 from vhdfs.fuse.tree import DiskFile
 from vhdfs.mounttable import XATTR_IMAGE, XATTR_PID, XATTR_WRITABLE
 from vhdfs.secrets import scrub
@@ -48,7 +48,7 @@ LOGGED_FAILURES_LIMIT = 4096  # distinct failures remembered for "logged once"
 
 
 def chain_is_remote(chain: Chain) -> bool:
-    return any(getattr(layer.source, "remote", False) for layer in chain.layers)
+    return any(layer.source.remote for layer in chain.layers)
 
 
 class ChainOperations(pyfuse3.Operations):
@@ -75,7 +75,7 @@ class ChainOperations(pyfuse3.Operations):
     def _failure(self, action: str, file: DiskFile | None, offset: int, exc: BaseException
                  ) -> pyfuse3.FUSEError:
         """The FUSEError for a failed request; the failure is logged once per block and kind."""
-        code = getattr(exc, "errno", None)
+        code = exc.errno if isinstance(exc, OSError | ImageIOError) else None
         if not isinstance(code, int) or code <= 0:
             code = errno.EIO
         unit = (file.start + offset) // self.chain.unit if file else -1

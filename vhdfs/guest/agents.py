@@ -123,6 +123,8 @@ def pe_version(data: bytes) -> str:
             pefile.DIRECTORY_ENTRY["IMAGE_DIRECTORY_ENTRY_RESOURCE"]])
     except pefile.PEFormatError as exc:
         raise GuestError(f"not a PE file ({exc})") from None
+    # pefile sets these attributes only when the file has the resource (the PE object has
+    # no such attribute otherwise).
     fixed = getattr(pe, "VS_FIXEDFILEINFO", None)
     if fixed:
         info = fixed[0]

@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 
 class FlatDisk(Protocol):
+    name: str
     size: int
 
     def read(self, offset: int, length: int) -> bytes: ...

@@ -37,7 +37,7 @@ from vhdfs.guest.verify_profiles import (
 )
 from vhdfs.guest.verify_windows import check_windows
 from vhdfs.guest.volumes import DiskVolumes, open_volumes
-from vhdfs.raw import RawLayer
+from vhdfs.image import ImageLayer
 from vhdfs.units import human
 
 PASS, FAIL, WARN, INFO = "pass", "fail", "warn", "info"
@@ -84,13 +84,12 @@ class Report:
                 "inspection": self.inspection.to_json() if self.inspection else None}
 
 
-def _layer_kind(layer: Any) -> str:
-    if isinstance(layer, RawLayer):
-        return "raw"
-    kind = getattr(layer, "disk_type", None)
-    name = getattr(kind, "name", None)
-    prefix = "VHDX " if type(layer).__name__.lower().startswith("vhdx") else ""
-    return prefix + (name.lower() if name else type(layer).__name__)
+def _layer_kind(layer: ImageLayer) -> str:
+    """"raw", "fixed", "dynamic", "differencing"; other formats than VHD named first."""
+    if layer.disk_type is None:
+        return layer.image_format
+    prefix = "" if layer.image_format == "VHD" else f"{layer.image_format} "
+    return prefix + layer.disk_type.name.lower()
 
 
 def _check_chain(report: Report, chain: Chain) -> None:
@@ -105,13 +104,13 @@ def _check_chain(report: Report, chain: Chain) -> None:
                links=[{"path": link.path, "found_by": link.found_by, "hint": link.hint}
                       for link in chain.links])
     for layer in chain.layers:
-        bad = getattr(layer, "bad_blocks", None) or {}
+        bad = layer.bad_blocks
         if bad:
             first = sorted(bad)[0]
             report.add("structure", FAIL, f"{os.path.basename(layer.name)}: {len(bad)} damaged "
                        f"block(s), for example block {first}: {bad[first]}; run vhdfs check",
                        layer=layer.name, blocks=sorted(bad))
-        for warning in getattr(layer, "warnings", None) or []:
+        for warning in layer.warnings:
             report.add("structure", WARN, warning, layer=layer.name)
     if not any(f.check == "structure" and f.status == FAIL for f in report.findings):
         report.add("structure", PASS, "layer structures sane (footers, headers, BATs, "

@@ -50,14 +50,13 @@ from vhdfs.maintain.journals import (
     write_footers,
     write_journal,
 )
-from vhdfs.maintain.repairs import clear_commit_mark, faults_of
+from vhdfs.maintain.repairs import clear_commit_mark
 from vhdfs.maintain.scan import scan_file
 from vhdfs.maintain.scan_vhdx import is_vhdx_path
 from vhdfs.maintain.siblings import find_children, unique_id_of
 from vhdfs.progress import Progress
 from vhdfs.resolve import OpenOptions, find_parent
 from vhdfs.sources import locks
-from vhdfs.sources.base import Source
 from vhdfs.sources.local import LocalFile
 from vhdfs.sources.locks import Mode
 from vhdfs.sources.writeback import WritebackAhead
@@ -229,7 +228,8 @@ class _Commit:
             child_mtime_ns=self.child_path.stat().st_mtime_ns)
         if resume is None:
             write_journal(parent_path, journal, self.faults)
-        source = FaultySource(LocalFile(parent_path, writable=True), self.faults)
+        parent_file = LocalFile(parent_path, writable=True)
+        source = FaultySource(parent_file, self.faults)
         try:
             self.mark(source, child.unique_id)
             self.trim_unused_tail(source)
@@ -244,7 +244,7 @@ class _Commit:
         parent = Layer(source, size_rule=self.options.size_rule, writable=True)
         blocks = [i for i in range(first, child.block_count) if child.bat[i] != UNALLOCATED]
         pieces = ReadAhead(child, blocks)
-        writeback = WritebackAhead(getattr(source.inner, "fd", None))
+        writeback = WritebackAhead(parent_file.fd)
         try:
             since_checkpoint = 0
             for piece in pieces:
@@ -354,17 +354,17 @@ def unfinished_commit_fix(parent: str, state: dict, parent_id: bytes, search: li
     parent is forward.
     """
     if state.get("phase") == PHASE_PREPARED:
-        def rollback(source: Source) -> None:
+        def rollback(source: FaultySource) -> None:
             clear_commit_mark(source)
-            remove_journal(parent, faults_of(source))
+            remove_journal(parent, source.faults)
         return Fix(RANK_COMMIT, "roll back the commit, which had not written anything yet: clear "
                    "the mark and delete the journal", rollback)
     child = find_committing_child(parent, state, parent_id, search)
     if child is None:
         return None
 
-    def finish(source: Source) -> None:
-        commit(str(child), OpenOptions(parents=[parent]), faults=faults_of(source), quiet=True)
+    def finish(source: FaultySource) -> None:
+        commit(str(child), OpenOptions(parents=[parent]), faults=source.faults, quiet=True)
     return Fix(RANK_COMMIT, f"finish the commit: copy the rest of {child} into it, then clear the "
                "mark and the journal", finish)
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vhdfs.errors import VhdfsError
-from vhdfs.sources.base import Source
+from vhdfs.maintain.faults import FaultySource
 
 ERROR = "error"  # a problem: exit 4 unless repaired
 WARNING = "warning"  # unusual but harmless to readers and writers
@@ -32,7 +32,7 @@ class CannotCheck(VhdfsError):
 class Fix:
     rank: int
     action: str  # what the repair changes, as the report shows it
-    apply: Callable[[Source], None]  # writes, then syncs; leaves a readable file if cut short
+    apply: Callable[[FaultySource], None]  # writes, then syncs; leaves a readable file if cut short
     group: str = ""  # fixes of one group share `apply`, which runs once for all of them
 
 

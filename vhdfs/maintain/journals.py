@@ -32,7 +32,16 @@ from vhdfs.maintain.faults import Faults
 from vhdfs.maintain.files import remove_durably, write_atomic
 from vhdfs.sources.base import Source
 from vhdfs.vhd.dynheader import HEADER_SIZE
-from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
+from vhdfs.vhd.footer import (
+    FOOTER_SIZE,
+    MARK_LENGTH,
+    MARK_SLICE,
+    MARKER_MAGIC,
+    MARKER_VERSION,
+    DiskType,
+    Footer,
+    format_unique_id,
+)
 
 COMMIT_JOURNAL_SUFFIX = ".vhdfs-commit"
 COMMIT_JOURNAL_FORMAT = "vhdfs-commit-journal"
@@ -40,11 +49,6 @@ SETPARENT_JOURNAL_SUFFIX = ".vhdfs-setparent"
 SETPARENT_JOURNAL_FORMAT = "vhdfs-set-parent-journal"
 REPAIR_JOURNAL_SUFFIX = ".vhdfs-repair"
 REPAIR_JOURNAL_FORMAT = "vhdfs-repair-journal"
-MARKER_MAGIC = b"vhdfs-commit"
-MARKER_VERSION = b"\0\0\0\x01"
-MARKER_FOOTER_BYTE = 480
-MARK_INDEX = MARKER_FOOTER_BYTE - 85  # into Footer.reserved (which starts at footer byte 85)
-MARK_LENGTH = len(MARKER_MAGIC) + len(MARKER_VERSION) + 16
 
 PHASE_PREPARED = "prepared"  # marks set, nothing written into the parent yet
 PHASE_COPYING = "copying"  # the parent may hold any part of the child's data
@@ -176,9 +180,7 @@ def read_repair_journal(image: str | Path) -> tuple[int, dict[int, int]] | None:
 
 
 # ---------------------------------------------------------------- the commit mark in the footer
-MARK_SLICE = slice(MARK_INDEX, MARK_INDEX + MARK_LENGTH)
-
-
+# Its place and layout are the footer's (vhdfs.vhd.footer: MARK_SLICE, Footer.commit_mark).
 def mark_area(footer: Footer) -> bytes:
     return bytes(footer.reserved[MARK_SLICE])
 
@@ -197,10 +199,7 @@ def _with_area(footer: Footer, area: bytes) -> Footer:
 
 def marker_child_id(footer: Footer) -> bytes | None:
     """The unique id of the child whose commit into this file is unfinished, if marked."""
-    area = mark_area(footer)
-    if area[:len(MARKER_MAGIC)] != MARKER_MAGIC:
-        return None
-    return area[-16:]
+    return footer.commit_mark
 
 
 def marker_area_free(footer: Footer) -> bool:
@@ -232,9 +231,9 @@ def write_footers(source: Source, footer: Footer, faults: Faults) -> None:
     source.sync()
 
 
-def commit_state(path: str, footer: Footer) -> dict | None:
-    """What `vhdfs info` and `vhdfs check` say about an unfinished commit into `path`."""
-    marked = marker_child_id(footer)
+def commit_state(path: str, marked: bytes | None) -> dict | None:
+    """What `vhdfs info` and `vhdfs check` say about an unfinished commit into `path`, whose
+    footer marks the commit of child `marked` (see `ImageLayer.commit_mark`), or not."""
     try:
         journal = read_journal(path)
         damaged = ""

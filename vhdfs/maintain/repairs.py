@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vhdfs.image import SECTOR
-from vhdfs.maintain.faults import Faults
+from vhdfs.maintain.faults import FaultySource
 from vhdfs.maintain.files import remove_durably
 from vhdfs.maintain.journals import (
     repair_journal_of,
@@ -21,31 +21,28 @@ from vhdfs.maintain.journals import (
     write_footers,
     write_repair_journal,
 )
-from vhdfs.sources.base import Source
 from vhdfs.vhd.dynheader import HEADER_SIZE, DynamicHeader, ParentLocator
 from vhdfs.vhd.footer import FOOTER_SIZE, Footer
 from vhdfs.vhd.layer import UNALLOCATED
 
-Repair = Callable[[Source], None]
+# A repair is given the file as a FaultySource: its writes, and the steps it takes beside
+# them (journals, deleted files), pass the job's fault points (crash tests stop at each).
+Repair = Callable[[FaultySource], None]
 
 
-def faults_of(source: Source) -> Faults:
-    return getattr(source, "faults", None) or Faults()
-
-
-def _write(source: Source, offset: int, data: bytes) -> None:
-    faults_of(source).point(f"write {len(data)} at {offset}")
+def _write(source: FaultySource, offset: int, data: bytes) -> None:
+    source.faults.point(f"write {len(data)} at {offset}")
     source.write_at(offset, data)
 
 
-def _sync(source: Source) -> None:
-    faults_of(source).point("sync")
+def _sync(source: FaultySource) -> None:
+    source.faults.point("sync")
     source.sync()
 
 
 def truncate(size: int) -> Repair:
-    def apply(source: Source) -> None:
-        faults_of(source).point(f"truncate {size}")
+    def apply(source: FaultySource) -> None:
+        source.faults.point(f"truncate {size}")
         source.truncate(size)
         _sync(source)
     return apply
@@ -53,7 +50,7 @@ def truncate(size: int) -> Repair:
 
 def write_footer(raw: bytes, offsets: list[int]) -> Repair:
     """Write one footer at each offset, the trailing one (highest) first."""
-    def apply(source: Source) -> None:
+    def apply(source: FaultySource) -> None:
         for offset in sorted(offsets, reverse=True):
             _write(source, offset, raw)
         _sync(source)
@@ -61,22 +58,22 @@ def write_footer(raw: bytes, offsets: list[int]) -> Repair:
 
 
 def write_header(offset: int, raw: bytes, then_remove: Path | None = None) -> Repair:
-    def apply(source: Source) -> None:
+    def apply(source: FaultySource) -> None:
         _write(source, offset, raw)
         _sync(source)
         if then_remove is not None:
-            remove_durably(then_remove, faults_of(source))
+            remove_durably(then_remove, source.faults)
     return apply
 
 
 def remove_file(path: Path) -> Repair:
-    def apply(source: Source) -> None:
-        remove_durably(path, faults_of(source))
+    def apply(source: FaultySource) -> None:
+        remove_durably(path, source.faults)
     return apply
 
 
 def clear_locator(header_at: int, index: int) -> Repair:
-    def apply(source: Source) -> None:
+    def apply(source: FaultySource) -> None:
         raw = source.read_at(header_at, HEADER_SIZE)
         header = DynamicHeader.parse(raw, source.name, header_at, verify=False)
         header.locators[index] = ParentLocator()
@@ -85,7 +82,7 @@ def clear_locator(header_at: int, index: int) -> Repair:
     return apply
 
 
-def _set_unallocated(source: Source, bat_at: int, entries: dict[int, int]) -> None:
+def _set_unallocated(source: FaultySource, bat_at: int, entries: dict[int, int]) -> None:
     """Set each entry still holding its recorded value to 0xFFFFFFFF, sector by sector."""
     by_sector: dict[int, list[int]] = {}
     for index in entries:
@@ -110,8 +107,8 @@ def _set_unallocated(source: Source, bat_at: int, entries: dict[int, int]) -> No
 def drop_bat_entries(image: str, bat_at: int, entries: dict[int, int]) -> Repair:
     """Drop BAT entries as one step: a journal names them all first, so a crash between two
     BAT sectors cannot leave one half of a duplicated pair looking valid."""
-    def apply(source: Source) -> None:
-        faults = faults_of(source)
+    def apply(source: FaultySource) -> None:
+        faults = source.faults
         if len({bat_at + i * 4 // SECTOR for i in entries}) > 1:
             write_repair_journal(image, bat_at, entries, faults)
         _set_unallocated(source, bat_at, entries)
@@ -119,10 +116,10 @@ def drop_bat_entries(image: str, bat_at: int, entries: dict[int, int]) -> Repair
     return apply
 
 
-def clear_commit_mark(source: Source) -> None:
+def clear_commit_mark(source: FaultySource) -> None:
     end = source.size() - FOOTER_SIZE
     footer = Footer.parse(source.read_at(end, FOOTER_SIZE), source.name, end)
-    write_footers(source, without_marker(footer), faults_of(source))
+    write_footers(source, without_marker(footer), source.faults)
 
 
 __all__ = ["truncate", "write_footer", "write_header", "remove_file", "clear_locator",

@@ -12,7 +12,7 @@ import array
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vhdfs.errors import ChecksumError, FormatError, ImageIOError
@@ -140,7 +140,8 @@ def footer_problem(footer: Footer, offset: int, file_size: int) -> str:
 
 
 def differing_fields(a: Footer, b: Footer) -> list[str]:
-    names = [name for name in _FOOTER_FIELDS if getattr(a, name) != getattr(b, name)]
+    fields_a, fields_b = asdict(a), asdict(b)
+    names = [name for name in _FOOTER_FIELDS if fields_a[name] != fields_b[name]]
     if reserved_outside_mark(a) != reserved_outside_mark(b):
         names.append("reserved")
     if mark_area(a) != mark_area(b):
@@ -678,7 +679,7 @@ class Scanner:
 
     # ---------------------------------------------------------------- unfinished jobs
     def _commit_state(self) -> None:
-        state = commit_state(self.name, self.footer)
+        state = commit_state(self.name, self.footer.commit_mark)
         if state is None:
             return
         self.result.commit_state = state

@@ -27,10 +27,10 @@ from vhdfs.azure.links import recorded_link
 from vhdfs.azure.location import BlobLocation, looks_remote
 from vhdfs.chain import ParentLink
 from vhdfs.errors import RemoteError, UsageError, VhdfsError
+from vhdfs.image import ImageLayer
 from vhdfs.resolve.opening import OpenOptions, open_source
 from vhdfs.resolve.search import ParentSearch, basename, windows_parts
 from vhdfs.sources.base import Source
-from vhdfs.vhd.layer import Layer
 
 RELATIVE_CODES = ("W2ru", "Wi2r")
 
@@ -57,7 +57,7 @@ def _relative_blob(folder: str, text: str) -> str | None:
     return "/".join(parts) or None
 
 
-def candidates(source: BlobSource, child: Layer, options: OpenOptions) -> list[Candidate]:
+def candidates(source: BlobSource, child: ImageLayer, options: OpenOptions) -> list[Candidate]:
     loc = source.location
     folder = loc.folder()
     out: list[Candidate] = [Candidate(p, "--parent", p) for p in options.parents]
@@ -104,7 +104,7 @@ def _open(cand: Candidate) -> Source:
 
 
 def _why(exc: VhdfsError) -> str:
-    status = getattr(exc, "status", None)
+    status = exc.status if isinstance(exc, RemoteError) else None
     if status == 404:
         return "not found"
     if status in (401, 403):
@@ -116,8 +116,8 @@ def _explain(exc: VhdfsError) -> str:
     return _why(exc) if isinstance(exc, (RemoteError, UsageError)) else str(exc)
 
 
-def find_blob_parent(source: BlobSource, child: Layer, options: OpenOptions, seen: set
-                     ) -> tuple[Layer, ParentLink]:
+def find_blob_parent(source: BlobSource, child: ImageLayer, options: OpenOptions, seen: set
+                     ) -> tuple[ImageLayer, ParentLink]:
     """The parent layer of the remote layer `child` (see the module docstring)."""
     search = ParentSearch(child, options, seen)
     for cand in candidates(source, child, options):

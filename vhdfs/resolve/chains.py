@@ -11,11 +11,11 @@ from __future__ import annotations
 from vhdfs.azure.blob import BlobSource
 from vhdfs.chain import Chain, ParentLink
 from vhdfs.errors import ChainTooDeep
+from vhdfs.image import ImageLayer
 from vhdfs.raw import RawLayer
 from vhdfs.resolve.blob import find_blob_parent
 from vhdfs.resolve.local import find_local_parent
 from vhdfs.resolve.opening import OpenOptions, looks_like_vhd, open_layer, open_source
-from vhdfs.vhd.layer import Layer
 
 
 def open_chain(spec: str, options: OpenOptions | None = None, *, writable: bool = False,
@@ -50,7 +50,7 @@ def open_chain(spec: str, options: OpenOptions | None = None, *, writable: bool 
     return Chain(layers, links)
 
 
-def find_parent(child: Layer, options: OpenOptions, seen: set) -> tuple[Layer, ParentLink]:
+def find_parent(child: ImageLayer, options: OpenOptions, seen: set) -> tuple[ImageLayer, ParentLink]:
     """The parent layer of `child` and how it was found; `seen` holds the identities of the
     sources already in the chain (a candidate among them is a loop)."""
     if isinstance(child.source, BlobSource):  # a blob's parent is looked for in its container

@@ -26,11 +26,11 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from vhdfs.azure.credentials import recorded_parent
 from vhdfs.azure.location import looks_remote
 from vhdfs.chain import ParentLink
+from vhdfs.image import ImageLayer
 from vhdfs.quoting import printable
 from vhdfs.resolve.opening import OpenOptions, open_source
 from vhdfs.resolve.search import ParentSearch, basename, windows_parts
 from vhdfs.sources.local import describe_mode
-from vhdfs.vhd.layer import Layer
 
 IMAGE_SUFFIXES = (".vhd", ".avhd", ".vhdx", ".avhdx")
 # VHD locator codes, and the VHDX parent locator keys (vhdfs.vhdx.layer.PATH_KEYS)
@@ -50,7 +50,7 @@ class _Candidate:
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+://")
 
 
-def _candidates(child: Layer, options: OpenOptions) -> list[_Candidate]:
+def _candidates(child: ImageLayer, options: OpenOptions) -> list[_Candidate]:
     base_dir = Path(child.name).parent
     # Remote --parent specs (a local child over a base in blob storage) are tried apart,
     # in find_local_parent: they are not paths.
@@ -92,7 +92,7 @@ def _candidates(child: Layer, options: OpenOptions) -> list[_Candidate]:
     return list(unique.values())
 
 
-def find_local_parent(child: Layer, options: OpenOptions, seen: set) -> tuple[Layer, ParentLink]:
+def find_local_parent(child: ImageLayer, options: OpenOptions, seen: set) -> tuple[ImageLayer, ParentLink]:
     """The parent layer of the local layer `child` (see the module docstring)."""
     search = ParentSearch(child, options, seen)
     for spec in options.parents:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from vhdfs.azure.blob import open_blob_spec
 from vhdfs.azure.location import looks_remote
+from vhdfs.image import ImageLayer
 from vhdfs.sources.base import Source
 from vhdfs.sources.local import LocalFile
 from vhdfs.vhd.footer import COOKIE, FOOTER_SIZE
@@ -47,7 +48,7 @@ def looks_like_vhd(source: Source) -> bool:
     return source.read_at(0, 8) == COOKIE
 
 
-def open_layer(source: Source, options: OpenOptions, *, writable: bool = False) -> Layer:
+def open_layer(source: Source, options: OpenOptions, *, writable: bool = False) -> ImageLayer:
     if is_vhdx(source):
-        return VhdxLayer(source, writable=writable)  # type: ignore[return-value]
+        return VhdxLayer(source, writable=writable)
     return Layer(source, size_rule=options.size_rule, writable=writable)

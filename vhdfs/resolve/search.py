@@ -20,11 +20,10 @@ from vhdfs.errors import (
     ParentNotFound,
     VhdfsError,
 )
+from vhdfs.image import ImageLayer
 from vhdfs.resolve.opening import OpenOptions, open_layer
 from vhdfs.sources.base import Source
 from vhdfs.sources.local import LocalFile
-from vhdfs.vhd.footer import format_unique_id
-from vhdfs.vhd.layer import Layer
 
 log = logging.getLogger("vhdfs")
 
@@ -40,15 +39,10 @@ def basename(text: str) -> str:
     return parts[-1] if parts else ""
 
 
-def _id_text(layer: Layer, raw: bytes) -> str:
-    """A unique id as the layer's format shows it (VHDX: Windows GUID text)."""
-    return getattr(layer, "format_id", format_unique_id)(raw)
-
-
 class ParentSearch:
     """The candidates for one child's parent, tried in order, and what each attempt found."""
 
-    def __init__(self, child: Layer, options: OpenOptions, seen: set) -> None:
+    def __init__(self, child: ImageLayer, options: OpenOptions, seen: set) -> None:
         self.child = child
         self.options = options
         self.seen = seen
@@ -58,7 +52,7 @@ class ParentSearch:
         self.cycle: str | None = None
 
     def consider(self, shown: str, open_candidate: Callable[[], Source],
-                 explain: Callable[[VhdfsError], str] = str, note: str = "") -> Layer | None:
+                 explain: Callable[[VhdfsError], str] = str, note: str = "") -> ImageLayer | None:
         """The parent layer if this candidate is it, else None (the reason is kept; `note`
         says more about the candidate in an identity mismatch)."""
         child = self.child
@@ -87,8 +81,7 @@ class ParentSearch:
         except BaseException:
             source.close()
             raise
-        child_format = getattr(child, "image_format", "VHD")
-        parent_format = getattr(parent, "image_format", "VHD")
+        child_format, parent_format = child.image_format, parent.image_format
         if parent_format != child_format:
             # Hyper-V links a differencing disk only to a parent of its own format.
             self.mismatches.append(f"{shown} is a {parent_format} image, but a {child_format} "
@@ -96,9 +89,9 @@ class ParentSearch:
             source.close()
             return None
         # A VHDX child accepts either of its two linkages (parent_linkage, parent_linkage2).
-        if parent.unique_id not in (getattr(child, "parent_ids", None) or (self.expected,)):
+        if parent.unique_id not in self._parent_ids:
             self.mismatches.append(
-                f"{shown}{note} has unique id {_id_text(child, parent.unique_id)}")
+                f"{shown}{note} has unique id {child.format_id(parent.unique_id)}")
             source.close()
             return None
         if parent.size != child.size:
@@ -115,10 +108,15 @@ class ParentSearch:
                 unique_id = open_layer(source, self.options).unique_id
         except (VhdfsError, OSError):
             return False
-        return unique_id in (getattr(self.child, "parent_ids", None) or (self.expected,))
+        return unique_id in self._parent_ids
 
-    def found(self, parent: Layer, found_by: str, hint: str, shown: str
-              ) -> tuple[Layer, ParentLink]:
+    @property
+    def _parent_ids(self) -> tuple[bytes, ...]:
+        """The ids the parent may have (a VHDX child accepts either of its two linkages)."""
+        return self.child.parent_ids or (self.expected,)
+
+    def found(self, parent: ImageLayer, found_by: str, hint: str, shown: str
+              ) -> tuple[ImageLayer, ParentLink]:
         if self.mismatches:  # e.g. the relative and the absolute locator name different files
             note = (f"{self.child.name}: parent {shown} (found by {found_by}) has the expected "
                     "unique id, but " + "; ".join(self.mismatches) + "; vhdfs set-parent "
@@ -139,14 +137,14 @@ class ParentSearch:
                              "(a parent loop); fix the link with vhdfs set-parent CHILD PARENT")
         if self.mismatches:
             raise ParentMismatch(
-                f"{child.name}: expects parent id {_id_text(child, expected)} "
+                f"{child.name}: expects parent id {child.format_id(expected)} "
                 f"({wanted or 'no name'}), but " + "; ".join(self.mismatches) + "; give the "
                 f"right parent with {parent_option} or re-link with vhdfs set-parent")
         if not self.tried and not child.locator_entries and not child.parent_name:
             raise ParentNotFound(
                 f"{child.name}: differencing disk without parent locators or parent name "
-                f"(parent id {_id_text(child, expected)}); give the parent with {parent_option}")
+                f"(parent id {child.format_id(expected)}); give the parent with {parent_option}")
         raise ParentNotFound(
-            f"{child.name}: parent {wanted or _id_text(child, expected)} not found (looked in: "
+            f"{child.name}: parent {wanted or child.format_id(expected)} not found (looked in: "
             + (", ".join(self.tried) or nothing) + f"); use {parent_option} or "
             f"{search_option}, or re-link with vhdfs set-parent")

@@ -28,6 +28,11 @@ class Source(ABC):
         """Fill `view` with the bytes at `offset` (sources override this to avoid a copy)."""
         view[:] = self.read_at(offset, len(view))
 
+    def data_ranges(self, start: int, end: int) -> list[tuple[int, int]]:
+        """Ranges in [start, end) that may hold data; the rest reads as zeros (a sparse
+        file's holes, a page blob's unwritten pages). By default: all of it."""
+        return [(start, end)] if end > start else []
+
     def write_at(self, offset: int, data: bytes) -> None:
         raise NotImplementedError(f"{self.name} is read-only")
 

@@ -46,6 +46,7 @@ class LocalFile(Source):
         self.name = str(path)
         self.writable = writable
         self._hold: locks.Hold | None = None
+        self.fd = -1  # until opened and locked
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             # O_NONBLOCK: opening a FIFO must never hang; checked to be regular right after.
@@ -153,12 +154,22 @@ class LocalFile(Source):
         return ranges
 
     def close(self) -> None:
-        hold, self._hold = getattr(self, "_hold", None), None
+        hold, self._hold = self._hold, None
         if hold is not None:
             hold.release()
-        fd, self.fd = getattr(self, "fd", -1), -1
+        fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
+
+
+def identity_of(path: str | os.PathLike[str]) -> tuple | None:
+    """What `LocalFile(path).identity()` would be (the file, through any link), or None when
+    there is no such file: to ask whether a name is an image already open."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return ("local", info.st_dev, info.st_ino)
 
 
 def open_local(path: str | os.PathLike[str], *, writable: bool = False,

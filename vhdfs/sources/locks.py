@@ -46,6 +46,8 @@ from vhdfs.sources.holders import safe_text
 
 log = logging.getLogger("vhdfs")
 
+# The standard library's fcntl names these only where its build saw them (Linux >= 3.15
+# headers); the kernel's values otherwise.
 F_OFD_GETLK = getattr(fcntl, "F_OFD_GETLK", 36)
 F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
 # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (0 for OFD locks), padding

@@ -15,7 +15,7 @@ EVERY = 64 << 20
 _SYNC_FILE_RANGE_WRITE = 2  # start writeback, do not wait
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_sync_file_range = getattr(_libc, "sync_file_range", None)
+_sync_file_range = getattr(_libc, "sync_file_range", None)  # not in every C library (musl, BSD)
 
 
 class WritebackAhead:

@@ -31,6 +31,16 @@ def with_checksum(head: Struct, checksum_at: int, tail: Struct, *, verify: bool)
     )
 
 
+def _field_offsets(struct: Struct, start: int) -> dict[str, int]:
+    """Each named field of a fixed-size struct and where it starts (from `start`)."""
+    offsets = {}
+    for sub in struct.subcons:
+        if sub.name:
+            offsets[sub.name] = start
+        start += sub.sizeof()
+    return offsets
+
+
 @dataclass(frozen=True)
 class ChecksummedStruct:
     """A `head | checksum | tail` structure starting with a cookie, in both variants, with
@@ -50,6 +60,14 @@ class ChecksummedStruct:
                                                             self.tail, verify=True))
         object.__setattr__(self, "unverified", with_checksum(self.head, self.checksum_at,
                                                               self.tail, verify=False))
+        offsets = _field_offsets(self.head, 0) | _field_offsets(self.tail, self.checksum_at + 4)
+        offsets["checksum"] = self.checksum_at
+        object.__setattr__(self, "offsets", offsets)
+
+    def offset(self, field_name: str) -> int:
+        """Where a field starts, in bytes from the start of the structure: what messages
+        call its byte ("block size (byte 32)"), computed from the declaration."""
+        return self.offsets[field_name]
 
     def parse(self, data: bytes, source: str, offset: int, *, verify: bool = True) -> Container:
         where = f"{self.name} at offset {offset}"

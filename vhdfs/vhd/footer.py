@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from construct import (
     Bytes,
@@ -154,10 +154,8 @@ class Footer:
         )
 
     def build(self) -> bytes:
-        head = {k: getattr(self, k) for k in (
-            "features", "version", "data_offset", "timestamp", "creator_app", "creator_version",
-            "creator_os", "original_size", "current_size", "cylinders", "heads",
-            "sectors_per_track", "disk_type")}
+        fields = asdict(self)
+        head = {sub.name: fields[sub.name] for sub in _FOOTER_HEAD.subcons if sub.name != "cookie"}
         head["cookie"] = COOKIE
         tail = {"unique_id": self.unique_id, "saved_state": self.saved_state,
                 "reserved": self.reserved}

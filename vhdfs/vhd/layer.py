@@ -18,34 +18,27 @@ import logging
 import sys
 import threading
 from collections import OrderedDict
+from typing import Any
 
 from vhdfs.errors import ChecksumError, FormatError, ImageIOError, RefusedError, VhdfsError
 from vhdfs.image import SECTOR, LocatorEntry, Run, RunKind
 from vhdfs.sources.base import Source
+from vhdfs.vhd import rules
 from vhdfs.vhd.bitmap import bitmap_bytes, bitmap_runs, set_bits
-from vhdfs.vhd.dynheader import (
-    HEADER_SIZE,
-    PLATFORM_MACX,
-    PLATFORM_W2KU,
-    PLATFORM_W2RU,
-    PLATFORM_WI2K,
-    PLATFORM_WI2R,
-    DynamicHeader,
-    ParentLocator,
+from vhdfs.vhd.dynheader import HEADER_SIZE, DynamicHeader, ParentLocator
+from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
+from vhdfs.vhd.rules import (
+    MAX_BAT_ENTRIES,
+    MAX_BLOCK_SIZE,
+    MIN_BLOCK_SIZE,
+    PATH_CODES,
+    UNALLOCATED,
+    Region,
 )
-from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer
+from vhdfs.vhd.timestamp import vhd_to_iso
 
 log = logging.getLogger("vhdfs")
 
-UNALLOCATED = 0xFFFFFFFF
-MIN_BLOCK_SIZE = 512
-# Locator codes whose data is a path (read, and its space kept clear of blocks).
-PATH_CODES = (PLATFORM_W2RU, PLATFORM_W2KU, PLATFORM_MACX, PLATFORM_WI2R, PLATFORM_WI2K)
-MAX_BLOCK_SIZE = 256 * 1024 * 1024
-# The BAT is read into memory whole and checked at open: a larger table than the biggest VHD
-# (2040 GiB) needs in 512 KiB blocks is a damaged size or block size (or a hostile sparse file
-# asking for gigabytes). 2 MiB blocks reach 8 TiB within it.
-MAX_BAT_ENTRIES = 1 << 22
 # Data of a new block starts on a 4 KiB boundary, as Windows does, so guest pages stay
 # aligned with host pages.
 DATA_ALIGNMENT = 4096
@@ -71,9 +64,14 @@ def _check_file_size(source: Source, file_size: int) -> None:
 
 
 class Layer:
-    """One VHD file: fixed, dynamic or differencing."""
+    """One VHD file: fixed, dynamic or differencing (a `vhdfs.image.ImageLayer`)."""
 
+    image_format = "VHD"
     sector_size = SECTOR  # writes are whole multiples of this, aligned to it
+    logical_sector_size = SECTOR
+    physical_sector_size = None  # a VHD records none
+    virtual_disk_id = None  # a VHD has no id shared by its children
+    format_id = staticmethod(format_unique_id)
 
     def __init__(self, source: Source, *, size_rule: str = "auto", writable: bool = False) -> None:
         self.source = source
@@ -89,10 +87,12 @@ class Layer:
         self._pending_sync = False
         self._reserve_blocks = 0  # blocks the current reservation was made for (0: none)
         self._footer_from_copy = False
+        self._metadata: list[Region] = []  # what blocks must stay clear of
         self.header: DynamicHeader | None = None
         self.block_size = 0
         self.bitmap_size = 0
         self.bat = array.array("I")
+        self.locators: list[LocatorEntry] = []
 
         file_size = source.size()
         _check_file_size(source, file_size)
@@ -100,21 +100,20 @@ class Layer:
         self.footer = self._read_footer(file_size)
         self.disk_type = DiskType(self.footer.disk_type)
         self.size = self.footer.virtual_size(size_rule)
-        if self.size % SECTOR:
-            raise FormatError(self.name, f"disk size {self.size} (footer byte 48) is not a "
-                              "multiple of 512", "the footer is damaged")
+        self._raise(rules.disk_size_problem(self.size))
         if self.disk_type == DiskType.FIXED:
-            if self.size > self.footer_offset:
-                raise FormatError(
-                    self.name, f"fixed disk of {self.size} bytes (footer current size) but only "
-                    f"{self.footer_offset} bytes of data before the footer",
-                    "the file is truncated")
+            self._raise(rules.fixed_size_problem(self.size, self.footer_offset))
         else:
             self._read_dynamic(file_size)
         if writable:
             self._refuse_damage_for_writing()
 
     # ---------------------------------------------------------------- opening
+    def _raise(self, problem: rules.Problem | None) -> None:
+        """A broken structure rule (vhdfs.vhd.rules) that reading cannot get past."""
+        if problem is not None and problem.fatal:
+            raise problem.error(self.name)
+
     def _warn(self, text: str) -> None:
         self.warnings.append(text)
         log.warning("%s", text)
@@ -145,19 +144,11 @@ class Layer:
             self._warn(f"{trailing_error}; using the footer copy at offset 0 "
                        "(vhdfs check --repair restores the trailing footer)")
             self._footer_from_copy = True
-            return self._validate_footer(footer)
-        return self._validate_footer(footer)
+            return self._validate_footer(footer, 0)
+        return self._validate_footer(footer, self.footer_offset)
 
-    def _validate_footer(self, footer: Footer) -> Footer:
-        if footer.disk_type not in (2, 3, 4):
-            raise FormatError(self.name, f"disk type (footer byte 60) is {footer.disk_type}; "
-                              "expected 2 (fixed), 3 (dynamic) or 4 (differencing)",
-                              "the footer is damaged or the file is not a supported VHD")
-        if footer.disk_type != DiskType.FIXED:
-            if footer.data_offset % SECTOR or footer.data_offset + HEADER_SIZE > self.footer_offset:
-                raise FormatError(self.name, f"data offset (footer byte 16) is "
-                                  f"{footer.data_offset}, outside the file or unaligned",
-                                  "the footer is damaged")
+    def _validate_footer(self, footer: Footer, offset: int) -> Footer:
+        self._raise(rules.footer_problem(footer, offset, self.footer_offset))
         return footer
 
     def _read_dynamic(self, file_size: int) -> None:
@@ -177,48 +168,19 @@ class Layer:
             self._lenient(exc)
             header = DynamicHeader.parse(raw, self.name, footer.data_offset, verify=False)
         self.header = header
-        where = f"dynamic header at offset {footer.data_offset}"
-        bs = header.block_size
-        if bs < MIN_BLOCK_SIZE or bs > MAX_BLOCK_SIZE or bs & (bs - 1):
-            raise FormatError(self.name, f"{where}: block size (byte 32) is {bs}; expected a "
-                              "power of two from 512 bytes to 256 MiB", "the header is damaged")
-        self.block_size = bs
-        self.bitmap_size = bitmap_bytes(bs)
-        needed = -(-self.size // bs)
-        entries = header.max_table_entries
-        if entries < needed:
-            raise FormatError(self.name, f"{where}: max table entries (byte 28) is {entries}, "
-                              f"but a disk of {self.size} bytes in {bs}-byte blocks needs {needed}",
-                              "the header or the footer's size is damaged")
-        if needed > MAX_BAT_ENTRIES:
-            raise FormatError(self.name, f"{where}: a disk of {self.size} bytes in {bs}-byte blocks "
-                              f"needs {needed} BAT entries, more than the {MAX_BAT_ENTRIES} vhdfs "
-                              "reads (2040 GiB in 512 KiB blocks)",
-                              "the footer's size or the header's block size is damaged")
-        bat_offset = header.table_offset
-        if bat_offset % SECTOR:
-            raise FormatError(self.name, f"{where}: BAT offset (byte 16) is {bat_offset}, not a "
-                              "multiple of 512", "the header is damaged")
-        bat_region = -(-entries * 4 // SECTOR) * SECTOR
-        if bat_offset < FOOTER_SIZE or bat_offset + bat_region > self.footer_offset:
-            raise FormatError(self.name, f"{where}: BAT at offset {bat_offset} with {entries} "
-                              f"entries ends past the data area (footer at {self.footer_offset})",
-                              "the header is damaged or the file is truncated")
-        hdr_start = footer.data_offset
-        if bat_offset < hdr_start + HEADER_SIZE and hdr_start < bat_offset + bat_region:
-            raise FormatError(self.name, f"{where}: BAT at offset {bat_offset} overlaps the "
-                              "header", "the header is damaged")
-        bat = array.array("I", self.source.read_at(bat_offset, needed * 4))
+        self._raise(rules.header_problem(header, footer.data_offset, self.size, self.footer_offset))
+        self.block_size = header.block_size
+        self.bitmap_size = bitmap_bytes(header.block_size)
+        needed = rules.needed_entries(self.size, header.block_size)
+        bat = array.array("I", self.source.read_at(header.table_offset, needed * 4))
         if sys.byteorder == "little":
             bat.byteswap()
         self.bat = bat
-        self._bat_offset = bat_offset
-        self._metadata = [(0, FOOTER_SIZE, "the footer copy"),
-                          (hdr_start, hdr_start + HEADER_SIZE, "the dynamic header"),
-                          (bat_offset, bat_offset + bat_region, "the BAT")]
+        self._bat_offset = header.table_offset
+        self._metadata = rules.metadata_regions(header, footer.data_offset)
         self.locators = self._read_locators(header)
         self._check_bat()
-        self._next_free = max([self.footer_offset] + [end for _, end, _ in self._metadata])
+        self._next_free = max([self.footer_offset] + [region.end for region in self._metadata])
 
     def _read_locators(self, header: DynamicHeader) -> list[LocatorEntry]:
         entries: list[LocatorEntry] = []
@@ -229,53 +191,18 @@ class Layer:
                 continue  # empty, a Mac alias or an unknown code: not read, its space not ours
             if loc.data_length == 0:
                 continue
-            field_at = 576 + 24 * index
-            what = f"parent locator {index} ({loc.code_text!r}, header byte {field_at})"
-            if loc.data_length > loc.space_bytes:
-                raise FormatError(self.name, f"{what}: data length {loc.data_length} exceeds its "
-                                  f"data space {loc.space_bytes}",
-                                  "the header is damaged; vhdfs set-parent rewrites the locators")
-            if loc.data_offset % SECTOR or loc.data_offset < FOOTER_SIZE or \
-                    loc.data_offset + loc.data_length > self.footer_offset:
-                raise FormatError(self.name, f"{what}: data at offset {loc.data_offset} "
-                                  f"({loc.data_length} bytes) is outside the file",
-                                  "the header is damaged; vhdfs set-parent rewrites the locators")
-            if loc.data_length > 64 * 1024:
-                raise FormatError(self.name, f"{what}: data length {loc.data_length} is absurd "
-                                  "for a path", "the header is damaged")
+            self._raise(rules.locator_problem(index, loc, self.footer_offset, self._metadata))
             text = loc.decode(self.source.read_at(loc.data_offset, loc.data_length))
-            end = loc.data_offset + max(loc.space_bytes, loc.data_length)
-            self._metadata.append((loc.data_offset, min(end, self.footer_offset), what))
+            self._metadata.append(rules.locator_region(index, loc, self.footer_offset))
             entries.append(LocatorEntry(index, loc.code_text, text))
         return entries
 
     def _check_bat(self) -> None:
         """Mark blocks whose BAT entry points into metadata, past the data area or at
-        another block's storage. Reading such a block fails; everything else still reads."""
-        # Sector and index packed in one int: half the memory of tuples for a big table.
-        allocated = sorted(entry << 32 | index for index, entry in enumerate(self.bat)
-                           if entry != UNALLOCATED)
-        previous_end, previous_index, previous_start = -1, -1, -1
-        for packed in allocated:
-            start, index = (packed >> 32) * SECTOR, packed & 0xFFFFFFFF
-            block_len = min(self.block_size, self.size - index * self.block_size)
-            end = start + self.bitmap_size + block_len
-            where = f"BAT entry {index} (file offset {start})"
-            if end > self.footer_offset:
-                self.bad_blocks[index] = f"{where} points past the data area ending at {self.footer_offset}"
-                continue  # a wild entry must not make the block whose storage it hits look bad
-            if owner := next((name for m_start, m_end, name in self._metadata
-                              if start < m_end and m_start < end), None):
-                self.bad_blocks[index] = f"{where} overlaps {owner}"
-                continue
-            if start < previous_end:
-                reason = f"{where} overlaps the storage of block {previous_index}"
-                self.bad_blocks[index] = reason
-                self.bad_blocks.setdefault(previous_index, f"BAT entry {previous_index} (file "
-                                           f"offset {previous_start}) shares its storage with "
-                                           f"block {index}")
-            if end > previous_end:
-                previous_end, previous_index, previous_start = end, index, start
+        another block's storage (vhdfs.vhd.rules.bad_blocks). Reading such a block fails;
+        everything else still reads."""
+        self.bad_blocks = rules.bad_blocks(self.bat, self.block_size, self.bitmap_size, self.size,
+                                           self.footer_offset, self._metadata)
         for index in sorted(self.bad_blocks)[:3]:
             self._warn(f"{self.name}: {self.bad_blocks[index]}; that block cannot be read "
                        "(vhdfs check --repair drops the entry)")
@@ -305,12 +232,24 @@ class Layer:
         return self.header.parent_unique_id if self.is_differencing and self.header else None
 
     @property
+    def parent_ids(self) -> tuple[bytes, ...]:
+        return (self.parent_id,) if self.parent_id is not None else ()
+
+    @property
     def parent_name(self) -> str:
         return self.header.parent_name if self.header and self.is_differencing else ""
 
     @property
     def locator_entries(self) -> list[LocatorEntry]:
-        return list(getattr(self, "locators", []))
+        return list(self.locators)
+
+    @property
+    def creation_time(self) -> int:
+        return self.footer.timestamp
+
+    @property
+    def commit_mark(self) -> bytes | None:
+        return self.footer.commit_mark
 
     @property
     def block_count(self) -> int:
@@ -326,6 +265,37 @@ class Layer:
         if entry == UNALLOCATED:
             return None
         return entry * SECTOR + self.bitmap_size
+
+    def describe(self) -> dict[str, Any]:
+        """What `vhdfs info` shows: the footer's and the header's facts."""
+        footer = self.footer
+        item: dict[str, Any] = {
+            "path": self.name,
+            "disk_type": self.disk_type.name.lower(),
+            "virtual_size": self.size,
+            "current_size": footer.current_size,
+            "chs_size": footer.chs_size,
+            "geometry": [footer.cylinders, footer.heads, footer.sectors_per_track],
+            "block_size": self.block_size or None,
+            "unique_id": format_unique_id(self.unique_id),
+            "created": vhd_to_iso(footer.timestamp),
+            "creator": footer.creator,
+            "file_size": self.source.size(),
+        }
+        if self.header is not None:
+            item["blocks"] = self.block_count
+            item["allocated_blocks"] = self.allocated_blocks()
+        if self.bad_blocks:
+            item["damaged_blocks"] = sorted(self.bad_blocks)
+        if self.is_differencing and self.header is not None:
+            item["parent_id"] = format_unique_id(self.parent_id or b"")
+            item["parent_name"] = self.parent_name
+            item["parent_timestamp"] = vhd_to_iso(self.header.parent_timestamp)
+            item["locators"] = [{"index": e.index, "code": e.code, "path": e.text}
+                                for e in self.locator_entries]
+        if self.warnings:
+            item["warnings"] = list(self.warnings)
+        return item
 
     # ---------------------------------------------------------------- reading
     def read_data(self, file_offset: int, length: int) -> bytes:
@@ -594,4 +564,7 @@ def _spans(indices: list[int]) -> list[tuple[int, int]]:
     return spans
 
 
-__all__ = ["Layer", "Run", "RunKind", "LocatorEntry", "ParentLocator", "SECTOR", "UNALLOCATED"]
+# The limits and codes live with the other structure rules (vhdfs.vhd.rules); these names
+# stay importable from here.
+__all__ = ["Layer", "Run", "RunKind", "LocatorEntry", "ParentLocator", "SECTOR", "UNALLOCATED",
+           "MAX_BAT_ENTRIES", "MAX_BLOCK_SIZE", "MIN_BLOCK_SIZE", "PATH_CODES"]

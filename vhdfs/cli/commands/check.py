@@ -68,7 +68,7 @@ def render(report: CheckReport) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.repair and not args.dry_run and getattr(args, "force_share", False):
+    if args.repair and not args.dry_run and args.force_share:
         raise UsageError("--force-share is for reading: check --repair writes IMAGE and holds "
                          "it alone (check without --repair reads it under a writer)")
     try:

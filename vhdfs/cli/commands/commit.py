@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "force_share", False):
+    if args.force_share:
         raise UsageError("--force-share is for reading: commit writes the parent and holds the "
                          "child and the parent alone while it runs")
     started = time.monotonic()

@@ -28,7 +28,6 @@ from vhdfs.units import human, parse_size
 from vhdfs.vhd.footer import SIZE_RULES, format_unique_id
 from vhdfs.vhdx import build as vhdx_build
 from vhdfs.vhdx import format as vhdx_format
-from vhdfs.vhdx.layer import VhdxLayer
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -128,7 +127,7 @@ def _run_vhdx(args: argparse.Namespace, block_size: int | None) -> int:
         options = OpenOptions(search=list(args.search), size_rule=args.size_rule)
         with open_chain(args.parent, options) as chain:  # the whole chain must be intact
             parent = chain.top
-            if not isinstance(parent, VhdxLayer):
+            if parent.image_format != "VHDX":
                 # Hyper-V links a VHDX differencing disk to a VHDX parent only.
                 raise RefusedError(
                     f"{escape(args.parent, backslash=False)}: is a VHD; a VHDX differencing "

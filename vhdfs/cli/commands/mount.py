@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0.1 <= args.flush_interval <= 3600:
         raise UsageError(f"--flush-interval {args.flush_interval:g}: give a number of seconds "
                          "from 0.1 to 3600")
-    if args.rw and getattr(args, "force_share", False):
+    if args.rw and args.force_share:
         raise UsageError("--force-share is for reading: mount --rw writes IMAGE and holds it "
                          "alone (mount read-only to read a chain another process writes)")
     check_fuse_available()

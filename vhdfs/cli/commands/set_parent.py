@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "force_share", False):
+    if args.force_share:
         raise UsageError("--force-share is for reading: set-parent rewrites CHILD's header and "
                          "holds it alone")
     if looks_remote(args.child):  # a blob: the link goes into its metadata (vhdfs.azure.links)
