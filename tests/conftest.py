@@ -29,6 +29,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "cli": ("unit",),
     "vhdx": ("unit",),
     "vhdx/test_vhdx_write_crash.py": ("crash", "slow"),
+    "vhdx/test_vhdx_commit_crash.py": ("crash", "slow"),
     "vhdx/test_vhdx_mount_rw.py": ("fuse",),
     "vhdx/test_vhdx_mount_crash.py": ("crash", "slow"),
     "interop": ("unit",),
@@ -42,6 +43,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "guest/write": ("fuse",),  # put, rm, mkdir: a private mount, ntfs-3g, debugfs, mtools
     "guest/write/test_plan.py": ("unit",),  # planning through the chain, nothing mounted
     "guest/write/test_tools.py": ("unit",),  # debugfs and mtools on plain image files
+    "guest/test_skip_free_view.py": ("unit",),  # the chain view --skip-free reads through
     "azure": ("azure",),
     "hostile": ("fuse",),
     "hostile/test_hostile_corpus.py": ("slow",),
