@@ -44,6 +44,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     "guest/write/test_plan.py": ("unit",),  # planning through the chain, nothing mounted
     "guest/write/test_tools.py": ("unit",),  # debugfs and mtools on plain image files
     "guest/test_skip_free_view.py": ("unit",),  # the chain view --skip-free reads through
+    "guest/test_skip_free_upload.py": ("azure",),
     "azure": ("azure",),
     "hostile": ("fuse",),
     "hostile/test_hostile_corpus.py": ("slow",),
