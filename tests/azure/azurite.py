@@ -37,11 +37,13 @@ class Rule:
     status: int = 503
     seconds: float = 0.0
     hits: int = 0
+    header: str | None = None  # a request header (lower case) the request must carry
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, headers: dict[str, str] | None = None) -> bool:
         return (self.count < 0 or self.hits < self.count) and \
             (self.method is None or self.method == method) and \
-            (self.contains is None or self.contains in path)
+            (self.contains is None or self.contains in path) and \
+            (self.header is None or self.header in (headers or {}))
 
 
 @dataclass
@@ -72,7 +74,8 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                rule = proxy._take_rule(self.command, self.path)
+                rule = proxy._take_rule(self.command, self.path,
+                                        {k.lower(): v for k, v in self.headers.items()})
                 seen = Seen(self.command, self.path, len(body),
                             {k.lower(): v for k, v in self.headers.items()}, -1)
                 page_write = self.command == "PUT" and "comp=page" in self.path
@@ -151,17 +154,18 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
-    def _take_rule(self, method: str, path: str) -> Rule | None:
+    def _take_rule(self, method: str, path: str, headers: dict[str, str]) -> Rule | None:
         with self._lock:
             for rule in self.rules:
-                if rule.matches(method, path):
+                if rule.matches(method, path, headers):
                     rule.hits += 1
                     return rule
         return None
 
     def add(self, action: str, count: int = 1, *, method: str | None = None,
-            contains: str | None = None, status: int = 503, seconds: float = 0.0) -> Rule:
-        rule = Rule(action, count, method, contains, status, seconds)
+            contains: str | None = None, status: int = 503, seconds: float = 0.0,
+            header: str | None = None) -> Rule:
+        rule = Rule(action, count, method, contains, status, seconds, header=header)
         with self._lock:
             self.rules.append(rule)
         return rule

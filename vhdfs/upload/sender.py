@@ -17,10 +17,13 @@ from vhdfs.upload.planning import MAX_WRITE, Write
 
 
 class Sender:
-    """Page writes, `concurrency` at a time, at most 2 x concurrency buffered."""
+    """Page writes, `concurrency` at a time, at most 2 x concurrency buffered. Each write
+    carries a Content-MD5 unless `content_md5` is off (a managed disk's endpoint refuses
+    it)."""
 
     def __init__(self, client: Any, lease: Any, name: str, secrets: tuple[str, ...],
-                 concurrency: int, present: list[tuple[int, int]]) -> None:
+                 concurrency: int, present: list[tuple[int, int]], *,
+                 content_md5: bool = True) -> None:
         self.client = client
         self.lease = lease
         self.name = name
@@ -30,6 +33,9 @@ class Sender:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="vhdfs-upload")
         self._slots = threading.Semaphore(concurrency * 2)
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        self.content_md5 = content_md5
         self.error: BaseException | None = None
         self.sent = 0
         self.cleared = 0
@@ -53,8 +59,17 @@ class Sender:
             return
         self._slots.acquire()
         self.queued += write.length
+        with self._lock:
+            self._in_flight += 1
         future = self._pool.submit(self._send, write)
-        future.add_done_callback(lambda _: self._slots.release())
+        future.add_done_callback(self._done)
+
+    def _done(self, _: object) -> None:
+        self._slots.release()
+        with self._lock:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.notify_all()
 
     def _send(self, write: Write) -> None:
         if self.error is not None:
@@ -67,7 +82,7 @@ class Sender:
                                            lease=self.lease)
                 else:
                     self.client.upload_page(write.data, offset=write.offset, length=write.length,
-                                            lease=self.lease, validate_content=True)
+                                            lease=self.lease, validate_content=self.content_md5)
         except BaseException as exc:
             with self._lock:
                 self.error = self.error or exc
@@ -78,6 +93,13 @@ class Sender:
                 self.cleared += write.length
             else:
                 self.sent += write.length
+
+    def drain(self) -> None:
+        """Wait until every write handed out so far has been answered."""
+        with self._lock:
+            self._idle.wait_for(lambda: not self._in_flight)
+        if self.error is not None:
+            raise self.error
 
     def finish(self) -> None:
         self._pool.shutdown(wait=True)

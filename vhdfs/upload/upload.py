@@ -24,6 +24,7 @@ or with --patch-base only what the child layers hold, on top of a copy of their 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import os
 import time
 import urllib.parse
@@ -40,13 +41,14 @@ from vhdfs.azure.client import blob_client, remote_errors, translate
 from vhdfs.azure.credentials import Credential, credential_for, parse_location
 from vhdfs.azure.lease import LeaseKeeper
 from vhdfs.azure.links import LINK_ID_KEY, LINK_KEY, link_value
-from vhdfs.azure.location import BlobLocation, looks_remote
+from vhdfs.azure.location import BlobLocation, is_managed_disk_host, looks_remote
 from vhdfs.errors import ImageIOError, RefusedError, RemoteError, UsageError, VhdfsError
 from vhdfs.progress import Progress
 from vhdfs.resolve import OpenOptions, open_layer
 from vhdfs.resolve.blob import find_blob_parent
 from vhdfs.secrets import scrub, without_query
 from vhdfs.units import human
+from vhdfs.upload import managed
 from vhdfs.upload.planning import MAX_WRITE, RangeDigest, Write, range_hash
 from vhdfs.upload.sender import Sender, UploadProgress
 from vhdfs.upload.source import SourcePlan, plan_source
@@ -70,6 +72,8 @@ class UploadOptions:
     open_options: OpenOptions = field(default_factory=OpenOptions)
     quiet: bool = False
     skip_free: bool = False  # the file systems' free space goes as zeros (vhdfs.convert)
+    # DEST is a managed disk's upload URL (also detected from its md-... account)
+    managed_disk: bool = False
 
 
 @dataclass
@@ -271,13 +275,21 @@ def upload(source: str, dest_spec: str, options: UploadOptions,
         raise UsageError(f"--concurrency {options.concurrency}: use 1 to {MAX_CONCURRENCY}")
     note = on_note or (lambda text: None)
     dest = parse_location(dest_spec)
+    if options.managed_disk or is_managed_disk_host(dest):
+        options = dataclasses.replace(options, managed_disk=True)
+        if options.as_is or options.patch_base:
+            raise UsageError(f"{dest.display}: is a managed disk's upload URL, which takes the "
+                             "disk as a fixed VHD; upload it without "
+                             f"{'--as-is' if options.as_is else '--patch-base'} (a chain goes "
+                             "up flattened)")
     if options.patch_base and parse_location(options.patch_base).identity() == dest.identity():
         raise UsageError(f"{dest.display}: is the base blob itself; upload to a new blob name")
     started = time.monotonic()
     plan = plan_source(source, as_is=options.as_is, patch_base=options.patch_base,
                        open_options=options.open_options, skip_free=options.skip_free)
     try:
-        return _Upload(plan, dest, options, note).run(started)
+        job = _ManagedDiskUpload if options.managed_disk else _Upload
+        return job(plan, dest, options, note).run(started)
     finally:
         plan.close()
 
@@ -390,20 +402,26 @@ class _Upload:
             return _page_ranges(self.client, self.name, self.secrets, self.plan.blob_size)
         return []
 
-    def _send(self, keeper: LeaseKeeper) -> RangeDigest:
+    def _send(self, keeper: LeaseKeeper | None) -> RangeDigest:
+        """Every write but the last (the footer), then, once they are all answered and the
+        source is known not to have changed, the last: a blob whose footer is there holds
+        everything before it (a managed disk's completion mark)."""
         report = self.report
         sender = Sender(self.client, self.lease, self.name, self.secrets,
-                        self.options.concurrency, self._present_pages())
+                        self.options.concurrency, self._present_pages(),
+                        content_md5=not self.options.managed_disk)
         digest = RangeDigest(keep_ranges=self.options.verify)
         progress = UploadProgress(f"upload {self.name}", self.plan.blob_size,
                                   lambda: (sender.sent + sender.cleared, sender.queued,
                                            sender.present_bytes),
                                   quiet=self.options.quiet)
-        self._send_writes(sender, digest, progress, keeper)
+        last: list[Write] = []
+        self._guarded(sender, lambda: last.extend(self._send_writes(sender, digest, progress,
+                                                                    keeper)))
         changed = self.plan.watched.changes()  # after the last read, before anything is marked
         if changed:
-            _refuse_changed(self.client, self.name, self.secrets, self.metadata, self.lease,
-                            changed, report)
+            self._refuse_changed(changed)
+        self._guarded(sender, lambda: self._send_last(sender, last, keeper))
         progress.complete()
         report.sent, report.cleared = sender.sent, sender.cleared
         report.present, report.writes = sender.present_bytes, sender.writes
@@ -411,15 +429,35 @@ class _Upload:
         return digest
 
     def _send_writes(self, sender: Sender, digest: RangeDigest, progress: UploadProgress,
-                     keeper: LeaseKeeper) -> None:
+                     keeper: LeaseKeeper | None) -> list[Write]:
+        """Send every write but the one that ends the blob, wait for their answers, and
+        return that one (held back)."""
+        held: list[Write] = []
+        for write in self.plan.writes(progress):
+            digest.add(write)
+            if self.report.already_complete:
+                continue
+            if write.end == self.plan.blob_size and write.data is not None:
+                held.append(write)
+                continue
+            if keeper is not None:
+                keeper.check()
+            sender.submit(write)
+            pause_for_test()
+        sender.drain()
+        return held
+
+    def _send_last(self, sender: Sender, last: list[Write], keeper: LeaseKeeper | None) -> None:
+        for write in last:
+            if keeper is not None:
+                keeper.check()
+            sender.submit(write)
+        sender.finish()
+
+    def _guarded(self, sender: Sender, step: Callable[[], None]) -> None:
+        """Run a sending step; on any failure stop the sender, and say how to go on."""
         try:
-            for write in self.plan.writes(progress):
-                digest.add(write)
-                if not self.report.already_complete:
-                    keeper.check()
-                    sender.submit(write)
-                    pause_for_test()
-            sender.finish()
+            step()
         except KeyboardInterrupt:
             sender.abort()
             raise
@@ -430,6 +468,10 @@ class _Upload:
         except BaseException:
             sender.abort()
             raise
+
+    def _refuse_changed(self, changed: str) -> None:
+        _refuse_changed(self.client, self.name, self.secrets, self.metadata, self.lease,
+                        changed, self.report)
 
     # 6. the completion mark
     def _check_complete_digest(self) -> None:
@@ -458,6 +500,112 @@ class _Upload:
             # The completion mark: set last, only once everything above succeeded.
             with remote_errors(self.name, "setting the completion metadata", self.secrets):
                 self.client.set_blob_metadata(final, lease=self.lease)
+
+
+class _ManagedDiskUpload(_Upload):
+    """An upload into a managed disk's blob (vhdfs.upload.managed): the blob exists and is
+    never created, leased, given metadata or written with a Content-MD5; its size is checked
+    before any write; the footer, written last, is the completion mark; --resume reads a
+    record kept on this machine and the disk's page ranges."""
+
+    record: managed.UploadRecord | None = None
+
+    def run(self, started: float) -> UploadReport:
+        self.props = self._existing_disk()
+        self.record = managed.read_record(self.dest)
+        self._start()
+        digest = self._send(None)
+        self._check_complete_digest()
+        if self.options.verify:
+            _verify(self.client, self.name, self.secrets, digest, self.options.concurrency,
+                    self.plan.blob_size)
+            self.report.verified = True
+        self._mark_complete(digest)
+        self.report.seconds = time.monotonic() - started
+        return self.report
+
+    def _existing_disk(self) -> Any:
+        props = self._existing_blob()
+        if props is None:
+            raise RemoteError(f"{self.name}: no blob at the managed disk's upload URL: its write "
+                              "access was revoked or has expired; grant it again (az disk "
+                              "grant-access --resource-group RG --name DISK --access-level Write "
+                              "--duration-in-seconds 86400) and use the URL it returns")
+        kind = str(getattr(props.blob_type, "value", props.blob_type))
+        if kind != "PageBlob":
+            raise RemoteError(f"{self.name}: is a {kind}, not a managed disk's page blob")
+        managed.check_disk_size(self.name, props.size, self.plan.blob_size)
+        return props
+
+    def _start(self) -> None:
+        """Resume what the record describes, or start over on a disk that holds nothing (or,
+        with --overwrite, whose pages are cleared first)."""
+        plan, name, record = self.plan, self.name, self.record
+        restart = False
+        if self.options.resume:
+            if record is None:
+                raise RefusedError(
+                    f"{name}: no record of an upload to this disk on this machine (looked for "
+                    f"{managed.record_path(self.dest)}); --resume continues an upload started "
+                    "here; start it without --resume (with --overwrite if the disk already "
+                    "holds pages)")
+            state = self._check_record(record)
+            if state == "complete":
+                self.report.already_complete = True
+                return
+            restart = state == "restart"
+            if restart:
+                self.note(f"{name}: the last upload saw its source change while reading it; "
+                          "starting over")
+            self.resuming = not restart
+        if not self.resuming:
+            held = _page_ranges(self.client, name, self.secrets, plan.blob_size)
+            if held and not (self.options.overwrite or restart):
+                raise RefusedError(
+                    f"{name}: the managed disk already holds {human(sum(b - a for a, b in held))} "
+                    "of pages (an earlier upload?); --resume continues an interrupted upload of "
+                    "this same source, --overwrite clears the disk's pages first")
+            for lo, hi in held:
+                with remote_errors(name, f"clearing {hi - lo} bytes at offset {lo}", self.secrets):
+                    self.client.clear_page(offset=lo, length=hi - lo)
+        self.record = managed.UploadRecord(
+            url=self.dest.url, mode=plan.mode, source=source_name(plan.name),
+            source_id=plan.fingerprint, blob_size=plan.blob_size, state="uploading",
+            started=record.started if self.resuming and record else _now_iso())
+        managed.write_record(self.dest, self.record)
+
+    def _check_record(self, record: managed.UploadRecord) -> str:
+        fix = "start over with --overwrite"
+        if record.source_id == RESTART and record.mode == self.plan.mode:
+            return "restart"
+        if record.blob_size != self.plan.blob_size or record.mode != self.plan.mode or \
+                record.source_id != self.plan.fingerprint:
+            raise RefusedError(
+                f"{self.name}: the record of this disk's upload ({managed.record_path(self.dest)}) "
+                f"is of {urllib.parse.unquote(record.source)} ({record.mode}, {record.blob_size} "
+                f"bytes, started {record.started}), not of this {self.plan.mode} source as it is "
+                f"now (changed since?); {fix}")
+        return record.state
+
+    def _refuse_changed(self, changed: str) -> None:
+        managed.write_record(self.dest, dataclasses.replace(self.record, source_id=RESTART))
+        raise ImageIOError(f"{changed} while the upload read it, so what was sent mixes old and "
+                           f"new data: the footer of {self.name} was not written; once nothing "
+                           "writes the source, run the same command with --resume (it starts "
+                           "over)")
+
+    def _check_complete_digest(self) -> None:
+        recorded = self.record.digest if self.record else ""
+        if self.report.already_complete and recorded and recorded != self.report.digest:
+            raise RefusedError(f"{self.name}: was uploaded complete with digest {recorded}, but "
+                               f"the source now gives {self.report.digest}; use --overwrite")
+
+    def _mark_complete(self, digest: RangeDigest) -> None:
+        if not self.report.already_complete:
+            managed.write_record(self.dest, dataclasses.replace(
+                self.record, state="complete", digest=self.report.digest,
+                data_bytes=digest.data_bytes, completed=_now_iso()))
+        self.report.notes.extend(managed.follow_up(self.dest))
 
 
 def _refuse_changed(client: Any, name: str, secrets: tuple[str, ...], metadata: dict[str, str],

@@ -1,5 +1,5 @@
 """vhdfs upload SOURCE DEST [--concurrency N] [--resume] [--overwrite] [--verify] [--as-is]
-[--patch-base BLOB]"""
+[--patch-base BLOB] [--managed-disk]"""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--patch-base", metavar="BLOB",
                         help="DEST becomes a server-side copy of BLOB (the fixed-VHD blob of "
                         "SOURCE's parent) plus only the sectors SOURCE holds")
+    parser.add_argument("--managed-disk", action="store_true",
+                        help="DEST is a managed disk's upload URL (az disk grant-access "
+                        "--access-level Write); found from its md-... host without this option: "
+                        "the blob exists, is not created, leased or given metadata, and its size "
+                        "must be the fixed VHD's")
     parser.add_argument("--skip-free", action="store_true",
                         help="send the clusters no file uses (free space of NTFS, FAT, exFAT "
                         "and ext file systems, as The Sleuth Kit reads them) as zeros: neither "
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
                             overwrite=args.overwrite, verify=args.verify, as_is=args.as_is,
                             patch_base=args.patch_base, open_options=open_options(args),
                             skip_free=args.skip_free,
-                            quiet=args.quiet)
+                            quiet=args.quiet, managed_disk=args.managed_disk)
 
     def note(text: str) -> None:
         if not args.quiet:
