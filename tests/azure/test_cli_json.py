@@ -14,7 +14,7 @@ from tests.cli.test_json_results import KEYS
 
 UPLOAD_KEYS = {"source", "dest", "mode", "blob_size", "sent", "cleared", "present", "writes",
                "digest", "seconds", "verified", "already_complete", "parent_link", "notes",
-               "skipped", "warnings"}
+               "skipped", "skipped_free", "free_space", "warnings"}
 
 
 def sas_url(azurite: Azurite, container: str, name: str) -> tuple[str, str]:
