@@ -23,7 +23,14 @@ from pathlib import Path
 
 from vhdfs.azure.location import looks_remote
 from vhdfs.chain import Chain
-from vhdfs.errors import ChecksumError, FormatError, ParentMismatch, RefusedError, UsageError
+from vhdfs.errors import (
+    ChecksumError,
+    FormatError,
+    ParentMismatch,
+    RefusedError,
+    UsageError,
+    VhdfsError,
+)
 from vhdfs.image import SECTOR, RunKind
 from vhdfs.maintain.siblings import find_children
 from vhdfs.partitions import PartitionTable, read_table
@@ -59,7 +66,7 @@ class ResizeReport:
     table_entries: int | None  # the BAT's size after the resize (None: a fixed disk)
     moved_blocks: int  # blocks copied to the end to make room for a larger BAT
     cut: int  # bytes of non-zero sectors past the new end that a --force shrink dropped
-    partition_table: str  # mbr, gpt, none (or "unread": a child, or a damaged table)
+    partition_table: str  # mbr, gpt, none (or "unread": a damaged table)
     parent: str | None  # a differencing disk's parent, at the new size
     children: list[str]  # children (found beside it or in --search) that now need resizing
     finished_interrupted: bool  # an earlier, interrupted resize was finished first
@@ -123,7 +130,8 @@ def resize(image: str, size: str | None, *, align: bool = False, force: bool = F
             parent_layer = _parent_at(layer, new_size, options, source)
         elif new_size != layer.size:
             children = _children(image, layer, options, force, new_size)
-        table = _partition_table(layer) if not layer.is_differencing else None
+        # A child's disk is itself over its parent (read at its old size, for the next steps).
+        table = _partition_table(layer, parent_layer)
         cut = 0
         if new_size < layer.size:
             cut = _check_cut(image, layer, source, new_size, table, force)
@@ -229,10 +237,10 @@ def _children(image: str, layer: Layer, options: OpenOptions, force: bool,
 
 
 # ---------------------------------------------------------------- what is cut
-def _partition_table(layer: Layer) -> PartitionTable | None:
+def _partition_table(layer: Layer, parent: Layer | None) -> PartitionTable | None:
     try:
-        return read_table(Chain([layer]))
-    except FormatError as exc:
+        return read_table(Chain([layer] if parent is None else [layer, parent]))
+    except VhdfsError as exc:  # damaged, or past a shrunk parent's end: resized without it
         log.warning("%s: the partition table could not be read (%s); resizing the disk "
                     "without it", layer.name, exc)
         return None
