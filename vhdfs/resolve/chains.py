@@ -9,6 +9,7 @@ Either may lead to the other: a local child over a base in blob storage (MacX UR
 from __future__ import annotations
 
 from vhdfs.azure.blob import BlobSource
+from vhdfs.azure.uploadmark import refuse_incomplete
 from vhdfs.chain import Chain, ParentLink
 from vhdfs.errors import ChainTooDeep
 from vhdfs.image import ImageLayer
@@ -24,6 +25,8 @@ def open_chain(spec: str, options: OpenOptions | None = None, *, writable: bool 
     options = options or OpenOptions()
     source = open_source(spec, writable=writable, force_share=options.force_share)
     try:
+        if isinstance(source, BlobSource):  # cut off mid-upload: say how to finish it
+            refuse_incomplete(source.name, source.metadata)
         if allow_raw and not writable and not looks_like_vhd(source):
             return Chain([RawLayer(source)])
         top = open_layer(source, options, writable=writable)

@@ -26,7 +26,7 @@ from vhdfs.convert import skip_free_space
 from vhdfs.errors import FormatError, ParentMismatch, UsageError, VhdfsError
 from vhdfs.filesystems.free import FreeSpace
 from vhdfs.progress import Progress
-from vhdfs.resolve import OpenOptions, open_chain, open_layer, open_source
+from vhdfs.resolve import OpenOptions, find_parent, open_chain, open_layer, open_source
 from vhdfs.sources.local import LocalFile
 from vhdfs.upload.planning import Write, file_writes, flat_writes, patch_writes
 from vhdfs.upload.watch import WatchedFiles
@@ -145,6 +145,33 @@ def _read_base_footer(base: Any) -> Footer:
     return Footer.parse(raw, base.name, base.size - FOOTER_SIZE)
 
 
+def _layers_above(spec: str, top: Layer, base_id: bytes, base_name: str,
+                  open_options: OpenOptions) -> Chain:
+    """The layers of SOURCE above the base blob: the top, then each parent (found as any
+    command finds it) until the next one would be the layer whose unique id the base blob
+    carries. The base itself is never needed locally: the blob named by --patch-base stands
+    in for it, whether or not a local copy is still around."""
+    layers = [top]
+    seen = {top.source.identity()}
+    try:
+        while layers[-1].parent_id != base_id:
+            if not layers[-1].is_differencing or len(layers) >= open_options.max_depth:
+                raise ParentMismatch(
+                    f"{spec}: expects parent id {format_unique_id(top.parent_id or b'')} "
+                    f"({top.parent_name or 'no name'}), but the base blob {base_name} has unique "
+                    f"id {format_unique_id(base_id)}, which no layer of the chain has; give the "
+                    "blob uploaded from that parent (a plain vhdfs upload keeps the disk's "
+                    "unique id)")
+            parent, _ = find_parent(layers[-1], open_options, seen)
+            seen.add(parent.source.identity())
+            layers.append(parent)
+    except BaseException:
+        for layer in layers:
+            layer.close()
+        raise
+    return Chain(layers)
+
+
 def _plan_patch(spec: str, base_spec: str, open_options: OpenOptions) -> SourcePlan:
     base_loc = parse_location(base_spec)
     base = PageBlob(base_loc).open()
@@ -170,20 +197,8 @@ def _plan_patch(spec: str, base_spec: str, open_options: OpenOptions) -> SourceP
         top.close()
         raise UsageError(f"{spec}: is a {top.disk_type.name.lower()} disk, not a differencing "
                          "child; --patch-base uploads a child over the blob of its parent")
-    if top.parent_id == footer.unique_id:
-        chain, upto = Chain([top]), 1
-    else:
-        top.close()
-        chain = open_chain(spec, open_options)
-        ids = [layer.unique_id for layer in chain.layers]
-        if footer.unique_id not in ids[1:]:
-            chain.close()
-            raise ParentMismatch(
-                f"{spec}: expects parent id {format_unique_id(top.parent_id or b'')} "
-                f"({top.parent_name or 'no name'}), but the base blob {base.name} has unique id "
-                f"{format_unique_id(footer.unique_id)}; give the blob uploaded from that parent "
-                "(a plain vhdfs upload keeps the disk's unique id)")
-        upto = ids.index(footer.unique_id, 1)
+    chain = _layers_above(spec, top, footer.unique_id, base.name, open_options)
+    upto = len(chain.layers)
     try:
         if chain.size != base_disk:
             raise ParentMismatch(f"{spec}: is a disk of {chain.size} bytes but the base blob "

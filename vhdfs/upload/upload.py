@@ -34,14 +34,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
 from vhdfs.azure.blob import BlobSource
-from vhdfs.azure.client import blob_client, remote_errors, translate
+from vhdfs.azure.client import blob_client, container_client, error_code, remote_errors, translate
 from vhdfs.azure.credentials import Credential, credential_for, parse_location
 from vhdfs.azure.lease import LeaseKeeper
 from vhdfs.azure.links import LINK_ID_KEY, LINK_KEY, link_value
 from vhdfs.azure.location import BlobLocation, is_managed_disk_host, looks_remote
+from vhdfs.azure.uploadmark import STATE_KEY
 from vhdfs.errors import ImageIOError, RefusedError, RemoteError, UsageError, VhdfsError
 from vhdfs.progress import Progress
 from vhdfs.resolve import OpenOptions, open_layer
@@ -57,7 +58,6 @@ from vhdfs.vhd.layer import Layer
 
 DEFAULT_CONCURRENCY = 8
 MAX_CONCURRENCY = 64
-STATE_KEY = "vhdfs_state"
 MODES = ("flat", "as-is", "patch")
 
 
@@ -361,9 +361,7 @@ class _Upload:
     def _take_blob(self, keeper: LeaseKeeper) -> None:
         client, name, secrets, plan = self.client, self.name, self.secrets, self.plan
         if self.props is None:
-            with remote_errors(name, "creating the page blob", secrets):
-                client.create_page_blob(size=plan.blob_size, metadata=self.metadata,
-                                        if_none_match="*")
+            self._create_blob()
             self.lease = keeper.acquire()
             return
         self.lease = keeper.acquire(wait_for_expiry=self.resuming, on_wait=lambda: self.note(
@@ -384,6 +382,41 @@ class _Upload:
             state = "uploading"
         if self.resuming and state == "complete":
             self.report.already_complete = True
+
+    def _create_blob(self) -> None:
+        """Create the page blob, and its container first when there is none (as AzCopy does)."""
+        for attempt in (1, 2):
+            try:
+                with remote_errors(self.name, "creating the page blob", self.secrets):
+                    self.client.create_page_blob(size=self.plan.blob_size, metadata=self.metadata,
+                                                 if_none_match="*")
+                return
+            except RemoteError as exc:
+                if attempt == 2 or getattr(exc, "code", "") != "ContainerNotFound":
+                    raise
+            self._create_container()
+
+    def _create_container(self) -> None:
+        dest, container = self.dest, self.dest.container
+        try:
+            container_client(dest, self.credential).create_container()
+        except ResourceExistsError:
+            return  # someone made it meanwhile
+        except HttpResponseError as exc:
+            if exc.status_code in (401, 403):
+                raise RemoteError(scrub(
+                    f"{self.name}: the container {container} does not exist, and this credential "
+                    f"may not create it (HTTP {exc.status_code} {error_code(exc)}); create it "
+                    f"first (az storage container create --name {container} --account-name "
+                    f"{dest.account}), or upload with a credential that may: the account key, or "
+                    "an account SAS with the container resource type and the create permission",
+                    self.secrets)) from None
+            raise translate(exc, self.name, f"creating the container {container}",
+                            self.secrets) from None
+        except Exception as exc:
+            raise translate(exc, self.name, f"creating the container {container}",
+                            self.secrets) from None
+        self.note(f"created the container {container} (it did not exist)")
 
     def _copy_base_unless_copied(self) -> None:
         plan = self.plan
