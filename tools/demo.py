@@ -12,7 +12,8 @@ Run it through ``./scripts/demo`` (which sets up the venv first). It
    ``get`` (the new picture), ``inspect`` (the Windows it holds, from its hives) and ``verify``
    (chain, agent, boot volume, the generalized image Azure provisions, Azure size rules);
 4. starts Azurite on 127.0.0.1 and uploads the flattened disk as a fixed-VHD page blob
-   (only the ranges that hold data), then the base and the child as they are, links them,
+   (only the 512-byte pages that hold data: the data sent equals the disk's non-zero
+   sectors), then the base and the child as they are, links them,
    and reads the picture back from blob storage lazily (``--stats`` shows how little);
 5. commits the child into its base.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -82,6 +84,15 @@ def check_picture(path: Path, want: bytes) -> None:
         sys.exit(1)
 
 
+def nonzero_sector_bytes(path: Path) -> int:
+    """Bytes of the 512-byte sectors of a raw disk that hold a non-zero byte."""
+    zero, count = bytes(512), 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            count += sum(1 for at in range(0, len(chunk), 512) if chunk[at:at + 512] != zero)
+    return count * 512
+
+
 def azure_steps(vhdfs: str, workdir: Path, new_png: bytes) -> None:
     binary = azurite_binary()
     if binary is None:
@@ -95,8 +106,17 @@ def azure_steps(vhdfs: str, workdir: Path, new_png: bytes) -> None:
         BlobServiceClient.from_connection_string(server.connection_string) \
             .create_container(CONTAINER)
         base_url = f"{server.endpoint}/{CONTAINER}"
-        run([vhdfs, "upload", "child.vhd", f"{base_url}/web-v2-disk.vhd", "--verify",
-             "--stats"], workdir, env)
+        result = json.loads(run([vhdfs, "upload", "child.vhd", f"{base_url}/web-v2-disk.vhd",
+                                 "--verify", "--json"], workdir, env, capture=True))
+        # Only pages that hold data go up: the data sent is the disk's non-zero sectors.
+        run([vhdfs, "convert", "child.vhd", "flat.raw", "--to", "raw"], workdir)
+        held = nonzero_sector_bytes(workdir / "flat.raw")
+        (workdir / "flat.raw").unlink()
+        data_sent = result["sent"] - 512  # the footer aside
+        say(f"the disk's non-zero sectors hold {held} bytes; the upload sent {data_sent} bytes of "
+            f"data (and the 512-byte footer): {'equal' if data_sent == held else 'NOT equal'}")
+        if data_sent != held:
+            sys.exit(1)
         run([vhdfs, "info", f"{base_url}/web-v2-disk.vhd"], workdir, env)
         run([vhdfs, "upload", "base.vhd", f"{base_url}/base.vhd", "--as-is"], workdir, env)
         run([vhdfs, "upload", "child.vhd", f"{base_url}/child.vhd", "--as-is"], workdir, env)
