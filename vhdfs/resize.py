@@ -9,7 +9,9 @@ Which image may change size:
   (or recreated), as the chain's sizes must agree;
 - a differencing VHD: only to its parent's size. A child cannot change size alone, so the
   order is the base first, then each child, as Hyper-V has it;
-- a VHDX, a raw image or a blob: refused, each with what to do instead.
+- a dynamic VHDX: grows (through its log, vhdfs.vhdx.resize); shrinking it, a fixed or a
+  differencing VHDX are refused with what to do instead;
+- a raw image or a blob: refused, each with what to do instead.
 Partition tables and file systems are never touched: the report names the next step (the
 backup GPT moved with `sgdisk -e`, then the guest's own resize tools).
 """
@@ -17,6 +19,7 @@ backup GPT moved with `sgdisk -e`, then the guest's own resize tools).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +44,9 @@ from vhdfs.units import human, parse_size
 from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer
 from vhdfs.vhd.layer import Layer
 from vhdfs.vhd.resize import resize_vhd
-from vhdfs.vhdx.layer import is_vhdx
+from vhdfs.vhdx import format as fmt
+from vhdfs.vhdx.layer import VhdxLayer, is_vhdx
+from vhdfs.vhdx.resize import grow_vhdx
 
 log = logging.getLogger("vhdfs")
 
@@ -57,7 +62,7 @@ _ZERO_SECTOR = bytes(SECTOR)
 @dataclass
 class ResizeReport:
     image: str
-    format: str  # "vhd"
+    format: str  # "vhd", "vhdx"
     kind: str  # fixed, dynamic, differencing
     old_size: int
     new_size: int
@@ -115,10 +120,8 @@ def resize(image: str, size: str | None, *, align: bool = False, force: bool = F
     parent_layer: Layer | None = None
     try:
         if is_vhdx(source):
-            raise RefusedError(
-                f"{shown}: is a VHDX; vhdfs resize changes VHD files only (a VHDX's size and "
-                "BAT live in its metadata region and log, not supported yet); convert it: vhdfs "
-                f"convert {shown} disk.vhd --to dynamic, then vhdfs resize disk.vhd SIZE")
+            return _resize_vhdx(image, source, size, align=align, force=force, options=options,
+                                started=started)
         if not looks_like_vhd(source):
             raise RefusedError(f"{shown}: not a VHD (no footer): a raw image changes size with "
                                f"truncate -s SIZE {shown}")
@@ -151,6 +154,50 @@ def resize(image: str, size: str | None, *, align: bool = False, force: bool = F
         if parent_layer is not None:
             parent_layer.source.close()
         source.close()
+
+
+# ---------------------------------------------------------------- VHDX
+def _resize_vhdx(image: str, source: LocalFile, size: str | None, *, align: bool, force: bool,
+                 options: OpenOptions, started: float) -> ResizeReport:
+    """A dynamic VHDX grows through its log (vhdfs.vhdx.resize); the rest is refused, each
+    with what to do instead."""
+    shown = escape(image, backslash=False)
+    layer = VhdxLayer(source, writable=True)
+    try:
+        instead = (f"convert it to a VHD, resize that and convert back: vhdfs convert {shown} "
+                   f"disk.vhd --to dynamic && vhdfs resize disk.vhd SIZE && vhdfs convert "
+                   f"disk.vhd NEW.vhdx --to vhdx (or Resize-VHD in Hyper-V)")
+        if layer.is_differencing:
+            raise RefusedError(f"{shown}: is a differencing VHDX (a checkpoint), whose size is its "
+                               f"parent's; vhdfs resizes dynamic VHDX only; merge the chain "
+                               f"first (vhdfs commit) or flatten it: vhdfs convert {shown} "
+                               "NEW.vhdx --to vhdx")
+        if layer.disk_type == DiskType.FIXED:
+            raise RefusedError(f"{shown}: is a fixed VHDX; vhdfs grows dynamic VHDX only (a "
+                               f"fixed one needs every new block written); {instead}")
+        new_size = new_size_for(layer.size, size, align=align)
+        old_size, old_file_size = layer.size, source.size()
+        if new_size < old_size:
+            raise RefusedError(f"{shown}: shrinking a VHDX is not supported (vhdfs grows dynamic "
+                               f"VHDX only); {instead}")
+        children = []
+        if new_size != old_size:
+            children = _children(image, layer, options, force, new_size)
+        table = _partition_table(layer, None)
+        entries = fmt.bat_entry_count(old_size, layer.block_size, layer.logical_sector_size, False)
+        if new_size != old_size:
+            entries = grow_vhdx(layer, new_size)
+    finally:
+        layer.close()
+    report = ResizeReport(
+        image=image, format="vhdx", kind="dynamic", old_size=old_size, new_size=new_size,
+        old_file_size=old_file_size, new_file_size=os.stat(image).st_size,
+        table_entries=entries, moved_blocks=0, cut=0,
+        partition_table=table.scheme if table is not None else "unread", parent=None,
+        children=children, finished_interrupted=False)
+    report.next_steps = _next_steps(report, shown)
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
 
 
 # ---------------------------------------------------------------- opening
@@ -214,7 +261,7 @@ def _parent_at(child: Layer, new_size: int, options: OpenOptions, source: LocalF
         f"vhdfs create --parent PARENT NEW.vhd)")
 
 
-def _children(image: str, layer: Layer, options: OpenOptions, force: bool,
+def _children(image: str, layer: Layer | VhdxLayer, options: OpenOptions, force: bool,
               new_size: int) -> list[str]:
     path = Path(image)
     folders = [path.parent] + [Path(folder) for folder in options.search]
@@ -237,7 +284,7 @@ def _children(image: str, layer: Layer, options: OpenOptions, force: bool,
 
 
 # ---------------------------------------------------------------- what is cut
-def _partition_table(layer: Layer, parent: Layer | None) -> PartitionTable | None:
+def _partition_table(layer: Layer | VhdxLayer, parent: Layer | None) -> PartitionTable | None:
     try:
         return read_table(Chain([layer] if parent is None else [layer, parent]))
     except VhdfsError as exc:  # damaged, or past a shrunk parent's end: resized without it
@@ -341,8 +388,8 @@ def describe(report: ResizeReport) -> str:
         return f"{shown}: already {report.new_size} bytes ({human(report.new_size)}); nothing changed"
     how = "grew" if report.new_size > report.old_size else "shrank"
     text = (f"{shown}: {how} from {report.old_size} bytes ({human(report.old_size)}) to "
-            f"{report.new_size} bytes ({human(report.new_size)}), {report.kind} VHD; the file is "
-            f"{report.new_file_size} bytes")
+            f"{report.new_size} bytes ({human(report.new_size)}), {report.kind} "
+            f"{report.format.upper()}; the file is {report.new_file_size} bytes")
     if report.moved_blocks:
         text += f"; {report.moved_blocks} block(s) moved to make room for the BAT"
     lines = [text] + [f"next: {step}" for step in report.next_steps]

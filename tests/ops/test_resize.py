@@ -365,3 +365,71 @@ def test_verify_names_the_resize_that_fixes_the_size_and_it_does(tmp_path: Path)
     subprocess.run(["sh", "-c", command], env=env, check=True, capture_output=True)
     after = json.loads(cli("verify", image, "--json").stdout)
     assert [f["status"] for f in after["findings"] if f["check"] == "size"] == ["pass", "pass"]
+
+
+# ------------------------------------------------------------------ VHDX
+def vhdx_with_data(path: Path, size: int, block: str, writes: list[tuple[int, bytes]]) -> bytes:
+    assert cli("create", path, "--size", str(size), "--block-size", block).returncode == 0
+    fill(path, writes)
+    return flat(path)
+
+
+def test_a_dynamic_vhdx_grows_through_its_log_as_qemu_reads_it(tmp_path: Path) -> None:
+    from vhdfs.vhdx import format as fmt
+    from vhdfs.vhdx.layer import VhdxLayer
+
+    rnd = random.Random(7)
+    image = tmp_path / "disk.vhdx"
+    old_size = 9 * MiB + 512  # the last 8 MiB block is partly past the end
+    before = vhdx_with_data(image, old_size, "8M", [(0, rnd.randbytes(64 * KiB)),
+                                                     (old_size - 4096, rnd.randbytes(4096))])
+    with VhdxLayer(LocalFile(image)) as layer:  # another writer's leftovers past the end:
+        entry = layer.bat[fmt.payload_index(1, layer.chunk_ratio)]  # the last block's tail...
+        tail_at = (entry & fmt.OFFSET_MASK) + (old_size - 8 * MiB)
+        bat_at = layer.regions[fmt.BAT_REGION].start
+        first = layer.bat[fmt.payload_index(0, layer.chunk_ratio)] & fmt.OFFSET_MASK
+        stale = fmt.bat_entry(fmt.PAYLOAD_BLOCK_FULLY_PRESENT, first)  # block 0's data
+    with open(image, "r+b") as handle:
+        handle.seek(tail_at)
+        handle.write(b"\x77" * 8192)
+        handle.seek(bat_at + 3 * 8)  # ...and a stale entry for block 3, past the old end
+        handle.write(stale.to_bytes(8, "little"))
+    assert flat(image) == before  # the old disk does not show them
+    done = cli("resize", image, "40M", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["format"], result["kind"], result["new_size"]) == ("vhdx", "dynamic", 40 * MiB)
+    assert flat(image) == grown(before, 40 * MiB)
+    raw = tmp_path / "disk.raw"
+    raw.write_bytes(grown(before, 40 * MiB))
+    need("qemu-img")
+    done = subprocess.run(["qemu-img", "compare", "-f", "vhdx", "-F", "raw", str(image), str(raw)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    check = subprocess.run(["qemu-img", "check", "-f", "vhdx", str(image)], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert errors_of(image) == []
+    fill(image, [(30 * MiB, b"\x42" * 4096)])  # and it takes writes past the old end
+    assert flat(image)[30 * MiB:30 * MiB + 4096] == b"\x42" * 4096
+
+
+def test_what_vhdx_resize_refuses(tmp_path: Path) -> None:
+    small = tmp_path / "small.vhdx"
+    assert cli("create", small, "--size", "64M", "--block-size", "1M").returncode == 0
+    done = cli("resize", small, "200G")  # 1 MiB blocks: its BAT region holds 128 GiB
+    assert done.returncode == 6 and "its BAT region holds 131072 entries" in done.stderr
+    done = cli("resize", small, "32M")
+    assert done.returncode == 6 and "shrinking a VHDX is not supported" in done.stderr
+    fixed = tmp_path / "fixed.vhdx"
+    assert cli("create", fixed, "--size", "8M", "--fixed").returncode == 0
+    done = cli("resize", fixed, "16M")
+    assert done.returncode == 6 and "is a fixed VHDX" in done.stderr
+    child = tmp_path / "child.avhdx"
+    assert cli("create", child, "--parent", small).returncode == 0
+    done = cli("resize", child, "128M")
+    assert done.returncode == 6 and "differencing VHDX" in done.stderr
+    done = cli("resize", small, "128M")  # a base with a child
+    assert done.returncode == 6 and "child.avhdx" in done.stderr
+    for path in (small, fixed, child):
+        assert errors_of(path) == []

@@ -182,3 +182,41 @@ def test_the_resize_command_logged_by_errorfs_replays_old_or_new(tmp_path: Path)
     new = grown(old, 9 * MiB)
     assert flat(image) == new
     assert replay(image, initial, events, old, new, "9M", tmp_path / "replay") > 10
+
+
+def test_a_vhdx_grown_through_its_log_crashed_at_any_point(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The size and any cleared BAT entries go in one log entry: a state reads the old disk
+    or (once the entry is whole) the new one, replaying it in memory."""
+    from tests.ops.conftest import cli
+
+    image = tmp_path / "disk.vhdx"
+    rng = random.Random(9)
+    assert cli("create", image, "--size", str(9 * MiB + 512), "--block-size", "8M").returncode == 0
+    fill(image, [(0, rng.randbytes(64 * KiB)), (9 * MiB - 3584, rng.randbytes(4096))])
+    old, initial = flat(image), image.read_bytes()
+    events = record(monkeypatch, image, "40M", force=False)
+    new = grown(old, 40 * MiB)
+    assert flat(image) == new
+    states = crash_states(events, random.Random(4))
+    work = tmp_path / "replay"
+    seen = set()
+    for state in states:
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir()
+        rebuild({image.name: initial}, events, state, work)
+        path = work / image.name
+        with open_chain(str(path)) as chain:
+            got = chain.read(0, chain.size)
+            strange = [w for w in chain.warnings if "not yet replayed" not in w]
+        assert not strange, f"{state.label}: {strange}"
+        assert got in (old, new), f"{state.label}: reads {len(got)} bytes, neither disk"
+        seen.add(got == new)
+        resize(str(path), "40M")
+        assert flat(path) == new, f"{state.label}: after running resize again"
+        report = check_image(str(path))
+        errors = [f"{f.code}: {f.message}" for layer in report.layers for f in layer.findings
+                  if f.severity == ERROR]
+        assert not errors, f"{state.label}: {errors}"
+    assert seen == {False, True} and len(states) > 10
