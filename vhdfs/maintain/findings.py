@@ -56,16 +56,6 @@ class Finding:
 
 
 @dataclass
-class Region:
-    start: int
-    end: int
-    what: str
-
-    def overlaps(self, start: int, end: int) -> bool:
-        return start < self.end and self.start < end
-
-
-@dataclass
 class FileScan:
     """Everything one scan of one file learned."""
 

@@ -31,7 +31,6 @@ from vhdfs.maintain.findings import (
     FileScan,
     Finding,
     Fix,
-    Region,
 )
 from vhdfs.maintain.journals import (
     PendingHeader,
@@ -45,18 +44,16 @@ from vhdfs.maintain.journals import (
     setparent_journal_of,
 )
 from vhdfs.sources.base import Source
+from vhdfs.vhd import rules
 from vhdfs.vhd.bitmap import bitmap_bytes, bitmap_runs
 from vhdfs.vhd.dynheader import (
     HEADER_SIZE,
     HEADER_VERSION,
     NO_OFFSET,
-    PLATFORM_MAC,
     PLATFORM_MACX,
     PLATFORM_NONE,
     PLATFORM_W2KU,
     PLATFORM_W2RU,
-    PLATFORM_WI2K,
-    PLATFORM_WI2R,
     DynamicHeader,
     ParentLocator,
 )
@@ -69,13 +66,9 @@ from vhdfs.vhd.footer import (
     DiskType,
     Footer,
 )
-from vhdfs.vhd.layer import MAX_BAT_ENTRIES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, UNALLOCATED
+from vhdfs.vhd.rules import KNOWN_CODES, PATH_CODES, UNALLOCATED, Problem, footer_byte, header_byte
 from vhdfs.vhd.timestamp import vhd_now, vhd_to_iso
 
-KNOWN_CODES = (PLATFORM_W2RU, PLATFORM_W2KU, PLATFORM_MACX, PLATFORM_MAC, PLATFORM_WI2R,
-               PLATFORM_WI2K)
-PATH_CODES = (PLATFORM_W2RU, PLATFORM_W2KU, PLATFORM_MACX, PLATFORM_WI2R, PLATFORM_WI2K)
-MAX_LOCATOR_BYTES = 64 * 1024
 URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # How far back from the end a fixed disk's footer is looked for behind trailing garbage.
@@ -113,30 +106,25 @@ class FooterSlot:
         return self.error or self.checksum_error or "unreadable"
 
 
-def read_slot(source: Source, offset: int, file_size: int) -> FooterSlot:
+def read_slot(source: Source, offset: int, data_end: int) -> FooterSlot:
+    """The footer at `offset` of a file whose data area ends at `data_end` (where the
+    trailing footer starts)."""
     raw = source.read_at(offset, FOOTER_SIZE)
     try:
         footer = Footer.parse(raw, source.name, offset)
-        return FooterSlot(offset, raw, footer, True, footer_problem(footer, offset, file_size))
+        return FooterSlot(offset, raw, footer, True, footer_problem(footer, offset, data_end))
     except ChecksumError as exc:
         footer = Footer.parse(raw, source.name, offset, verify=False)
-        problem = footer_problem(footer, offset, file_size)
+        problem = footer_problem(footer, offset, data_end)
         return FooterSlot(offset, raw, footer, False, problem, exc.what)
     except FormatError as exc:
         return FooterSlot(offset, raw, None, False, exc.what)
 
 
-def footer_problem(footer: Footer, offset: int, file_size: int) -> str:
-    """Fields that make a footer unusable (beyond its checksum)."""
-    where = f"footer at offset {offset}"
-    if footer.disk_type not in (DiskType.FIXED, DiskType.DYNAMIC, DiskType.DIFFERENCING):
-        return f"{where}: disk type (byte 60) is {footer.disk_type}; expected 2, 3 or 4"
-    if footer.disk_type != DiskType.FIXED:
-        if footer.data_offset % SECTOR or footer.data_offset < FOOTER_SIZE or \
-                footer.data_offset + HEADER_SIZE > file_size:
-            return (f"{where}: data offset (byte 16) is {footer.data_offset}, unaligned or "
-                    "outside the file")
-    return ""
+def footer_problem(footer: Footer, offset: int, data_end: int) -> str:
+    """Fields that make a footer unusable (beyond its checksum): the reader's rules."""
+    problem = rules.footer_problem(footer, offset, data_end)
+    return problem.what if problem else ""
 
 
 def differing_fields(a: Footer, b: Footer) -> list[str]:
@@ -147,10 +135,6 @@ def differing_fields(a: Footer, b: Footer) -> list[str]:
     if mark_area(a) != mark_area(b):
         names.append("commit mark")
     return names
-
-
-def _round_up(value: int) -> int:
-    return -(-value // SECTOR) * SECTOR
 
 
 class Scanner:
@@ -165,7 +149,7 @@ class Scanner:
         self.rule = size_rule
         self.now = vhd_now() if now is None else now
         self.result = FileScan(path=source.name)
-        self.regions: list[Region] = []
+        self.regions: list[rules.Region] = []
 
     def add(self, code: str, severity: str, message: str, fix: Fix | None = None,
             hint: str = "") -> None:
@@ -176,6 +160,14 @@ class Scanner:
                  "the file from a backup or re-create it")
         self.result.fatal = True
         return self.result
+
+    def broken(self, problem: Problem | None) -> bool:
+        """A structure rule the reader would stop at (vhdfs.vhd.rules): a fatal finding, in
+        the reader's words."""
+        if problem is None:
+            return False
+        self.fatal(problem.code, problem.message(self.name))
+        return True
 
     # ---------------------------------------------------------------- the whole file
     def scan(self) -> FileScan:
@@ -195,8 +187,9 @@ class Scanner:
                               "files only (vhdfs info reads VHDX chains)")
         self.size = size
         self.aligned = size - size % SECTOR
-        trail = read_slot(self.src, self.aligned - FOOTER_SIZE, size)
-        copy = read_slot(self.src, 0, size) if self.aligned - FOOTER_SIZE > 0 else None
+        data_end = self.aligned - FOOTER_SIZE  # where the trailing footer belongs
+        trail = read_slot(self.src, data_end, data_end)
+        copy = read_slot(self.src, 0, data_end) if data_end > 0 else None
         self.trail, self.copy = trail, copy
         sparse_copy = copy is not None and copy.footer is not None and \
             copy.footer.disk_type in (DiskType.DYNAMIC, DiskType.DIFFERENCING)
@@ -283,13 +276,15 @@ class Scanner:
 
     def _footer_fields(self, footer: Footer) -> None:
         if not footer.features & FEATURES_RESERVED:
-            self.add("footer-features", WARNING, f"{self.name}: footer features (byte 8) are "
-                     f"0x{footer.features:08x}; bit 0x2 should always be set")
+            self.add("footer-features", WARNING, f"{self.name}: footer features (byte "
+                     f"{footer_byte('features')}) are 0x{footer.features:08x}; bit 0x2 should "
+                     "always be set")
         if footer.version != VERSION_1_0:
-            self.add("footer-version", WARNING, f"{self.name}: footer version (byte 12) is "
-                     f"0x{footer.version:08x}; expected 0x00010000")
+            self.add("footer-version", WARNING, f"{self.name}: footer version (byte "
+                     f"{footer_byte('version')}) is 0x{footer.version:08x}; expected 0x00010000")
         if footer.timestamp > self.now + FUTURE_SLACK:
-            self.add("footer-timestamp", WARNING, f"{self.name}: footer timestamp (byte 24) is "
+            self.add("footer-timestamp", WARNING, f"{self.name}: footer timestamp (byte "
+                     f"{footer_byte('timestamp')}) is "
                      f"{vhd_to_iso(footer.timestamp)}, in the future (a wrong clock where it "
                      "was made); readers do not use it")
 
@@ -299,105 +294,84 @@ class Scanner:
         self.result.data_end = footer_at
         size = footer.virtual_size(self.rule)
         self.result.virtual_size = size
-        if size % SECTOR:
-            self.fatal("disk-size", f"{self.name}: disk size {size} (footer byte 48) is not a "
-                       "multiple of 512")
+        if self.broken(rules.disk_size_problem(size)):
             return
         if footer.data_offset != NO_DATA_OFFSET:
             self.add("footer-data-offset", WARNING, f"{self.name}: fixed disk with data offset "
-                     f"(byte 16) {footer.data_offset}; expected all ones (readers ignore it)")
-        if size > footer_at:
-            self.fatal("fixed-truncated", f"{self.name}: fixed disk of {size} bytes but only "
-                       f"{footer_at} bytes of data before the footer: the file is truncated and "
-                       f"{size - footer_at} bytes of the disk are missing")
-        elif size < footer_at:
+                     f"(byte {footer_byte('data_offset')}) {footer.data_offset}; expected all "
+                     "ones (readers ignore it)")
+        if self.broken(rules.fixed_size_problem(size, footer_at)):
+            return
+        if size < footer_at:
             self.add("fixed-extra-data", NOTE, f"{self.name}: {footer_at - size} bytes between "
                      f"the end of the disk ({size}) and the footer are not part of the disk")
 
     # ---------------------------------------------------------------- dynamic and differencing
     def _sparse(self, footer: Footer, footer_at: int | None) -> None:
+        """A dynamic or differencing disk: header, BAT, locators, the footers, the blocks.
+        `footer_at` is None when the trailing footer is to be placed (only its copy reads)."""
         limit = footer_at if footer_at is not None else self.aligned
-        header = self._header(footer, limit)
-        if header is None:
+        header = self._header(footer, 0 if footer_at is None else footer_at, limit)
+        if header is None or not self._table(header, footer, limit):
             return
+        self._locators(header, footer, limit)
+        if footer_at is None:
+            footer_at = self._place_trailing_footer(footer)
+        self.result.footer_offset = footer_at
+        if self.trail.usable:
+            self._footer_copy(footer)
+        self._blocks(footer_at)
+        self._header_fields(header, footer)
+
+    def _table(self, header: DynamicHeader, footer: Footer, limit: int) -> bool:
+        """The disk's size, block size and BAT by the reader's rules, then the BAT itself;
+        False (a fatal finding made) when the reader would stop."""
         self.header = header
         size = footer.virtual_size(self.rule)
         self.result.virtual_size = size
-        if size % SECTOR or size <= 0:
-            self.fatal("disk-size", f"{self.name}: disk size {size} (footer byte 48) is not a "
-                       "positive multiple of 512")
-            return
-        where = f"{self.name}: dynamic header at offset {footer.data_offset}"
-        bs = header.block_size
-        if bs < MIN_BLOCK_SIZE or bs > MAX_BLOCK_SIZE or bs & (bs - 1):
-            self.fatal("block-size", f"{where}: block size (byte 32) is {bs}; expected a power "
-                       "of two from 512 bytes to 256 MiB")
-            return
-        self.block_size = bs
-        self.bitmap_size = bitmap_bytes(bs)
-        needed = -(-size // bs)
-        entries = header.max_table_entries
-        if entries < needed:
-            self.fatal("bat-entries", f"{where}: max table entries (byte 28) is {entries}, but a "
-                       f"disk of {size} bytes in {bs}-byte blocks needs {needed}")
-            return
-        if needed > MAX_BAT_ENTRIES:  # the same limit as every reader: no giant table in memory
-            self.fatal("bat-entries", f"{where}: a disk of {size} bytes in {bs}-byte blocks needs "
-                       f"{needed} BAT entries, more than the {MAX_BAT_ENTRIES} vhdfs reads (the "
-                       "footer's size or the header's block size is damaged)")
-            return
-        bat_at = header.table_offset
-        bat_len = _round_up(entries * 4)
-        if bat_at % SECTOR:
-            self.fatal("bat-offset", f"{where}: BAT offset (byte 16) is {bat_at}, not a multiple "
-                       "of 512")
-            return
-        if bat_at < FOOTER_SIZE or bat_at + bat_len > limit:
-            self.fatal("bat-offset", f"{where}: BAT at offset {bat_at} with {entries} entries "
-                       f"({bat_len} bytes) ends past the data area ending at {limit}")
-            return
-        if bat_at < footer.data_offset + HEADER_SIZE and footer.data_offset < bat_at + bat_len:
-            self.fatal("bat-offset", f"{where}: BAT at offset {bat_at} overlaps the header")
-            return
-        self.bat_at = bat_at
-        self.regions = [Region(0, FOOTER_SIZE, "the footer copy"),
-                        Region(footer.data_offset, footer.data_offset + HEADER_SIZE,
-                               "the dynamic header"),
-                        Region(bat_at, bat_at + bat_len, "the BAT")]
-        # The entries the disk uses, and (bounded) the spare ones after them.
-        spare = min(entries - needed, SPARE_ENTRIES_CHECKED)
-        bat = array.array("I", self.src.read_at(bat_at, (needed + spare) * 4))
+        if self.broken(rules.disk_size_problem(size)
+                       or rules.header_problem(header, footer.data_offset, size, limit)):
+            return False
+        self.block_size = header.block_size
+        self.bitmap_size = bitmap_bytes(header.block_size)
+        self.bat_at = header.table_offset
+        self.regions = rules.metadata_regions(header, footer.data_offset)
+        self.size_v = size
+        self.bat = self._read_bat(header, rules.needed_entries(size, header.block_size))
+        return True
+
+    def _read_bat(self, header: DynamicHeader, needed: int) -> array.array:
+        """The entries the disk uses; (bounded) spare ones after them are looked at."""
+        spare = min(header.max_table_entries - needed, SPARE_ENTRIES_CHECKED)
+        bat = array.array("I", self.src.read_at(header.table_offset, (needed + spare) * 4))
         if sys.byteorder == "little":
             bat.byteswap()
         stray = sum(1 for entry in bat[needed:] if entry != UNALLOCATED)
         if stray:
             self.add("bat-spare-entries", WARNING, f"{self.name}: {stray} BAT entries past the "
                      f"last block ({needed}) are not 0xFFFFFFFF (readers ignore them)")
-        self.bat = bat[:needed]
-        self.size_v = size
-        self._locators(header, footer, limit)
-        if footer_at is None:
-            footer_at = self._place_trailing_footer(footer)
-        self.result.footer_offset = footer_at
-        if footer_at is not None and self.trail.usable:
-            self._footer_copy(footer)
-        self._blocks(footer_at)
+        return bat[:needed]
+
+    def _header_fields(self, header: DynamicHeader, footer: Footer) -> None:
+        """Header fields readers ignore: warnings only."""
+        where = f"{self.name}: dynamic header at offset {footer.data_offset}"
         if header.parent_timestamp > self.now + FUTURE_SLACK and \
                 footer.disk_type == DiskType.DIFFERENCING:
-            self.add("parent-timestamp", WARNING, f"{where}: parent timestamp (byte 56) is "
+            self.add("parent-timestamp", WARNING, f"{where}: parent timestamp (byte "
+                     f"{header_byte('parent_timestamp')}) is "
                      f"{vhd_to_iso(header.parent_timestamp)}, in the future (advisory only)")
         if header.data_offset != NO_OFFSET:
-            self.add("header-data-offset", WARNING, f"{where}: data offset (byte 8) is "
-                     f"{header.data_offset}; expected all ones (readers ignore it)")
+            self.add("header-data-offset", WARNING, f"{where}: data offset (byte "
+                     f"{header_byte('data_offset')}) is {header.data_offset}; expected all ones "
+                     "(readers ignore it)")
         if header.header_version != HEADER_VERSION:
-            self.add("header-version", WARNING, f"{where}: header version (byte 24) is "
-                     f"0x{header.header_version:08x}; expected 0x00010000")
+            self.add("header-version", WARNING, f"{where}: header version (byte "
+                     f"{header_byte('header_version')}) is 0x{header.header_version:08x}; "
+                     "expected 0x00010000")
 
-    def _header(self, footer: Footer, limit: int) -> DynamicHeader | None:
+    def _header(self, footer: Footer, footer_at: int, limit: int) -> DynamicHeader | None:
         at = footer.data_offset
-        if at + HEADER_SIZE > limit:
-            self.fatal("header-offset", f"{self.name}: the dynamic header at offset {at} (footer "
-                       f"data offset) runs past the data area ending at {limit}")
+        if self.broken(rules.header_place_problem(footer, footer_at, limit)):
             return None
         raw = self.src.read_at(at, HEADER_SIZE)
         pending = pending_header(Path(self.name))  # set-parent's journal, if any
@@ -447,50 +421,43 @@ class Scanner:
     def _locators(self, header: DynamicHeader, footer: Footer, limit: int) -> None:
         differencing = footer.disk_type == DiskType.DIFFERENCING
         for index, loc in enumerate(header.locators):
-            field_at = 576 + 24 * index
-            what = f"{self.name}: parent locator {index} ({loc.code_text!r}, header byte {field_at})"
+            what = f"{self.name}: {rules.locator_name(index, loc)}"
             if loc.platform_code == PLATFORM_NONE:
                 if loc.data_length or loc.data_offset or loc.data_space:
                     self.add("locator-stray", NOTE, f"{what}: empty entry with data fields set")
-                continue
-            if not differencing:
-                self.add("locator-on-dynamic", WARNING, f"{what}: a dynamic disk with a parent "
-                         "locator (readers ignore it)")
-                start, end = loc.data_offset, loc.data_offset + max(loc.space_bytes, loc.data_length)
-                if loc.data_length and start % SECTOR == 0 and FOOTER_SIZE <= start and end <= limit:
-                    self.regions.append(Region(start, end, f"parent locator {index}"))  # kept
-                continue
-            if loc.platform_code not in KNOWN_CODES:
+            elif not differencing:
+                self._unused_locator(what, index, loc, limit)
+            elif loc.platform_code not in KNOWN_CODES:
                 self.add("locator-code", WARNING, f"{what}: unknown platform code (ignored)")
-                continue
-            if loc.data_length == 0:
-                continue
-            start, length = loc.data_offset, loc.data_length
-            end = start + max(loc.space_bytes, length)
-            problem = ""
-            if length > loc.space_bytes:
-                problem = f"data length {length} exceeds its data space {loc.space_bytes}"
-            elif start % SECTOR or start < FOOTER_SIZE or start + length > limit:
-                problem = f"data at offset {start} ({length} bytes) is outside the file or unaligned"
-            elif length > MAX_LOCATOR_BYTES:
-                problem = f"data length {length} is absurd for a path"
-            else:
-                clash = next((r for r in self.regions if r.overlaps(start, start + length)), None)
-                if clash is not None:
-                    problem = f"data at offset {start} ({length} bytes) overlaps {clash.what}"
-            if problem:
-                severity = ERROR if loc.platform_code in PATH_CODES else WARNING
-                self.add("locator-bad", severity, f"{what}: {problem}",
-                         Fix(RANK_LOCATOR, f"clear parent locator {index} ({loc.code_text}); "
-                             "vhdfs set-parent writes fresh locators",
-                             repairs.clear_locator(footer.data_offset, index))
-                         if severity == ERROR else None)
-                continue
-            self.regions.append(Region(start, min(end, limit), f"parent locator {index}"))
-            if loc.platform_code in (PLATFORM_W2RU, PLATFORM_W2KU) and length % 2:
-                self.add("locator-text", WARNING, f"{what}: UTF-16 path of odd length {length}")
-            elif loc.platform_code in PATH_CODES:
-                self._locator_text(what, loc, index, footer)
+            elif loc.data_length:
+                self._locator(what, index, loc, footer, limit)
+
+    def _unused_locator(self, what: str, index: int, loc: ParentLocator, limit: int) -> None:
+        """A locator of a disk that is not differencing: ignored by readers, its room kept."""
+        self.add("locator-on-dynamic", WARNING, f"{what}: a dynamic disk with a parent "
+                 "locator (readers ignore it)")
+        start, end = loc.data_offset, loc.data_offset + max(loc.space_bytes, loc.data_length)
+        if loc.data_length and start % SECTOR == 0 and FOOTER_SIZE <= start and end <= limit:
+            self.regions.append(rules.locator_region(index, loc, limit))  # kept
+
+    def _locator(self, what: str, index: int, loc: ParentLocator, footer: Footer,
+                 limit: int) -> None:
+        """A differencing disk's locator with data: where it is, then what it says."""
+        problem = rules.locator_problem(index, loc, limit, self.regions)
+        if problem:
+            severity = ERROR if loc.platform_code in PATH_CODES else WARNING
+            self.add(problem.code, severity, problem.message(self.name),
+                     Fix(RANK_LOCATOR, f"clear parent locator {index} ({loc.code_text}); "
+                         "vhdfs set-parent writes fresh locators",
+                         repairs.clear_locator(footer.data_offset, index))
+                     if severity == ERROR else None)
+            return
+        self.regions.append(rules.locator_region(index, loc, limit))
+        if loc.platform_code in (PLATFORM_W2RU, PLATFORM_W2KU) and loc.data_length % 2:
+            self.add("locator-text", WARNING, f"{what}: UTF-16 path of odd length "
+                     f"{loc.data_length}")
+        elif loc.platform_code in PATH_CODES:
+            self._locator_text(what, loc, index, footer)
 
     def _locator_text(self, what: str, loc: ParentLocator, index: int, footer: Footer) -> None:
         """A locator's data must hold a path (or URL) a reader can use: not zeros (a writer
@@ -560,7 +527,7 @@ class Scanner:
                      Fix(RANK_FOOTER, f"restore the trailing footer at offset {last_sector} from "
                          "the copy at offset 0", repairs.write_footer(restore, [last_sector] + where)))
             return last_sector
-        at = _round_up(self.size)
+        at = rules.round_up(self.size)
         self.add("footer-missing", ERROR, f"{self.name}: the file ends at {self.size} bytes without "
                  "a trailing footer, inside the data of its blocks or metadata: it looks truncated",
                  Fix(RANK_FOOTER, f"write the footer (from the copy at offset 0) at offset {at}, "
@@ -589,35 +556,12 @@ class Scanner:
     def _blocks(self, footer_at: int) -> None:
         differencing = self.footer.disk_type == DiskType.DIFFERENCING
         below = "from the parent" if differencing else "as zeros"
-        spans = []
-        bad: dict[int, str] = {}
-        for index, entry in enumerate(self.bat):
-            if entry == UNALLOCATED:
-                continue
-            start = entry * SECTOR
-            end = start + self.bitmap_size + self._block_len(index)
-            where = f"BAT entry {index} (file offset {start})"
-            if end > footer_at:
-                bad[index] = f"{where}: the block runs past the data area ending at {footer_at}"
-                continue
-            clash = next((r for r in self.regions if r.overlaps(start, end)), None)
-            if clash is not None:
-                bad[index] = f"{where}: the block overlaps {clash.what}"
-                continue
-            spans.append((start, end, index))
-        spans.sort()
-        good = []
-        previous: tuple[int, int, int] | None = None
-        for span in spans:
-            if previous is not None and span[0] < previous[1]:
-                bad.setdefault(previous[2], f"BAT entry {previous[2]} (file offset {previous[0]}): "
-                               f"the block shares its storage with block {span[2]}")
-                bad[span[2]] = (f"BAT entry {span[2]} (file offset {span[0]}): the block shares its "
-                                f"storage with block {previous[2]}")
-            if previous is None or span[1] > previous[1]:
-                previous = span
+        bad = rules.bad_blocks(self.bat, self.block_size, self.bitmap_size, self.size_v,
+                               footer_at, self.regions)
         pending = self._pending_drops()
-        good = [span for span in spans if span[2] not in bad and span[2] not in pending]
+        good = sorted((entry * SECTOR, entry * SECTOR + self.bitmap_size + self._block_len(index),
+                       index) for index, entry in enumerate(self.bat)
+                      if entry != UNALLOCATED and index not in bad and index not in pending)
         drop = repairs.drop_bat_entries(self.name, self.bat_at, {i: self.bat[i] for i in bad})
         for index in sorted(bad):
             if index in pending:

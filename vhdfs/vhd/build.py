@@ -31,7 +31,7 @@ from vhdfs.vhd.dynheader import (
     ParentLocator,
 )
 from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer
-from vhdfs.vhd.layer import MAX_BAT_ENTRIES, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
+from vhdfs.vhd.rules import MAX_BAT_ENTRIES, is_block_size, needed_entries
 
 DEFAULT_BLOCK_SIZE = 2 * 1024 * 1024
 # The VHD specification's limit for dynamic and differencing disks.
@@ -76,10 +76,11 @@ def check_size(size: int, disk_type: DiskType) -> None:
 
 
 def check_block_size(block_size: int, size: int | None = None) -> None:
-    if not (MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE) or block_size & (block_size - 1):
+    """The reader's rules (vhdfs.vhd.rules) for a new file: never write what it refuses."""
+    if not is_block_size(block_size):
         raise UsageError(f"block size {block_size} must be a power of two from 512 bytes to "
                          "256 MiB (2M is the usual choice, 512K is also common)")
-    if size is not None and -(-size // block_size) > MAX_BAT_ENTRIES:
+    if size is not None and needed_entries(size, block_size) > MAX_BAT_ENTRIES:
         # Readers (ours included) refuse tables this large: never write one.
         smallest = 1 << max(9, (-(-size // MAX_BAT_ENTRIES) - 1).bit_length())
         raise UsageError(f"a disk of {size} bytes in {block_size}-byte blocks needs more than "

@@ -49,7 +49,8 @@ _HEADER_TAIL = Struct(
     "reserved2" / Bytes(256),
 )
 HEADER_STRUCT = ChecksummedStruct(
-    "dynamic header", HEADER_SIZE, 36, COOKIE, head=_HEADER_HEAD, tail=_HEADER_TAIL,
+    "dynamic header", HEADER_SIZE, _HEADER_HEAD.sizeof(), COOKIE, head=_HEADER_HEAD,
+    tail=_HEADER_TAIL,
     cookie_fix="the footer's data offset is wrong or the header is damaged",
     damage_fix="the header is damaged; vhdfs check --repair can fix it")
 

@@ -52,7 +52,7 @@ _FOOTER_TAIL = Struct(
     "reserved" / Bytes(427),
 )
 FOOTER_STRUCT = ChecksummedStruct(
-    "footer", FOOTER_SIZE, 64, COOKIE, head=_FOOTER_HEAD, tail=_FOOTER_TAIL,
+    "footer", FOOTER_SIZE, _FOOTER_HEAD.sizeof(), COOKIE, head=_FOOTER_HEAD, tail=_FOOTER_TAIL,
     cookie_fix="this is not a VHD file, or its footer is damaged (vhdfs check --repair)",
     damage_fix="the footer is damaged; vhdfs check --repair can restore it")
 
