@@ -274,6 +274,11 @@ class BlobSource(Source):
     def data_ranges(self, start: int, end: int) -> list[tuple[int, int]]:
         return self.blob.data_ranges(start, min(end, self.blob.size))
 
+    def version_stamp(self) -> tuple[int, float, str]:
+        """The blob as opened: its size, last write and ETag (reads are pinned to it)."""
+        modified = self.blob.properties.last_modified
+        return self.blob.size, modified.timestamp(), f"{self.blob.size}:{self.blob.etag}"
+
     def identity(self) -> tuple:
         return self.location.identity()
 

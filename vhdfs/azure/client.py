@@ -176,13 +176,15 @@ def container_client(loc: BlobLocation, credential: Credential | None = None) ->
 
 
 def error_code(exc: HttpResponseError) -> str:
+    # azure-core sets error_code only when the answer carried one (no attribute otherwise);
+    # it is the SDK's ErrorCode enum or a bare string.
     code = getattr(exc, "error_code", None) or ""
     return str(getattr(code, "value", code))
 
 
 def _server_message(exc: HttpResponseError) -> str:
-    text = getattr(exc, "reason", None) or ""
-    message = str(getattr(exc, "message", "") or "")
+    text = exc.reason or ""
+    message = str(exc.message or "")
     first = message.splitlines()[0].strip() if message else ""
     if first and not first.startswith("Operation returned an invalid status"):
         text = first
@@ -245,8 +247,8 @@ def translate(exc: BaseException, name: str, action: str,
     else:
         text = f"{name}: blob storage request failed while {action}: {type(exc).__name__}: {exc}"
     error = RemoteError(scrub(text, secrets))
-    error.status = getattr(exc, "status_code", None)  # type: ignore[attr-defined]
-    error.code = error_code(exc) if isinstance(exc, HttpResponseError) else ""  # type: ignore
+    error.status = getattr(exc, "status_code", None)  # only an HTTP answer has a status
+    error.code = error_code(exc) if isinstance(exc, HttpResponseError) else ""
     return error
 
 

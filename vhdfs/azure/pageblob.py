@@ -46,7 +46,7 @@ class PageBlob:
             with self.errors("reading its properties"):
                 props = self.client.get_blob_properties()
         except RemoteError as exc:
-            if self.credential.kind != "token" or getattr(exc, "status", None):
+            if self.credential.kind != "token" or exc.status:
                 raise
             # azure-identity found no identity: a public container may still be read.
             anonymous = Credential(None, (), "anonymous")
@@ -57,6 +57,7 @@ class PageBlob:
             except RemoteError:
                 raise exc from None
             self.client, self.credential = client, anonymous
+        # The SDK's BlobType enum, or (older versions) the bare string, which has no `value`.
         kind = str(getattr(props.blob_type, "value", props.blob_type))
         if kind != "PageBlob":
             raise RemoteError(f"{self.name}: is a {kind.replace('Blob', '').lower()} blob, not a "
