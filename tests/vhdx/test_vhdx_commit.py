@@ -348,3 +348,27 @@ def test_mixed_chains_stay_refused(tmp_path):
     committed = vhdfs("commit", avhdx, "--parent", vhd_base)
     assert committed.returncode == 4 and "can only have a VHDX parent" in committed.stderr
     assert committed.stderr.count("\n") == 1
+
+
+def test_refused_while_busy_and_nothing_written(tmp_path):
+    """A reader of the parent, a writer of the child: commit, set-parent and check --repair
+    are refused with exit 9 naming the holder, and change nothing."""
+    from tests.ops.test_locking import Holder
+    from vhdfs.sources.locks import Mode
+
+    (child, base), _ = chain_of(tmp_path, 2, seed=21)
+    before = {path: path.read_bytes() for path in (child, base)}
+    for held, mode, commands in [
+            (base, Mode.SHARED, [("commit", child), ("check", "--repair", base)]),
+            (child, Mode.EXCLUSIVE, [("commit", child), ("set-parent", child, base),
+                                     ("check", "--repair", child), ("check", child)])]:
+        holder = Holder(held, mode)
+        try:
+            for args in commands:
+                done = vhdfs(*args)
+                assert done.returncode == 9, (args, done.stdout, done.stderr)
+                assert f"(pid {holder.pid}" in done.stdout + done.stderr, (args, done.stderr)
+        finally:
+            holder.release()
+    assert {path: path.read_bytes() for path in (child, base)} == before
+    assert not journal_path(base).exists()
