@@ -345,3 +345,22 @@ def test_exfat(tmp_path: Path) -> None:
     assert cli("get", tmp_path / "out.raw", "/keep", tmp_path / "got").returncode == 0
     assert (tmp_path / "got" / "deep" / "data.bin").read_bytes() == KEEP["keep/deep/data.bin"]
     shutil.rmtree(tmp_path / "got")
+
+
+def test_a_hibernated_windows_keeps_every_ntfs_volume_of_the_disk(tmp_path: Path) -> None:
+    """Fast Startup and hibernation hold every volume Windows had mounted, not only the one
+    with hiberfil.sys; a FAT volume beside them is still walked."""
+    system, data, fat = tmp_path / "system.vol", tmp_path / "data.vol", tmp_path / "fat.vol"
+    ntfs_volume(system, 24 * MiB, 2048)
+    with ntfs3g_mount(system, tmp_path / "mnt") as mounted:
+        (mounted / "hiberfil.sys").write_bytes(b"hibr" + bytes(8188))
+    ntfs_volume(data, 24 * MiB, 2048 + 24 * MiB // 512)
+    fat_volume(fat, 40 * MiB, 32, 2048 + 48 * MiB // 512)
+    raw = tmp_path / "disk.raw"
+    assemble(raw, 92 * MiB, "label: dos\nstart=2048, size=49152, type=7\n"
+             "start=51200, size=49152, type=7\nstart=100352, size=81920, type=c\n",
+             [(MiB, system), (25 * MiB, data), (49 * MiB, fat)])
+    after, result = flat_of(raw, tmp_path / "out.raw", "--skip-free")
+    kept = [v["kept"] or "" for v in result["free_space"]["volumes"]]
+    assert "hibernated on it" in kept[0] and "hibernated on volume 1" in kept[1] and not kept[2]
+    assert deleted_marker("NTFS") in after and deleted_marker("FAT32") not in after

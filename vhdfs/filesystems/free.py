@@ -145,7 +145,7 @@ def free_space(disk: FlatDisk) -> FreeSpace:
         parts = [Partition(1, 0, disk.size, "whole disk", "none", "")]
     else:
         parts = list(table.partitions)
-    found: list[tuple[int, int]] = []
+    found: dict[int, list[tuple[int, int]]] = {}
     for part in parts:
         volume = VolumeFree(part.number, part.start, part.length, "")
         result.volumes.append(volume)
@@ -156,9 +156,14 @@ def free_space(disk: FlatDisk) -> FreeSpace:
         ranges = _volume_ranges(image, volume, disk.size)
         # Never into another partition (the entries of a damaged table may overlap).
         others = sorted((p.start, p.end) for p in parts if p is not part)
-        ranges = _subtract(ranges, others)
-        volume.free = sum(hi - lo for lo, hi in ranges)
-        found.extend(ranges)
-    found.sort()
-    result.ranges = [(lo, hi - lo) for lo, hi in found]
+        found[volume.number] = _subtract(ranges, others)
+    # A hibernated Windows (Fast Startup included) holds every NTFS volume it had mounted,
+    # not only the one with hiberfil.sys: keep them all.
+    asleep = next((v for v in result.volumes if v.kept == ntfs.HIBERNATED_REASON), None)
+    for volume in result.volumes:
+        if asleep is not None and volume.file_system == "NTFS" and not volume.kept:
+            volume.kept = f"Windows is hibernated on volume {asleep.number}, which may hold it too"
+            found[volume.number] = []
+        volume.free = sum(hi - lo for lo, hi in found.get(volume.number, []))
+    result.ranges = sorted((lo, hi - lo) for ranges in found.values() for lo, hi in ranges)
     return result

@@ -25,6 +25,8 @@ VOLUME_INFORMATION = Struct(
 HIBERNATED = (b"hibr", b"HIBR")
 RESUMED = (b"wake", b"WAKE")
 HIBERFILE = "/hiberfil.sys"
+HIBERNATED_REASON = ("Windows is hibernated on it (hiberfil.sys holds a session: Fast Startup "
+                     "or hibernation)")
 
 
 def volume_flags(fs: pytsk3.FS_Info) -> int | None:
@@ -58,5 +60,5 @@ def why_not_clean(fs: pytsk3.FS_Info) -> str:
     if flags is not None and flags & VOLUME_IS_DIRTY:
         return "NTFS marked dirty ($Volume; chkdsk has not run since)"
     if hibernation_signature(fs) in HIBERNATED:
-        return "Windows is hibernated on it (hiberfil.sys holds a session: Fast Startup or hibernation)"
+        return HIBERNATED_REASON
     return ""
