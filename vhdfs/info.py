@@ -6,6 +6,7 @@ from typing import Any
 
 from vhdfs.chain import Chain, ParentLink
 from vhdfs.maintain.journals import commit_state
+from vhdfs.maintain.journals_vhdx import commit_state as vhdx_commit_state
 
 
 def layer_facts(chain: Chain) -> list[dict[str, Any]]:
@@ -16,7 +17,8 @@ def layer_facts(chain: Chain) -> list[dict[str, Any]]:
         item = layer.describe()
         if layer.is_differencing and depth < len(chain.links):
             item = _with_parent_found(item, chain.links[depth])
-        unfinished = commit_state(layer.name, layer.commit_mark)
+        state_of = vhdx_commit_state if layer.image_format == "VHDX" else commit_state
+        unfinished = state_of(layer.name, layer.commit_mark)
         if unfinished:  # an interrupted vhdfs commit into it
             item["commit_in_progress"] = unfinished
         facts.append(item)

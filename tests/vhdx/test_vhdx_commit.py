@@ -281,6 +281,10 @@ def test_a_killed_commit_is_marked_resumed_and_readable_by_qemu(tmp_path):
 def test_check_repair_finishes_a_commit_whose_journal_is_lost(tmp_path):
     child, base, model = _interrupted(tmp_path)
     journal_path(base).unlink()
+    info = vhdfs("info", base, "--json")  # the mark in its metadata still says so
+    state = json.loads(info.stdout)["layers"][0]["commit_in_progress"]
+    assert state["child_unique_id"] == fmt.guid_text(ids(child)[0])
+    assert state["image_format"] == "vhdx" and "--search DIR" in state["finish"]
     checked = vhdfs("check", base, "--json")
     assert checked.returncode == 4
     finding = next(f for f in json.loads(checked.stdout)["layers"][0]["findings"]

@@ -107,10 +107,14 @@ def read_vhdx_journal(parent: str | Path) -> VhdxCommitJournal | None:
                              "recorded is unfinished: run vhdfs commit CHILD again") from None
 
 
-def commit_state(path: str, meta: Metadata) -> dict | None:
+def commit_state(path: str, marked: Metadata | bytes | None) -> dict | None:
     """What `vhdfs info` and `vhdfs check` say about an unfinished commit into the VHDX file
-    `path` (the same keys as vhdfs.maintain.journals.commit_state, and `image_format`)."""
-    mark = mark_of(meta)
+    `path` (the same keys as vhdfs.maintain.journals.commit_state, and `image_format`), from
+    its metadata or from the child's DataWriteGuid its mark names (`ImageLayer.commit_mark`)."""
+    if isinstance(marked, Metadata):
+        mark = mark_of(marked)
+    else:
+        mark = VhdxMark(marked, b"", b"") if marked else None
     try:
         journal = read_vhdx_journal(path)
         damaged = ""
@@ -128,7 +132,7 @@ def commit_state(path: str, meta: Metadata) -> dict | None:
         state["finish"] = f"vhdfs commit {journal.child}"
     else:
         state.update(child=None, child_unique_id=guid_text(mark.child_id) if mark else None)
-        if mark is not None:
+        if mark is not None and mark.parent_before:
             state.update(parent_unique_id=guid_text(mark.parent_before),
                          parent_new_unique_id=guid_text(mark.parent_after))
         state["finish"] = ("vhdfs commit CHILD (the child with DataWriteGuid "
