@@ -13,8 +13,10 @@ from vhdfs.maintain.check import EXIT_UNCHECKED, CheckReport, check_image
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "check", help="check an image and its chain; --repair mends what needs no guessing",
-        description="Check the structure of IMAGE (footer and its copy, checksums, header, BAT, "
-        "bitmaps, locators, timestamps, unfinished commits) and every link of its chain. "
+        description="Check the structure of IMAGE (VHD: footer and its copy, checksums, header, "
+        "BAT, bitmaps, locators, timestamps; VHDX: headers, log, region tables, metadata, "
+        "parent locator, BAT, sector bitmaps; both: unfinished commits) and every link of its "
+        "chain. "
         "--repair mends IMAGE where no data has to be guessed and reports every change. "
         "Exit codes as fsck: 0 clean, 1 problems repaired, 4 problems left, 8 could not check; "
         "9: in use by another process (a writer; with --repair, anyone), not checked. "
