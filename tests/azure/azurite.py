@@ -59,10 +59,12 @@ class FaultProxy:
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
     most_writes_at_once: int = 0  # page writes in progress at the same time, at most
+    most_reads_at_once: int = 0  # ranged GETs in progress at the same time, at most
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._writing = 0
+        self._reading = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -79,18 +81,23 @@ class FaultProxy:
                 seen = Seen(self.command, self.path, len(body),
                             {k.lower(): v for k, v in self.headers.items()}, -1)
                 page_write = self.command == "PUT" and "comp=page" in self.path
+                ranged_read = self.command == "GET" and "x-ms-range" in seen.headers
                 with proxy._lock:
                     proxy.seen.append(seen)
                     if page_write:
                         proxy._writing += 1
                         proxy.most_writes_at_once = max(proxy.most_writes_at_once,
                                                         proxy._writing)
+                    if ranged_read:
+                        proxy._reading += 1
+                        proxy.most_reads_at_once = max(proxy.most_reads_at_once,
+                                                       proxy._reading)
                 try:
                     self._act(rule, seen, body)
                 finally:
-                    if page_write:
-                        with proxy._lock:
-                            proxy._writing -= 1
+                    with proxy._lock:
+                        proxy._writing -= page_write
+                        proxy._reading -= ranged_read
 
             def _act(self, rule: Rule | None, seen: Seen, body: bytes) -> None:
                 if rule is not None and rule.action == "hang":
@@ -174,6 +181,7 @@ class FaultProxy:
         with self._lock:
             self.rules.clear()
             self.seen.clear()
+            self.most_writes_at_once = self.most_reads_at_once = 0
 
     @property
     def endpoint(self) -> str:

@@ -1,10 +1,13 @@
 """The block cache of remote reads against an in-memory blob: every read returns the model's
-bytes, from one thread or many, with eviction, read-ahead, holes and failing fetches."""
+bytes, from one thread or many, with eviction, read-ahead, holes and failing fetches; the
+read-ahead keeps N GETs in flight across holes and grows with the service; random reads fetch
+only their own block."""
 
 from __future__ import annotations
 
 import random
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -142,3 +145,115 @@ def test_sequential_reads_are_fetched_ahead() -> None:
     # 128 sequential half-block reads cost far fewer GETs than blocks: they came in runs.
     assert len(blob.fetches) <= 64 // 4 + 4
     assert any(length == MAX_GET for _, length in blob.fetches)
+
+
+class SlowBlob(MemoryBlob):
+    """A MemoryBlob whose fetches take a while, with the most that were ever in progress."""
+
+    def __init__(self, size: int, pages: list[tuple[int, int]], seed: int, delay: float) -> None:
+        super().__init__(size, pages, seed)
+        self.delay = delay
+        self.now = self.most = 0
+
+    def fetch(self, offset: int, length: int) -> bytes:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(self.delay)
+            return super().fetch(offset, length)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def striped(blocks: int, data: int, hole: int) -> list[tuple[int, int]]:
+    """Pages in runs of `data` blocks, each followed by `hole` blocks never written (and a
+    short gap of unwritten sectors inside every run)."""
+    pages, at = [], 0
+    while at < blocks:
+        end = min(blocks, at + data)
+        pages += [(at * BLOCK, at * BLOCK + 1024), (at * BLOCK + 2048, end * BLOCK)]
+        at = end + hole
+    return pages
+
+
+def test_read_ahead_keeps_n_gets_in_flight_across_holes() -> None:
+    """A reader that goes through a blob skipping its holes (as a chain's reader skips what
+    upper layers hold, and zeros it needs not ask for) keeps one stream: N GETs in flight,
+    each a whole GET, none over a hole."""
+    workers, blocks = 4, 600
+    blob = SlowBlob(blocks * BLOCK, striped(blocks, data=20, hole=5), seed=3, delay=0.02)
+    cache = RangeCache("blob", len(blob.content), blob.fetch, data_ranges=blob.data_ranges,
+                       block=BLOCK, capacity=64 * MAX_GET, max_get=MAX_GET,
+                       read_ahead_max=workers * MAX_GET, workers=workers)
+    step = 2 * BLOCK + 512
+    try:
+        for lo, hi in blob.pages:  # only where data is: the reader jumps over every hole
+            for offset in range(lo, hi, step):
+                length = min(step, hi - offset)
+                assert cache.read(offset, length) == blob.content[offset:offset + length]
+    finally:
+        cache.close()
+    assert blob.most >= workers, blob.most  # the read-ahead's N, whatever the reader does
+    data_blocks = sum(1 for i in range(blocks) if blob.data_ranges(i * BLOCK, (i + 1) * BLOCK))
+    runs = len(blob.pages) // 2
+    for offset, length in blob.fetches:
+        assert length <= MAX_GET
+        for index in range(offset // BLOCK, -(-(offset + length) // BLOCK)):
+            assert blob.data_ranges(index * BLOCK, (index + 1) * BLOCK), (offset, length)
+    # Whole GETs (a shorter one where each run of data ends), not restarts of a small window.
+    assert len(blob.fetches) <= data_blocks // (MAX_GET // BLOCK) + runs + 2, blob.fetches
+
+
+def test_read_ahead_follows_the_service() -> None:
+    """The window grows while the reader waits (up to N GETs), and no further when the
+    fetches keep up."""
+    fast = SlowBlob(512 * BLOCK, [(0, 512 * BLOCK)], seed=4, delay=0.0)
+    slow = SlowBlob(512 * BLOCK, [(0, 512 * BLOCK)], seed=4, delay=0.03)
+    windows = {}
+    for name, blob in (("fast", fast), ("slow", slow)):
+        cache = RangeCache("blob", len(blob.content), blob.fetch, block=BLOCK,
+                           capacity=64 * MAX_GET, max_get=MAX_GET, read_ahead_max=8 * MAX_GET,
+                           workers=8)
+        try:
+            for offset in range(0, 256 * BLOCK, BLOCK):
+                assert cache.read(offset, BLOCK) == blob.content[offset:offset + BLOCK]
+                if blob is fast:
+                    time.sleep(0.002)  # a reader slower than the service
+            windows[name] = cache._stream.window
+        finally:
+            cache.close()
+    assert windows["slow"] == 8 * MAX_GET // BLOCK  # full: 8 GETs ahead
+    assert windows["fast"] < windows["slow"]
+    assert slow.most >= 8
+
+
+def test_random_reads_fetch_their_own_block_only() -> None:
+    """Random reads cost what they did before read-ahead followed streams across gaps: the
+    block each one needs, in one GET, and no read-ahead."""
+    blocks = 4096
+    blob = MemoryBlob(blocks * BLOCK, [(0, blocks * BLOCK)], seed=5)
+    cache = RangeCache("blob", len(blob.content), blob.fetch, block=BLOCK,
+                       capacity=64 * BLOCK, max_get=MAX_GET, read_ahead_max=16 * BLOCK, workers=3)
+    rng = random.Random(6)
+    offsets = [rng.randrange(blocks) * BLOCK + rng.randrange(BLOCK - 512) for _ in range(300)]
+    try:
+        for offset in offsets:
+            assert cache.read(offset, 512) == blob.content[offset:offset + 512]
+    finally:
+        cache.close()
+    assert all(length == BLOCK for _, length in blob.fetches), blob.fetches  # no read-ahead
+    assert len(blob.fetches) <= len(offsets)  # (a block evicted meanwhile is fetched again)
+
+
+def test_read_into_fills_a_view_across_blocks_and_holes() -> None:
+    blob = MemoryBlob(64 * BLOCK, striped(64, data=3, hole=2), seed=7)
+    cache = cache_of(blob, holes=True)
+    try:
+        for offset, length in ((0, 64 * BLOCK), (BLOCK - 7, 9 * BLOCK + 11), (5 * BLOCK, 1)):
+            buf = bytearray(length)
+            cache.read_into(offset, memoryview(buf))
+            assert buf == blob.content[offset:offset + length]
+    finally:
+        cache.close()

@@ -27,9 +27,15 @@ def add_image_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--stats", action="store_true",
                        help="at the end, print the bytes and requests fetched from blob storage "
                        "(on standard error)")
+    group.add_argument("--cache-dir", metavar="DIR",
+                       help="keep blocks read from blob storage in DIR for later commands (also "
+                       "VHDFS_CACHE_DIR; at most VHDFS_CACHE_SIZE, default 1G; docs/azure.md)")
 
 
 def open_options(args: argparse.Namespace) -> OpenOptions:
+    from vhdfs.azure import blockcache
+
+    blockcache.configure(args.cache_dir)  # for every blob this command opens
     return OpenOptions(parents=list(args.parent), search=list(args.search),
                        size_rule=args.size_rule)
 
