@@ -17,6 +17,7 @@ FSTYPE = "fuse.vhdfs"  # what our mounts show in the mount table (subtype vhdfs)
 XATTR_PID = b"user.vhdfs.pid"
 XATTR_IMAGE = b"user.vhdfs.image"
 XATTR_WRITABLE = b"user.vhdfs.writable"
+XATTR_STATS = b"user.vhdfs.stats"  # `mount --stats`: the daemon's traffic totals, as JSON
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from tests.fuse.conftest import PROJECT_ROOT, TIMEOUT, flat_reference, make_chai
 from tests.tooling import force_unmount
 
 MOUNT_KEYS = {"image", "chain", "mountpoint", "mode", "files", "pid", "foreground", "warnings"}
-UMOUNT_KEYS = {"mountpoint", "lazy", "seconds", "warnings"}
+UMOUNT_KEYS = {"mountpoint", "lazy", "seconds", "stats", "warnings"}
 
 
 def test_mount_and_umount_in_the_background_print_one_object_each(tmp_path):

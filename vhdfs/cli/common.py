@@ -62,6 +62,15 @@ def layer_names(chain: Chain) -> list[str]:
     return [layer.name for layer in chain.layers]
 
 
+def transfer_totals() -> dict:
+    """What this process fetched and sent, with the --stats line as "summary" (the mount
+    daemon's totals for `vhdfs umount` to print)."""
+    from vhdfs.azure.stats import TRANSFER, summary_of
+
+    numbers = TRANSFER.snapshot()
+    return {**numbers, "summary": summary_of(numbers)}
+
+
 def print_stats(args: argparse.Namespace) -> None:
     """--stats: what the command fetched from (and sent to) blob storage, on stderr."""
     if getattr(args, "stats", False):  # only the commands that open images have --stats

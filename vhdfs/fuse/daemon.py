@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
@@ -37,6 +38,9 @@ class MountConfig:
     writable: bool = False
     allow_other: bool = False
     flush_interval: float = FLUSH_INTERVAL
+    # `mount --stats`: the traffic totals (with a one-line "summary"), logged at unmount and
+    # answered as an extended attribute for `vhdfs umount` to print.
+    stats: Callable[[], dict[str, Any]] | None = None
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -101,7 +105,7 @@ def _single(exc: BaseException) -> BaseException:
 def serve(chain: Chain, files: list[DiskFile], config: MountConfig,
           ready: Callable[[], None] | None = None) -> None:
     """Mount `files` of `chain` at the mount point and serve until unmounted or signalled."""
-    ops = ChainOperations(chain, files, writable=config.writable)
+    ops = ChainOperations(chain, files, writable=config.writable, stats=config.stats)
     try:
         pyfuse3.init(ops, str(config.mountpoint), fuse_options(config))
     except RuntimeError as exc:
@@ -124,6 +128,8 @@ def serve(chain: Chain, files: list[DiskFile], config: MountConfig,
             raise MountError(f"{config.mountpoint}: unmounted, but the final flush of "
                              f"{chain.top.name} failed: {exc}") from None
     log.info("unmounted %s", config.mountpoint)
+    if config.stats is not None:
+        log.info("stats: %s", config.stats()["summary"])
     if failure is not None:
         failure = _single(failure)
         if isinstance(failure, trio.TooSlowError):

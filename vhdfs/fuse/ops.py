@@ -16,6 +16,7 @@ thread: they wait for the disk.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import stat
@@ -29,7 +30,7 @@ import trio
 from vhdfs.chain import Chain
 from vhdfs.errors import ImageIOError, VhdfsError
 from vhdfs.fuse.tree import DiskFile
-from vhdfs.mounttable import XATTR_IMAGE, XATTR_PID, XATTR_WRITABLE
+from vhdfs.mounttable import XATTR_IMAGE, XATTR_PID, XATTR_STATS, XATTR_WRITABLE
 from vhdfs.secrets import scrub
 
 log = logging.getLogger("vhdfs")
@@ -57,8 +58,10 @@ class ChainOperations(pyfuse3.Operations):
     enable_writeback_cache = False
 
     def __init__(self, chain: Chain, files: list[DiskFile], *, writable: bool,
-                 offload: bool | None = None) -> None:
+                 offload: bool | None = None,
+                 stats: Callable[[], dict[str, Any]] | None = None) -> None:
         super().__init__()
+        self.stats = stats  # `mount --stats`: the traffic totals, offered as XATTR_STATS
         self.chain = chain
         self.files = {f.inode: f for f in files}
         self.names = {f.name.encode(): f for f in files}
@@ -172,10 +175,14 @@ class ChainOperations(pyfuse3.Operations):
                 return os.fsencode(scrub(self.chain.top.name))
             if name == XATTR_WRITABLE:
                 return b"1" if self.writable else b"0"
+            if name == XATTR_STATS and self.stats is not None:  # counts only: no secret
+                return json.dumps(self.stats()).encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     async def listxattr(self, inode, ctx):
-        return [XATTR_PID, XATTR_IMAGE, XATTR_WRITABLE] if inode == ROOT else []
+        if inode != ROOT:
+            return []
+        return [XATTR_PID, XATTR_IMAGE, XATTR_WRITABLE] + ([XATTR_STATS] if self.stats else [])
 
     # ---------------------------------------------------------------- data
     async def open(self, inode, flags, ctx):

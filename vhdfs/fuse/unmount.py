@@ -9,6 +9,7 @@ waits for the daemon process to exit, so the image is complete when it returns.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import select
 import subprocess
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from vhdfs.errors import ImageIOError, MountError
-from vhdfs.mounttable import FSTYPE, XATTR_PID, XATTR_WRITABLE, mount_entry
+from vhdfs.mounttable import FSTYPE, XATTR_PID, XATTR_STATS, XATTR_WRITABLE, mount_entry
 
 EXIT_TIMEOUT = 60.0
 
@@ -67,6 +68,21 @@ def unmount(path: str | os.PathLike[str], *, lazy: bool = False,
     finally:
         os.close(pidfd)
     return f"unmounted {mountpoint}"
+
+
+def mount_stats(path: str | os.PathLike[str]) -> dict | None:
+    """The traffic totals of a vhdfs mount made with --stats (None: without, or not vhdfs).
+    Asked for just before unmounting: with nothing open, nothing is read after that."""
+    mountpoint = Path(os.path.abspath(path))
+    entry = mount_entry(mountpoint)
+    if entry is None or entry.fstype != FSTYPE:
+        return None
+    raw = _xattr(mountpoint, XATTR_STATS)
+    try:
+        stats = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return stats if isinstance(stats, dict) and isinstance(stats.get("summary"), str) else None
 
 
 def _flush(mountpoint: Path) -> None:

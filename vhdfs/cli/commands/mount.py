@@ -8,7 +8,13 @@ import os
 import sys
 from pathlib import Path
 
-from vhdfs.cli.common import add_image_options, layer_names, open_image, warn_children
+from vhdfs.cli.common import (
+    add_image_options,
+    layer_names,
+    open_image,
+    transfer_totals,
+    warn_children,
+)
 from vhdfs.cli.conventions import report
 from vhdfs.errors import FormatError, UsageError, VhdfsError
 from vhdfs.fuse.background import serve_in_background
@@ -79,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
             warn_children(chain, list(args.search))
         files = build_tree(chain, writable=args.rw)
         config = MountConfig(mountpoint, writable=args.rw, allow_other=args.allow_other,
-                             flush_interval=args.flush_interval)
+                             flush_interval=args.flush_interval,
+                             stats=transfer_totals if args.stats else None)
         mode = "writable" if args.rw else "read-only"
         names = ", ".join(f.name for f in files)
         result = {"image": args.image, "chain": layer_names(chain), "mountpoint": str(mountpoint),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 from vhdfs.cli.conventions import report
-from vhdfs.fuse.unmount import unmount
+from vhdfs.fuse.unmount import mount_stats, unmount
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,7 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    stats = mount_stats(args.mountpoint)  # a mount made with --stats: its daemon's totals
     text = unmount(args.mountpoint, lazy=args.lazy, timeout=args.timeout)
+    numbers = {k: v for k, v in stats.items() if k != "summary"} if stats else None
     report(args, {"mountpoint": os.path.abspath(args.mountpoint), "lazy": args.lazy,
-                  "seconds": round(time.monotonic() - started, 3)}, text)
+                  "seconds": round(time.monotonic() - started, 3), "stats": numbers}, text)
+    if stats:
+        print(f"vhdfs: stats: {stats['summary']}", file=sys.stderr)
     return 0
