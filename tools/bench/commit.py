@@ -1,7 +1,7 @@
 """Benchmark: commit a child holding 512 MiB of data into a 4 GiB parent, against `cp` of
 the child file, in the same run.
 
-    python -m tools.bench.commit [--folder DIR] [--size 4G] [--data 512M] [--runs 3]
+    python -m tools.bench.commit [--folder DIR] [--size 4G] [--data 512M] [--runs 3] [--vhdx]
 
 The chain: a dynamic parent of --size (2 MiB blocks, a quarter of them full) and a
 differencing child whose allocated blocks are about half filled, in runs of 4 KiB clusters,
@@ -10,7 +10,10 @@ until it holds --data bytes. Page cache warm (one run first, not counted), media
     commit syncs the parent before it returns (data, then bitmaps, then BAT);
   - `cp child.vhd copy.vhd` (coreutils, sparse files kept sparse), as the anchor;
   - `cp` then `sync copy.vhd`, the same copy made durable, for an even comparison;
-  - `vhdfs --version`: starting Python and the command line, part of the commit's time.
+  - `vhdfs --version`: starting Python and the command line, part of the commit's time;
+  - with --vhdx, `vhdfs commit child.avhdx` of the same chain as VHDX (a dynamic .vhdx
+    parent and an .avhdx child, 2 MiB blocks, the same writes), for the ratio to the VHD
+    commit.
 Peak memory (max RSS) of each command comes from wait4().
 """
 
@@ -26,11 +29,18 @@ import sys
 import time
 from pathlib import Path
 
-from vhdfs.create import create_differencing, create_dynamic, parent_info_of
+from vhdfs.create import (
+    create_differencing,
+    create_dynamic,
+    create_vhdx,
+    create_vhdx_differencing,
+    parent_info_of,
+)
 from vhdfs.image import RunKind
 from vhdfs.sources.local import LocalFile
 from vhdfs.units import parse_size
 from vhdfs.vhd.layer import UNALLOCATED, Layer
+from vhdfs.vhdx.layer import VhdxLayer
 
 MiB = 1 << 20
 CLUSTER = 4096
@@ -52,6 +62,37 @@ def build(folder: Path, size: int, data: int, seed: int = 5) -> tuple[Path, Path
         create_differencing(child, parent_info_of(parent, layer), block, force=True)
     written = 0
     with Layer(LocalFile(child, writable=True), writable=True) as layer:
+        for index in rng.sample(range(blocks), blocks):
+            if written >= data:
+                break
+            pos = 0
+            while pos < block and written < data:
+                left = -(-(data - written) // CLUSTER) * CLUSTER
+                run = min(rng.randint(1, 64) * CLUSTER, block - pos, left)
+                if rng.random() < 0.5:
+                    layer.write(index * block + pos, rng.randbytes(run))
+                    written += run
+                pos += run
+    return parent, child
+
+
+def build_vhdx(folder: Path, size: int, data: int, seed: int = 5) -> tuple[Path, Path]:
+    """The chain of `build` as VHDX: the same blocks written with the same bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    parent, child = folder / "parent.vhdx", folder / "child.avhdx"
+    if parent.exists() and child.exists():
+        return parent, child
+    rng = random.Random(seed)
+    block = 2 * MiB
+    blocks = size // block
+    create_vhdx(parent, size, block_size=block, force=True)
+    with VhdxLayer(LocalFile(parent, writable=True), writable=True) as layer:
+        for index in sorted(rng.sample(range(blocks), blocks // 4)):
+            layer.write(index * block, rng.randbytes(block))
+    with LocalFile(parent) as source, VhdxLayer(source) as layer:
+        create_vhdx_differencing(child, parent, layer, block_size=block, force=True)
+    written = 0
+    with VhdxLayer(LocalFile(child, writable=True), writable=True) as layer:
         for index in rng.sample(range(blocks), blocks):
             if written >= data:
                 break
@@ -89,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="4G")
     parser.add_argument("--data", default="512M")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--vhdx", action="store_true",
+                        help="also commit the same chain as VHDX (.avhdx into .vhdx)")
     args = parser.parse_args(argv)
     parent, child = build(args.folder / "chain", parse_size(args.size), parse_size(args.data))
     work = args.folder / "work"
@@ -98,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{parent.stat().st_blocks * 512 / MiB:.0f} MiB "
           "stored", flush=True)
     results: dict[str, list[float]] = {"commit": [], "cp": [], "cp+sync": [], "startup": []}
+    vhdx_chain = None
+    if args.vhdx:
+        vhdx_chain = build_vhdx(args.folder / "chain-vhdx", parse_size(args.size),
+                                parse_size(args.data))
+        results["commit-vhdx"] = []
     peaks: dict[str, int] = {key: 0 for key in results}
     copy = work / "copy.vhd"
     for round_ in range(args.runs + 1):
@@ -112,6 +160,16 @@ def main(argv: list[str] | None = None) -> int:
         if round_:
             results["commit"].append(seconds)
         peaks["commit"] = max(peaks["commit"], peak)
+        if vhdx_chain is not None:
+            target, work_child = work / "parent.vhdx", work / "child.avhdx"
+            for source, copy_to in zip(vhdx_chain, (target, work_child), strict=True):
+                shutil.copyfile(source, copy_to)
+            subprocess.run(["sync"], check=True)
+            seconds, peak = timed([sys.executable, "-m", "vhdfs", "-q", "commit",
+                                   str(work_child), "--parent", str(target)])
+            if round_:
+                results["commit-vhdx"].append(seconds)
+            peaks["commit-vhdx"] = max(peaks["commit-vhdx"], peak)
         seconds, peak = timed([sys.executable, "-m", "vhdfs", "--version"])
         if round_:
             results["startup"].append(seconds)
@@ -131,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key:<8} {value:7.2f} s   peak RSS {peaks[key] / MiB:6.1f} MiB   "
               f"runs {' '.join(f'{v:.2f}' for v in results[key])}")
     print(f"commit / cp        = {medians['commit'] / medians['cp']:.2f}")
+    if "commit-vhdx" in medians:
+        print(f"commit-vhdx / commit (same data, VHDX against VHD) = "
+              f"{medians['commit-vhdx'] / medians['commit']:.2f}")
     print(f"commit / cp+sync   = {medians['commit'] / medians['cp+sync']:.2f}")
     work_only = medians["commit"] - medians["startup"]
     print(f"(commit - startup) / cp = {work_only / medians['cp']:.2f}, / cp+sync = "
