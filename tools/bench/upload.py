@@ -195,13 +195,14 @@ NO_ZERO_CHECK = ("import sys\n"
                  "sys.exit(run())\n")
 
 
-def upload_command(*args: object, env: dict, zero_check: bool = True
+def upload_command(*args: object, env: dict, zero_check: bool = True, tree: Path | None = None
                    ) -> tuple[float, subprocess.CompletedProcess]:
+    """`vhdfs -q upload ARGS --stats`, timed; with `tree`, the vhdfs of that source tree."""
     start = time.perf_counter()
     command = [sys.executable, "-m", "vhdfs"] if zero_check else \
         [sys.executable, "-c", NO_ZERO_CHECK]
-    done = subprocess.run([*command, "-q", "upload", *map(str, args), "--stats"],
-                          capture_output=True, env=env)
+    done = subprocess.run([*command, "-q", "upload", *map(str, args), "--stats", "--overwrite"],
+                          capture_output=True, env=env, cwd=tree)
     seconds = time.perf_counter() - start
     if done.returncode:
         raise SystemExit(f"vhdfs upload {' '.join(map(str, args))} failed:\n"
@@ -276,7 +277,7 @@ def memory_sender(env: dict, dest: str, image: Path, concurrency: int = 8) -> fl
         plan.close()
     client = blob_client(parse_location(dest))
     start = time.perf_counter()
-    client.create_page_blob(size=plan.blob_size, metadata={"vhdfs_state": "uploading"})
+    client.create_page_blob(size=plan.blob_size, metadata={"vhdfs_state": "uploading"})  # replaces
     keeper = LeaseKeeper(client, dest)
     lease = keeper.acquire()
     try:
@@ -293,24 +294,38 @@ def memory_sender(env: dict, dest: str, image: Path, concurrency: int = 8) -> fl
 
 
 def bench_sender(folder: Path, server: Azurite, env: dict, size: int, data: int,
-                 rounds: int) -> list[str]:
+                 rounds: int, before: Path | None = None) -> list[str]:
     disk = folder / "disk.vhd"
     if not disk.exists():
         build_disk(disk, size, data)
     empty = folder / "empty.vhd"
     create_dynamic(empty, size, 2 * MiB, force=True)
     with_check_container(server, "sender")
-    ours, startup, anchor = [], [], []
+    ours, startup, anchor, old, old_startup = [], [], [], [], []
+    disk, empty = disk.resolve(), empty.resolve()
     for index in range(rounds):
         seconds, _ = upload_command(disk, f"az://sender/ours-{index}.vhd", env=env)
         ours.append(seconds)
         seconds, _ = upload_command(empty, f"az://sender/empty-{index}.vhd", env=env)
         startup.append(seconds)
         anchor.append(memory_sender(env, f"az://sender/memory-{index}.vhd", disk))
+        if before is not None:
+            seconds, _ = upload_command(disk, f"az://sender/old-{index}.vhd", env=env,
+                                        tree=before)
+            old.append(seconds)
+            seconds, _ = upload_command(empty, f"az://sender/old-empty-{index}.vhd", env=env,
+                                        tree=before)
+            old_startup.append(seconds)
     net = [o - s for o, s in zip(ours, startup, strict=True)]
     ratio = statistics.median(anchor) / statistics.median(net)
+    lines = []
+    if before is not None:
+        old_net = [o - s for o, s in zip(old, old_startup, strict=True)]
+        old_ratio = statistics.median(anchor) / statistics.median(old_net)
+        lines = [f"| `vhdfs upload` of {before} (before), less its start-up | "
+                 f"{statistics.median(old_net):.2f} (**{old_ratio:.2f}x** the sender) |"]
     return [f"Disk: {human(size)} dynamic VHD holding {human(data)} of data; medians of {rounds}.",
-            "", "| | seconds |", "|---|---|",
+            "", "| | seconds |", "|---|---|", *lines,
             f"| `vhdfs upload` (concurrency 8), wall time | {statistics.median(ours):.2f} |",
             f"| start-up: the same command uploading an empty disk of {human(size)} | "
             f"{statistics.median(startup):.2f} |",
@@ -332,6 +347,9 @@ def main() -> int:
     parser.add_argument("--data", default="400M")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--parts", default=",".join(PARTS))
+    parser.add_argument("--before", type=Path,
+                        help="sender: also time the vhdfs of this source tree (e.g. `git archive "
+                        "COMMIT | tar -x -C TREE`), in the same rounds")
     args = parser.parse_args()
     parts = args.parts.split(",")
     binary = azurite_binary()
@@ -351,7 +369,8 @@ def main() -> int:
             if "pages" in parts:
                 lines += bench_pages(folder, server, env, size, data, args.rounds) + [""]
             if "sender" in parts:
-                lines += bench_sender(folder, server, env, size, data, args.rounds) + [""]
+                lines += bench_sender(folder, server, env, size, data, args.rounds,
+                                      args.before) + [""]
     finally:
         if args.folder is None:
             shutil.rmtree(folder, ignore_errors=True)

@@ -134,9 +134,15 @@ def start_metadata(plan: SourcePlan) -> dict[str, str]:
     return meta
 
 
+def _blob_kind(props: Any) -> str:
+    """"PageBlob", "BlockBlob" ...: the SDK gives its BlobType enum, or (older versions, and
+    Azurite's answers) the bare string, which has no `value`."""
+    return str(getattr(props.blob_type, "value", props.blob_type))  # enum or bare string
+
+
 def _check_resumable(dest: str, props: Any, plan: SourcePlan) -> str:
     """'uploading' or 'complete' when `props` is an upload of this very source, else refuse."""
-    kind = str(getattr(props.blob_type, "value", props.blob_type))
+    kind = _blob_kind(props)
     meta = dict(props.metadata or {})
     state = meta.get(STATE_KEY)
     fix = "use --overwrite to start over"
@@ -187,15 +193,15 @@ def _copy_base(client: Any, dest: str, secrets: tuple[str, ...], base: BlobLocat
         progress: Progress | None = None
         while True:
             copy = client.get_blob_properties(lease=lease).copy
-            status = str(getattr(copy, "status", "") or "")
+            status = str(copy.status or "")
             if status == "success":
                 break
             if status != "pending":
-                why = getattr(copy, "status_description", "") or status
+                why = copy.status_description or status
                 raise RemoteError(f"{dest}: the server-side copy of {base.display} failed ({why}); "
                                   "the base must be readable by the destination account (same "
                                   "account, or a SAS in the base URL)")
-            done, _, total = (getattr(copy, "progress", "") or "0/0").partition("/")
+            done, _, total = (copy.progress or "0/0").partition("/")
             if total.isdigit() and int(total):
                 progress = progress or Progress(progress_label, int(total), quiet=quiet)
                 progress.update(int(done))
@@ -392,7 +398,7 @@ class _Upload:
                                                  if_none_match="*")
                 return
             except RemoteError as exc:
-                if attempt == 2 or getattr(exc, "code", "") != "ContainerNotFound":
+                if attempt == 2 or exc.code != "ContainerNotFound":
                     raise
             self._create_container()
 
@@ -420,7 +426,7 @@ class _Upload:
 
     def _copy_base_unless_copied(self) -> None:
         plan = self.plan
-        copy = getattr(self.props, "copy", None) if self.resuming else None
+        copy = self.props.copy if self.resuming else None
         copied = copy is not None and str(copy.status or "") == "success" and \
             (copy.source or "").split("?")[0] == plan.base.url
         if not copied:
@@ -453,6 +459,7 @@ class _Upload:
                                                                     keeper)))
         changed = self.plan.watched.changes()  # after the last read, before anything is marked
         if changed:
+            sender.abort()  # everything handed out was answered; nothing more goes
             self._refuse_changed(changed)
         self._guarded(sender, lambda: self._send_last(sender, last, keeper))
         progress.complete()
@@ -564,7 +571,7 @@ class _ManagedDiskUpload(_Upload):
                               "access was revoked or has expired; grant it again (az disk "
                               "grant-access --resource-group RG --name DISK --access-level Write "
                               "--duration-in-seconds 86400) and use the URL it returns")
-        kind = str(getattr(props.blob_type, "value", props.blob_type))
+        kind = _blob_kind(props)
         if kind != "PageBlob":
             raise RemoteError(f"{self.name}: is a {kind}, not a managed disk's page blob")
         managed.check_disk_size(self.name, props.size, self.plan.blob_size)
