@@ -227,17 +227,3 @@ def test_cli_converts_a_checkpoint_chain_to_an_azure_fixed_vhd(tmp_path):
     assert "differencing" in info.stdout and "(by relative_path)" in info.stdout
     assert fmt.guid_text(parent.data_write_guid) in info.stdout
 
-
-
-@pytest.mark.parametrize("command", [["commit"]], ids=["commit"])
-def test_cli_refuses_committing_a_vhdx_with_exit_6(tmp_path, command):
-    parent, _ = _parent(tmp_path)
-    write_vhdx(tmp_path / "child.avhdx", _child(parent))
-    before = (tmp_path / "child.avhdx").read_bytes()
-    args = [str(tmp_path / "child.avhdx")] + ([str(tmp_path / "mnt")] if "mount" in command else [])
-    (tmp_path / "mnt").mkdir()
-    done = subprocess.run([sys.executable, "-m", "vhdfs", *command, *args], capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 6, done.stderr
-    assert "VHDX" in done.stderr and "vhdfs convert" in done.stderr
-    assert (tmp_path / "child.avhdx").read_bytes() == before
