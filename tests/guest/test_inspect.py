@@ -109,6 +109,7 @@ class CountingDisk:
 
     def __init__(self, chain) -> None:
         self.chain = chain
+        self.name = chain.name
         self.size = chain.size
         self.bytes_read = 0
 

@@ -163,3 +163,23 @@ def test_a_chain_is_typed_on_the_contract(images: dict[str, Path]) -> None:
     with open_chain(str(images["child.avhdx"])) as chain:
         again = Chain(list(chain.layers), chain.links)
         assert again.name == str(images["child.avhdx"]) and not again.writable
+
+
+def test_no_attribute_probe_goes_without_a_reason() -> None:
+    """Our own objects are used through their declared interfaces: a getattr/hasattr in
+    vhdfs/ is left only for a third-party object (or module) that may really lack the
+    attribute, and says so in a comment on its line or the two lines above."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "vhdfs"
+    bare = []
+    for path in sorted(root.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                    node.func.id in ("getattr", "hasattr"):
+                around = lines[max(0, node.lineno - 3):node.lineno]
+                if not any("#" in line for line in around):
+                    bare.append(f"{path.relative_to(root.parent)}:{node.lineno}: "
+                                f"{lines[node.lineno - 1].strip()}")
+    assert bare == []

@@ -130,9 +130,9 @@ def pe_version(data: bytes) -> str:
         info = fixed[0]
         return (f"{info.FileVersionMS >> 16}.{info.FileVersionMS & 0xFFFF}."
                 f"{info.FileVersionLS >> 16}.{info.FileVersionLS & 0xFFFF}")
-    for file_info in getattr(pe, "FileInfo", None) or []:
+    for file_info in getattr(pe, "FileInfo", None) or []:  # pefile: only when present
         for item in file_info:
-            for table in getattr(item, "StringTable", []):
+            for table in getattr(item, "StringTable", []):  # VarFileInfo entries have none
                 value = table.entries.get(b"FileVersion")
                 if value:
                     return value.decode("utf-8", errors="replace").strip()

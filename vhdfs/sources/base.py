@@ -42,6 +42,13 @@ class Source(ABC):
     def truncate(self, size: int) -> None:
         raise NotImplementedError(f"{self.name} is read-only")
 
+    def version_stamp(self) -> tuple[int, float, str]:
+        """Size, modification time (seconds since the epoch) and a tag that changes whenever
+        the stored bytes may have: what an upload fingerprints to know it resumes the same
+        source. By default the size alone."""
+        size = self.size()
+        return size, 0.0, str(size)
+
     def identity(self) -> tuple:
         """Something that is equal for two sources on the same stored object (cycle checks)."""
         return ("name", self.name)

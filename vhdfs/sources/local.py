@@ -129,6 +129,11 @@ class LocalFile(Source):
         except OSError as exc:
             raise ImageIOError.from_os_error(self.name, "truncate", size, exc) from None
 
+    def version_stamp(self) -> tuple[int, float, str]:
+        """The file at its path now (a replaced file is another version)."""
+        info = os.stat(self.path)
+        return info.st_size, info.st_mtime, f"{info.st_size}:{info.st_mtime_ns}"
+
     def identity(self) -> tuple:
         return ("local",) + self._identity
 

@@ -11,7 +11,6 @@ the source, so --resume can tell an interrupted upload of it from one of another
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,19 +52,6 @@ class SourcePlan:
     free_space: FreeSpace | None = None  # --skip-free: the map, per volume
 
 
-def _file_facts(source: Any) -> tuple[int, float, str]:
-    """Size, mtime and a stable version tag of a layer's source (local file or blob)."""
-    path = getattr(source, "path", None)
-    if path is not None:
-        info = os.stat(path)
-        return info.st_size, info.st_mtime, f"{info.st_size}:{info.st_mtime_ns}"
-    blob = getattr(source, "blob", None)
-    if blob is not None:
-        modified = blob.properties.last_modified
-        return blob.size, modified.timestamp(), f"{blob.size}:{blob.etag}"
-    return source.size(), 0.0, str(source.size())
-
-
 def _fingerprint(mode: str, parts: list[str]) -> str:
     return hashlib.sha256("\n".join([mode, *parts]).encode()).hexdigest()[:32]
 
@@ -75,11 +61,11 @@ def upload_footer(chain: Chain, fingerprint: str, mtime: float) -> bytes:
     (a raw source gets an id derived from its fingerprint), so the blob can stand in for the
     top layer as the parent of a later child (--patch-base, set-parent)."""
     top = chain.top
-    unique_id = getattr(top, "unique_id", b"") or uuid.UUID(
+    unique_id = top.unique_id or uuid.UUID(
         bytes=hashlib.sha256(fingerprint.encode()).digest()[:16], version=4).bytes
     footer = fixed_footer(chain.size, unique_id=unique_id)
-    own = getattr(top, "footer", None)
-    stamp = own.timestamp if own is not None else max(0, int(mtime) - 946684800)
+    own = top.creation_time
+    stamp = own if own is not None else max(0, int(mtime) - 946684800)
     return footer.copy(timestamp=stamp & 0xFFFFFFFF).build()
 
 
@@ -102,8 +88,8 @@ def _plan_flat(spec: str, open_options: OpenOptions, skip_free: bool = False) ->
         in_place = len(chain.layers) == 1 and isinstance(top, Layer) and \
             not top.is_differencing and not top.source.remote
         check_disk(spec, chain.size, in_place=in_place)
-        facts = [_file_facts(layer.source) for layer in chain.layers]
-        parts = [f"{getattr(layer, 'unique_id', b'').hex()}:{tag}"
+        facts = [layer.source.version_stamp() for layer in chain.layers]
+        parts = [f"{layer.unique_id.hex()}:{tag}"
                  for layer, (_, _, tag) in zip(chain.layers, facts, strict=True)]
         # A resumed upload must be of the same bytes: with or without the free space.
         fingerprint = _fingerprint("flat", parts + (["skip-free"] if skip_free else []))
@@ -124,7 +110,7 @@ def _plan_as_is(spec: str) -> SourcePlan:
     source = LocalFile(spec)
     try:
         watched.add_source(source)
-        size, mtime, tag = _file_facts(source)
+        size, mtime, tag = source.version_stamp()
         check_page_blob(spec, size)
         top = None
         try:
@@ -205,7 +191,7 @@ def _plan_patch(spec: str, base_spec: str, open_options: OpenOptions) -> SourceP
                                  f"{base.name} holds {base_disk} bytes of disk; the sizes must agree")
         check_disk(spec, chain.size)
         watched.add_layers(chain.layers[:upto])
-        facts = [_file_facts(chain.layers[i].source) for i in range(upto)]
+        facts = [chain.layers[i].source.version_stamp() for i in range(upto)]
         parts = [f"{chain.layers[i].unique_id.hex()}:{facts[i][2]}" for i in range(upto)]
         fingerprint = _fingerprint("patch", [*parts, footer.unique_id.hex(), base.etag])
         new_footer = upload_footer(chain, fingerprint, facts[0][1])

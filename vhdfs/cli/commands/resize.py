@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from vhdfs.resize import describe, resize
     from vhdfs.resolve import OpenOptions
 
-    if getattr(args, "force_share", False):
+    if args.force_share:
         raise UsageError("--force-share is for reading: resize writes IMAGE and holds it "
                          "exclusively")
     options = OpenOptions(parents=list(args.parent), search=list(args.search),
