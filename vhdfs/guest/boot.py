@@ -190,12 +190,32 @@ def linux_boot(disk: DiskVolumes) -> BootInfo | None:
     if not roots:
         return None
     info = BootInfo("linux", [v.number for v in roots])
+    configs = _grub_configs(disk)
+    if not _boot_by_root_argument(disk, configs, info):
+        return info
+    if info.boot_volume is None:
+        _boot_by_search_uuid(disk, configs, info)
+    if info.boot_volume is None and not _boot_by_fstab(disk, roots, info):
+        return info
+    _check_boot_root(disk, roots, info)
+    return info
+
+
+def _grub_configs(disk: DiskVolumes) -> list[tuple[Volume, str, str]]:
+    """Every GRUB configuration on the disk: (volume, path, text)."""
     configs = []
     for volume in disk.with_fs():
         for pattern in GRUB_PLACES:
             for found in glob(volume, pattern):
                 configs.append((volume, found.path, read_text(found)))
-    for volume, path, text in configs:  # the kernel's root= decides
+    return configs
+
+
+def _boot_by_root_argument(disk: DiskVolumes, configs: list[tuple[Volume, str, str]],
+                           info: BootInfo) -> bool:
+    """The kernel's root= decides (the first linux line with one); False, with the
+    problem said, when it names no volume of this disk."""
+    for volume, path, text in configs:
         for line in LINUX_LINE.finditer(text):
             match = ROOT_ARG.search(line.group(1))
             if not match:
@@ -204,43 +224,53 @@ def linux_boot(disk: DiskVolumes) -> BootInfo | None:
             if target is None:
                 info.problems.append(f"{path} on volume {volume.number} boots the kernel with "
                                      f"root={match.group(1)}, which no volume of this disk is")
-                return info
+                return False
             info.boot_volume = target.number
             info.how = f"{path} on volume {volume.number} boots root={match.group(1)}"
-            break
-        if info.boot_volume is not None:
-            break
-    if info.boot_volume is None:
-        for volume, path, text in configs:  # an ESP stub: search --fs-uuid sets the root
-            match = SEARCH_UUID.search(text)
-            if match:
-                uuid = match.group(1) or match.group(2)
-                target = _match_spec(disk, f"UUID={uuid}")
-                if target is not None:
-                    info.boot_volume = target.number
-                    info.how = f"{path} on volume {volume.number} searches for UUID {uuid}"
-                    break
-    if info.boot_volume is None:
-        own = [v for v in roots if _fstab_root(v) and _match_spec(disk, _fstab_root(v)) is v]
-        if len(own) == 1:
-            info.boot_volume = own[0].number
-            info.how = f"no boot loader configuration found; /etc/fstab of volume " \
-                       f"{own[0].number} mounts it as /"
-            info.warnings.append("no grub.cfg found on the disk; the boot loader is not checked")
-        else:
-            info.problems.append("cannot tell the root file system: no grub.cfg names it and "
-                                 f"{len(own)} volume(s) mount themselves as / in /etc/fstab")
-            return info
+            return True
+    return True
+
+
+def _boot_by_search_uuid(disk: DiskVolumes, configs: list[tuple[Volume, str, str]],
+                         info: BootInfo) -> None:
+    """An ESP stub: search --fs-uuid sets the root."""
+    for volume, path, text in configs:
+        match = SEARCH_UUID.search(text)
+        if match:
+            uuid = match.group(1) or match.group(2)
+            target = _match_spec(disk, f"UUID={uuid}")
+            if target is not None:
+                info.boot_volume = target.number
+                info.how = f"{path} on volume {volume.number} searches for UUID {uuid}"
+                return
+
+
+def _boot_by_fstab(disk: DiskVolumes, roots: list[Volume], info: BootInfo) -> bool:
+    """No boot loader names the root: the one volume whose /etc/fstab mounts itself as /;
+    False, with the problem said, when there is not exactly one."""
+    own = [v for v in roots if _fstab_root(v) and _match_spec(disk, _fstab_root(v)) is v]
+    if len(own) == 1:
+        info.boot_volume = own[0].number
+        info.how = f"no boot loader configuration found; /etc/fstab of volume " \
+                   f"{own[0].number} mounts it as /"
+        info.warnings.append("no grub.cfg found on the disk; the boot loader is not checked")
+        return True
+    info.problems.append("cannot tell the root file system: no grub.cfg names it and "
+                         f"{len(own)} volume(s) mount themselves as / in /etc/fstab")
+    return False
+
+
+def _check_boot_root(disk: DiskVolumes, roots: list[Volume], info: BootInfo) -> None:
+    """The volume booted as / must be a Linux root, and say so itself."""
     target = disk.get(info.boot_volume)
     if target not in roots:
         info.problems.append(f"{info.how}, but {target.describe()} has no /etc/fstab or "
                              "/etc/os-release: not a Linux root file system")
-        return info
+        return
     fstab_root = _fstab_root(target)
     if fstab_root and _match_spec(disk, fstab_root) not in (target, None):
         info.warnings.append(f"/etc/fstab on volume {target.number} mounts {fstab_root} as /, "
                              f"which is another volume")
-    return info
 
 
 def _fstab_root(volume: Volume) -> str | None:

@@ -323,70 +323,99 @@ def _volume_changes(volume: Volume, changed: Ranges, parent_volume: Volume | Non
         result.error = volume.error or "no file system"
         result.unattributed = changed.total
         return result
-    block = volume.block_size
-    items: dict[int, ChangedItem] = {}
-    nodes: dict[int, _Node] = {}
-    hits: list[tuple[int, int]] = []
-    ntfs = volume.fs_type == "NTFS"
-    mft_file = None
-    parent_tree = _ParentTree(parent_volume)
+    found = _Attribution(volume, changed)
+    mft_file = found.files()
+    if volume.fs_type == "NTFS" and mft_file is not None:
+        found.mft_records(mft_file, _ParentTree(parent_volume))
+    found.finish(result, parent_volume)
+    return result
 
-    def note(node: _Node, part: str, size: int) -> None:
-        item = items.get(node.inode)
+
+class _Attribution:
+    """The files the changed ranges of one volume fall in, and how much of each part."""
+
+    def __init__(self, volume: Volume, changed: Ranges) -> None:
+        self.volume = volume
+        self.changed = changed
+        self.items: dict[int, ChangedItem] = {}  # by inode; -1 - n for an orphan MFT record n
+        self.nodes: dict[int, _Node] = {}
+        self.hits: list[tuple[int, int]] = []  # the changed ranges attributed
+
+    def note(self, node: _Node, part: str, size: int) -> None:
+        item = self.items.get(node.inode)
         if item is None:
-            item = items[node.inode] = ChangedItem(node.path, node.kind, metadata=node.metadata)
+            item = self.items[node.inode] = ChangedItem(node.path, node.kind,
+                                                        metadata=node.metadata)
         item.what[part] = item.what.get(part, 0) + size
 
-    for node, file in itertools.chain(_walk(volume), _extra_files(volume)):
-        nodes[node.inode] = node
-        if ntfs and node.inode == NTFS_MFT_INODE:
-            mft_file = file
-        for attr in file:
-            if not int(attr.info.flags) & ATTR_NONRES:
-                continue
-            attr_type = int(attr.info.type)
-            if ntfs and node.inode == NTFS_MFT_INODE and attr_type == 0x80:
-                continue  # the records inside $MFT are mapped to their own files below
-            name = attr.info.name.decode("utf-8", errors="replace") if attr.info.name else None
-            for run in attr:
-                if int(run.flags) & RUN_SKIP:
-                    continue
-                start = int(run.addr) * block
-                for lo, hi in changed.overlaps(start, start + int(run.len) * block):
-                    note(node, _part_name(volume, attr_type, name, node.kind == "dir"), hi - lo)
-                    hits.append((lo, hi))
+    def files(self) -> pytsk3.File | None:
+        """Every file's stored attributes against the changed ranges; $MFT's file (NTFS)."""
+        ntfs = self.volume.fs_type == "NTFS"
+        mft_file = None
+        for node, file in itertools.chain(_walk(self.volume), _extra_files(self.volume)):
+            self.nodes[node.inode] = node
+            is_mft = ntfs and node.inode == NTFS_MFT_INODE
+            if is_mft:
+                mft_file = file
+            for attr in file:
+                self._attribute(node, attr, is_mft)
+        return mft_file
 
-    if ntfs and mft_file is not None:
+    def _attribute(self, node: _Node, attr: pytsk3.Attribute, is_mft: bool) -> None:
+        if not int(attr.info.flags) & ATTR_NONRES:
+            return
+        attr_type = int(attr.info.type)
+        if is_mft and attr_type == 0x80:
+            return  # the records inside $MFT are mapped to their own files below
+        name = attr.info.name.decode("utf-8", errors="replace") if attr.info.name else None
+        block = self.volume.block_size
+        for run in attr:
+            if int(run.flags) & RUN_SKIP:
+                continue
+            start = int(run.addr) * block
+            for lo, hi in self.changed.overlaps(start, start + int(run.len) * block):
+                self.note(node, _part_name(self.volume, attr_type, name, node.kind == "dir"),
+                          hi - lo)
+                self.hits.append((lo, hi))
+
+    def mft_records(self, mft_file: pytsk3.File, parent_tree: _ParentTree) -> None:
+        """NTFS: $MFT's own runs, and each changed record given to its file."""
+        block = self.volume.block_size
         for _mft_offset, vol_offset, length in _mft_runs(mft_file, block):
-            for lo, hi in changed.overlaps(vol_offset, vol_offset + length):
-                hits.append((lo, hi))
-        for number, size in sorted(_changed_records(volume, mft_file, changed).items()):
-            node = nodes.get(number)
+            for lo, hi in self.changed.overlaps(vol_offset, vol_offset + length):
+                self.hits.append((lo, hi))
+        for number, size in sorted(_changed_records(self.volume, mft_file, self.changed).items()):
+            node = self.nodes.get(number)
             if node is not None:
-                note(node, "MFT record", size)
-                continue
-            in_use = _record_in_use(volume, number)
-            status = "unlinked" if in_use else "deleted"
-            parent_node = parent_tree.node(number) if not in_use else None
-            if not in_use and parent_node is None:
-                status = "freed"  # a record no file used before or after: just cleared
-            path = parent_node.path if parent_node else f"<MFT record {number}>"
-            kind = parent_node.kind if parent_node else "other"
-            metadata = number < NTFS_FIRST_USER_RECORD or status == "freed"
-            item = items.setdefault(-1 - number, ChangedItem(path, kind, status, metadata=metadata))
-            item.what["MFT record"] = item.what.get("MFT record", 0) + size
+                self.note(node, "MFT record", size)
+            else:
+                self._orphan_record(number, size, parent_tree)
 
-    attributed = Ranges(hits)
-    result.unattributed = changed.total - attributed.total
-    parent_fs = parent_volume is not None and parent_volume.fs is not None
-    for key, item in items.items():
-        if key >= 0 and item.status == "modified" and not item.metadata and (
-                not parent_fs or resolve(parent_volume, item.path, follow_last=False) is None):
-            item.status = "added"
-        (result.metadata if item.metadata else result.items).append(item)
-    result.items.sort(key=lambda i: i.path.casefold())
-    result.metadata.sort(key=lambda i: i.path.casefold())
-    return result
+    def _orphan_record(self, number: int, size: int, parent_tree: _ParentTree) -> None:
+        """A changed MFT record no file of the volume has now."""
+        in_use = _record_in_use(self.volume, number)
+        status = "unlinked" if in_use else "deleted"
+        parent_node = parent_tree.node(number) if not in_use else None
+        if not in_use and parent_node is None:
+            status = "freed"  # a record no file used before or after: just cleared
+        path = parent_node.path if parent_node else f"<MFT record {number}>"
+        kind = parent_node.kind if parent_node else "other"
+        metadata = number < NTFS_FIRST_USER_RECORD or status == "freed"
+        item = self.items.setdefault(-1 - number, ChangedItem(path, kind, status, metadata=metadata))
+        item.what["MFT record"] = item.what.get("MFT record", 0) + size
+
+    def finish(self, result: VolumeChanges, parent_volume: Volume | None) -> None:
+        """Into `result`: what was not attributed; files new since the parent as added."""
+        attributed = Ranges(self.hits)
+        result.unattributed = self.changed.total - attributed.total
+        parent_fs = parent_volume is not None and parent_volume.fs is not None
+        for key, item in self.items.items():
+            if key >= 0 and item.status == "modified" and not item.metadata and (
+                    not parent_fs or resolve(parent_volume, item.path, follow_last=False) is None):
+                item.status = "added"
+            (result.metadata if item.metadata else result.items).append(item)
+        result.items.sort(key=lambda i: i.path.casefold())
+        result.metadata.sort(key=lambda i: i.path.casefold())
 
 
 # ---------------------------------------------------------------------------- whole disk

@@ -207,46 +207,67 @@ def read_initrd_stream(stream: io.RawIOBase, path: str, stop_when: set[str] | No
     """read_initrd over any binary stream (`path` names it in messages)."""
     contents = InitrdContents(path)
     raw = io.BufferedReader(stream, buffer_size=256 * 1024)
-
-    def done() -> bool:
-        return bool(stop_when) and stop_when <= contents.modules
-
     try:
-        while _skip_padding(raw):
-            magic = raw.peek(8)[:8]
-            if magic[:6] in CPIO_MAGICS:
-                contents.segments.append("cpio")
-                for name in _entries(raw):
-                    contents.add(name)
-                    if done():
-                        return contents
-                continue
-            if any(magic.startswith(m) for m in OLD_CPIO_MAGICS):
-                raise InitrdError("an old-format (odc or binary) cpio archive; vhdfs reads the "
-                                  "newc format that every initramfs tool writes")
-            match = next((c for c in COMPRESSIONS if magic.startswith(c[0])), None)
-            if match is None:
-                unsupported = next((n for p, n in UNSUPPORTED if magic.startswith(p)), None)
-                if unsupported:
-                    raise InitrdError(f"compressed with {unsupported}, which vhdfs cannot read")
-                raise InitrdError(f"unknown data (starts with {magic.hex()}): neither a cpio "
-                                  "archive nor a compression vhdfs knows")
-            _, name, opener = match
-            contents.segments.append(f"{name} cpio")
-            stream = io.BufferedReader(opener(raw), buffer_size=256 * 1024)  # type: ignore[arg-type]
-            while True:  # a compressed part may hold several archives one after another
-                if not _skip_padding(stream):
-                    break
-                if stream.peek(6)[:6] not in CPIO_MAGICS:
-                    raise InitrdError(f"the {name} data does not hold a newc cpio archive")
-                for entry in _entries(stream):
-                    contents.add(entry)
-                    if done():
-                        return contents
-            break  # whatever follows a compressed part is not read by the kernel either
+        complete = _read_segments(raw, contents, stop_when)
     except VhdfsError:
         raise
     except _decompression_errors() as exc:
         raise InitrdError(f"{path}: {type(exc).__name__}: {exc}") from None
-    contents.complete = True
+    contents.complete = complete
     return contents
+
+
+def _read_segments(raw: io.BufferedReader, contents: InitrdContents,
+                   stop_when: set[str] | None) -> bool:
+    """Plain cpio archives one after another, then perhaps one compressed part (whatever
+    follows it is not read by the kernel either). False when stopped early: every module
+    of `stop_when` was seen."""
+    while _skip_padding(raw):
+        magic = raw.peek(8)[:8]
+        if magic[:6] in CPIO_MAGICS:
+            contents.segments.append("cpio")
+            if not _read_archive(raw, contents, stop_when):
+                return False
+            continue
+        name, opener = _compression_of(magic)
+        contents.segments.append(f"{name} cpio")
+        stream = io.BufferedReader(opener(raw), buffer_size=256 * 1024)  # type: ignore[arg-type]
+        return _read_compressed(stream, name, contents, stop_when)
+    return True
+
+
+def _compression_of(magic: bytes) -> tuple[str, Callable]:
+    """The name and opener of the compression `magic` starts, or why it cannot be read."""
+    if any(magic.startswith(m) for m in OLD_CPIO_MAGICS):
+        raise InitrdError("an old-format (odc or binary) cpio archive; vhdfs reads the "
+                          "newc format that every initramfs tool writes")
+    match = next((c for c in COMPRESSIONS if magic.startswith(c[0])), None)
+    if match is None:
+        unsupported = next((n for p, n in UNSUPPORTED if magic.startswith(p)), None)
+        if unsupported:
+            raise InitrdError(f"compressed with {unsupported}, which vhdfs cannot read")
+        raise InitrdError(f"unknown data (starts with {magic.hex()}): neither a cpio "
+                          "archive nor a compression vhdfs knows")
+    _, name, opener = match
+    return name, opener
+
+
+def _read_compressed(stream: io.BufferedReader, name: str, contents: InitrdContents,
+                     stop_when: set[str] | None) -> bool:
+    """A compressed part may hold several archives one after another."""
+    while _skip_padding(stream):
+        if stream.peek(6)[:6] not in CPIO_MAGICS:
+            raise InitrdError(f"the {name} data does not hold a newc cpio archive")
+        if not _read_archive(stream, contents, stop_when):
+            return False
+    return True
+
+
+def _read_archive(stream: io.BufferedReader, contents: InitrdContents,
+                  stop_when: set[str] | None) -> bool:
+    """One archive's entries into `contents`; False once every module wanted was seen."""
+    for entry in _entries(stream):
+        contents.add(entry)
+        if stop_when and stop_when <= contents.modules:
+            return False
+    return True

@@ -207,16 +207,7 @@ def _provisioning(gate: Gate, lx: LinuxInfo) -> dict[str, str]:
     text = _text(root, "etc/waagent.conf")
     conf = _conf(text) if text is not None else {}
     cloud, datasources, ds_where = _cloud_init(root)
-    agent = conf.get("Provisioning.Agent", "").lower()
-    if not agent and conf:  # agents before 2.2.45: Provisioning.Enabled / UseCloudInit
-        if conf.get("Provisioning.UseCloudInit", "n").lower() == "y":
-            agent = "cloud-init"
-        elif conf.get("Provisioning.Enabled", "y").lower() == "n":
-            agent = "disabled"
-        else:
-            agent = "waagent"
-    if agent in ("", "auto"):
-        agent = "cloud-init" if cloud else ("waagent" if waagent else "")
+    agent = _provisioner(conf, cloud, waagent)
     conf["_provisioner"] = agent
     generalized = gate.profile.image == "generalized"
     if waagent and text is None:
@@ -236,6 +227,29 @@ def _provisioning(gate: Gate, lx: LinuxInfo) -> dict[str, str]:
     if not generalized:
         gate.info("provisioning", f"provisioning agent: {agent or 'none'}", provisioner=agent)
         return conf
+    _generalized_provisioning(gate, conf, agent, cloud, azure_ok, datasources, ds_where)
+    return conf
+
+
+def _provisioner(conf: dict[str, str], cloud: bool, waagent: bool) -> str:
+    """Who provisions the VM: "cloud-init", "waagent", "disabled", or "" (nothing can)."""
+    agent = conf.get("Provisioning.Agent", "").lower()
+    if not agent and conf:  # agents before 2.2.45: Provisioning.Enabled / UseCloudInit
+        if conf.get("Provisioning.UseCloudInit", "n").lower() == "y":
+            agent = "cloud-init"
+        elif conf.get("Provisioning.Enabled", "y").lower() == "n":
+            agent = "disabled"
+        else:
+            agent = "waagent"
+    if agent in ("", "auto"):
+        agent = "cloud-init" if cloud else ("waagent" if waagent else "")
+    return agent
+
+
+def _generalized_provisioning(gate: Gate, conf: dict[str, str], agent: str, cloud: bool,
+                              azure_ok: bool, datasources: list[str] | None,
+                              ds_where: str) -> None:
+    """A generalized image: something must create the user, keys and hostname Azure sends."""
     if agent == "disabled":
         gate.problem("provisioning", "Provisioning.Agent=disabled in /etc/waagent.conf and no "
                      "cloud-init: nothing creates the user, SSH keys and hostname Azure sends",
@@ -258,7 +272,6 @@ def _provisioning(gate: Gate, lx: LinuxInfo) -> dict[str, str]:
             if agent == "cloud-init" else "waagent (Provisioning.Agent=" \
             f"{conf.get('Provisioning.Agent', 'auto')} in /etc/waagent.conf)"
         gate.ok("provisioning", f"provisioned by {how}", provisioner=agent)
-    return conf
 
 
 def _resource_disk(gate: Gate, conf: dict[str, str]) -> None:

@@ -187,6 +187,23 @@ class Scanner:
                               "files only (vhdfs info reads VHDX chains)")
         self.size = size
         self.aligned = size - size % SECTOR
+        footer, footer_at = self._choose_footer()
+        self.footer = footer
+        self.result.disk_type = footer.disk_type
+        self.result.unique_id = footer.unique_id
+        self._footer_fields(footer)
+        if footer.disk_type == DiskType.FIXED:
+            self._fixed(footer, footer_at)
+        else:
+            self._sparse(footer, footer_at)
+        if not self.result.fatal:
+            self._commit_state()
+        return self.result
+
+    def _choose_footer(self) -> tuple[Footer, int | None]:
+        """The footer to go by, and where it is (None: the copy at offset 0 goes, and the
+        trailing one is placed once the BAT is read); CannotCheck when none will do."""
+        size = self.size
         data_end = self.aligned - FOOTER_SIZE  # where the trailing footer belongs
         trail = read_slot(self.src, data_end, data_end)
         copy = read_slot(self.src, 0, data_end) if data_end > 0 else None
@@ -222,17 +239,7 @@ class Scanner:
                 reasons += f"; at offset 0: {copy.problem}"
             raise CannotCheck(f"{self.name}: no usable VHD footer ({reasons}); not a VHD file, "
                               "or one whose footers are both destroyed")
-        self.footer = footer
-        self.result.disk_type = footer.disk_type
-        self.result.unique_id = footer.unique_id
-        self._footer_fields(footer)
-        if footer.disk_type == DiskType.FIXED:
-            self._fixed(footer, footer_at)
-        else:
-            self._sparse(footer, footer_at)
-        if not self.result.fatal:
-            self._commit_state()
-        return self.result
+        return footer, footer_at
 
     def _garbage(self, footer_at: int, what: str) -> None:
         extra = self.size - footer_at - FOOTER_SIZE

@@ -83,18 +83,23 @@ def candidates(source: BlobSource, child: ImageLayer, options: OpenOptions) -> l
             out.append(Candidate(loc.sibling(folder + name), "parent name", child.parent_name))
             names.append(name)
     for place in options.search:
-        for name in dict.fromkeys(names):
-            if looks_remote(place):
-                where = parse_location(place, want_blob=False)
-                prefix = where.blob.rstrip("/") + "/" if where.blob else ""
-                out.append(Candidate(where.sibling(prefix + name), "--search", place))
-            else:
-                out.append(Candidate(str(Path(place) / name), "--search", place))
+        out += _searched(place, list(dict.fromkeys(names)))
     unique: dict[object, Candidate] = {}
     for cand in out:
         key = cand.spec.identity() if isinstance(cand.spec, BlobLocation) else ("spec", cand.spec)
         unique.setdefault(key, cand)
     return list(unique.values())
+
+
+def _searched(place: str, names: list[str]) -> list[Candidate]:
+    """The names in one --search place: a container or folder of blobs, or a local folder."""
+    if not looks_remote(place):
+        return [Candidate(str(Path(place) / name), "--search", place) for name in names]
+    if not names:
+        return []
+    where = parse_location(place, want_blob=False)
+    prefix = where.blob.rstrip("/") + "/" if where.blob else ""
+    return [Candidate(where.sibling(prefix + name), "--search", place) for name in names]
 
 
 def _open(cand: Candidate) -> Source:

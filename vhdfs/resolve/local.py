@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from vhdfs.azure.credentials import recorded_parent
 from vhdfs.azure.location import looks_remote
 from vhdfs.chain import ParentLink
-from vhdfs.image import ImageLayer
+from vhdfs.image import ImageLayer, LocatorEntry
 from vhdfs.quoting import printable
 from vhdfs.resolve.opening import OpenOptions, open_source
 from vhdfs.resolve.search import ParentSearch, basename, windows_parts
@@ -59,24 +59,9 @@ def _candidates(child: ImageLayer, options: OpenOptions) -> list[_Candidate]:
     names: list[str] = []
     entries = child.locator_entries
     for entry in sorted(entries, key=lambda e: e.code not in RELATIVE_CODES):
-        text = entry.text
-        if _URL.match(text) and not text.lower().startswith("file:"):
-            continue  # a URL (http, https, smb...) is never fetched, nor mapped to a local name
-        if entry.code in RELATIVE_CODES:
-            parts = windows_parts(text)
-            if parts and not PureWindowsPath(text).drive and not text.startswith(("/", "\\")):
-                out.append(_Candidate(base_dir.joinpath(*parts), entry.code, text, True))
-        elif entry.code in ABSOLUTE_CODES:
-            if entry.code == "MacX":
-                parsed = urllib.parse.urlsplit(text)
-                if parsed.scheme not in ("file", ""):
-                    continue  # a URL of another kind is never fetched from a locator
-                text = printable(urllib.parse.unquote(parsed.path)) if parsed.scheme else text
-            if text.startswith("/") and not text.startswith("//"):
-                out.append(_Candidate(Path(PurePosixPath(text)), entry.code, entry.text, True))
-        name = basename(text)
+        found, name = _locator_candidates(entry, base_dir)
+        out += found
         if name:
-            out.append(_Candidate(base_dir / name, entry.code, entry.text, True))
             names.append(name)
     if child.parent_name:
         name = basename(child.parent_name)
@@ -92,6 +77,31 @@ def _candidates(child: ImageLayer, options: OpenOptions) -> list[_Candidate]:
     return list(unique.values())
 
 
+def _locator_candidates(entry: LocatorEntry, base_dir: Path) -> tuple[list[_Candidate], str]:
+    """The files one locator names (its path, then its file name beside the child), and
+    that file name ("" for none)."""
+    text = entry.text
+    if _URL.match(text) and not text.lower().startswith("file:"):
+        return [], ""  # a URL (http, https, smb...) is never fetched, nor mapped to a local name
+    out: list[_Candidate] = []
+    if entry.code in RELATIVE_CODES:
+        parts = windows_parts(text)
+        if parts and not PureWindowsPath(text).drive and not text.startswith(("/", "\\")):
+            out.append(_Candidate(base_dir.joinpath(*parts), entry.code, text, True))
+    elif entry.code in ABSOLUTE_CODES:
+        if entry.code == "MacX":
+            parsed = urllib.parse.urlsplit(text)
+            if parsed.scheme not in ("file", ""):
+                return [], ""  # a URL of another kind is never fetched from a locator
+            text = printable(urllib.parse.unquote(parsed.path)) if parsed.scheme else text
+        if text.startswith("/") and not text.startswith("//"):
+            out.append(_Candidate(Path(PurePosixPath(text)), entry.code, entry.text, True))
+    name = basename(text)
+    if name:
+        out.append(_Candidate(base_dir / name, entry.code, entry.text, True))
+    return out, name
+
+
 def find_local_parent(child: ImageLayer, options: OpenOptions, seen: set) -> tuple[ImageLayer, ParentLink]:
     """The parent layer of the local layer `child` (see the module docstring)."""
     search = ParentSearch(child, options, seen)
@@ -102,39 +112,51 @@ def find_local_parent(child: ImageLayer, options: OpenOptions, seen: set) -> tup
             if parent is not None:
                 return search.found(parent, "--parent", spec, spec)
     for cand in _candidates(child, options):
-        shown = str(cand.path)
-        if cand.from_image and not cand.path.name.lower().endswith(IMAGE_SUFFIXES):
-            search.tried.append(f"{shown} (from {cand.found_by}: not an image file name, "
-                                "not opened)")
-            continue
-        if cand.from_image and cand.path.is_symlink():
-            # A link may lead anywhere (shared bases often live elsewhere), but only to a file
-            # named as an image: `base.vhd -> /etc/shadow` is not opened.
-            target = Path(os.path.realpath(cand.path))
-            if not target.name.lower().endswith(IMAGE_SUFFIXES):
-                search.tried.append(f"{shown} (a link to {target}: not an image file name, "
-                                    "not opened)")
-                continue
-        try:
-            info = cand.path.stat()
-        except OSError:
-            search.tried.append(shown)
-            continue
-        if not stat.S_ISREG(info.st_mode):
-            search.tried.append(f"{shown} ({describe_mode(info.st_mode)}, not opened)")
-            continue
-        parent = search.consider(shown, lambda path=cand.path: open_source(
-            str(path), force_share=options.force_share))
+        parent = _try_file(search, cand, options)
         if parent is not None:
-            return search.found(parent, cand.found_by, cand.hint, shown)
+            return search.found(parent, cand.found_by, cand.hint, str(cand.path))
     for entry in child.locator_entries:  # a base in blob storage (vhdfs create --parent az://)
         if entry.code == "MacX" and looks_remote(entry.text):
-            if recorded_parent(entry.text) is None:
-                search.tried.append(f"{entry.text} (from MacX: a blob URL is only fetched on the "
-                                    "account AZURE_STORAGE_CONNECTION_STRING or "
-                                    "AZURE_STORAGE_ACCOUNT names)")
-                continue
-            parent = search.consider(entry.text, lambda url=entry.text: open_source(url))
+            parent = _try_blob_locator(search, entry)
             if parent is not None:
                 return search.found(parent, "MacX", entry.text, entry.text)
     search.fail()
+
+
+def _try_file(search: ParentSearch, cand: _Candidate, options: OpenOptions) -> ImageLayer | None:
+    """The candidate file as the parent, if it is; why not is kept in `search`. A name from
+    the image is opened only when it (and a link's target) is named as an image file, and
+    only a regular file."""
+    shown = str(cand.path)
+    if cand.from_image and not cand.path.name.lower().endswith(IMAGE_SUFFIXES):
+        search.tried.append(f"{shown} (from {cand.found_by}: not an image file name, "
+                            "not opened)")
+        return None
+    if cand.from_image and cand.path.is_symlink():
+        # A link may lead anywhere (shared bases often live elsewhere), but only to a file
+        # named as an image: `base.vhd -> /etc/shadow` is not opened.
+        target = Path(os.path.realpath(cand.path))
+        if not target.name.lower().endswith(IMAGE_SUFFIXES):
+            search.tried.append(f"{shown} (a link to {target}: not an image file name, "
+                                "not opened)")
+            return None
+    try:
+        info = cand.path.stat()
+    except OSError:
+        search.tried.append(shown)
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        search.tried.append(f"{shown} ({describe_mode(info.st_mode)}, not opened)")
+        return None
+    return search.consider(shown, lambda path=cand.path: open_source(
+        str(path), force_share=options.force_share))
+
+
+def _try_blob_locator(search: ParentSearch, entry: LocatorEntry) -> ImageLayer | None:
+    """A MacX locator's blob URL as the parent: fetched only on the environment's account."""
+    if recorded_parent(entry.text) is None:
+        search.tried.append(f"{entry.text} (from MacX: a blob URL is only fetched on the "
+                            "account AZURE_STORAGE_CONNECTION_STRING or "
+                            "AZURE_STORAGE_ACCOUNT names)")
+        return None
+    return search.consider(entry.text, lambda url=entry.text: open_source(url))

@@ -172,43 +172,57 @@ def _change(entry: _Entry, new: Mode | None) -> None:
     if entry.unlocked or entry.owner != os.getpid():
         entry.mode = new
         return
-    old_plan, new_plan = _plan(entry.mode), _plan(new)
-    fd = entry.fd
-    stronger = _RANK[new_plan.own] > _RANK[old_plan.own]
     try:
-        if stronger:
-            try:
-                _setlk(fd, new_plan.own, OWN_BYTE)
-            except OSError as exc:
-                if exc.errno not in _CONFLICT:
-                    raise
-                holder = _blocker(fd, new_plan.own, OWN_BYTE)
-                raise _Blocked(OWN_BYTE, holder == fcntl.F_WRLCK or new_plan.own == fcntl.F_RDLCK) \
-                    from None
-        added = sorted(new_plan.held - old_plan.held)
-        try:
-            for byte in added:
-                _setlk(fd, fcntl.F_RDLCK, byte)
-            if new is not None and (entry.mode is None or new > entry.mode):
-                for byte in new_plan.tested:
-                    if _blocker(fd, fcntl.F_WRLCK, byte) is not None:
-                        raise _Blocked(byte, byte != QEMU_UNSHARED_BASE + _WRITE
-                                       and byte != QEMU_UNSHARED_BASE + _RESIZE)
-        except BaseException:
-            for byte in added:
-                _unlock_quietly(fd, byte)
-            if stronger:
-                _setlk(fd, old_plan.own, OWN_BYTE)  # back to the old type: never blocks
-            raise
-        for byte in sorted(old_plan.held - new_plan.held):
-            _unlock_quietly(fd, byte)
-        if _RANK[new_plan.own] < _RANK[old_plan.own]:
-            _setlk(fd, new_plan.own, OWN_BYTE)  # a downgrade or an unlock: never blocks
+        _change_locks(entry, new)
     except OSError as exc:
         if exc.errno in _UNSUPPORTED:
             raise _Unsupported(exc) from None
         raise
     entry.mode = new
+
+
+def _change_locks(entry: _Entry, new: Mode | None) -> None:
+    old_plan, new_plan = _plan(entry.mode), _plan(new)
+    fd = entry.fd
+    stronger = _RANK[new_plan.own] > _RANK[old_plan.own]
+    if stronger:
+        _lock_own_byte(fd, new_plan.own)
+    added = sorted(new_plan.held - old_plan.held)
+    try:
+        for byte in added:
+            _setlk(fd, fcntl.F_RDLCK, byte)
+        if new is not None and (entry.mode is None or new > entry.mode):
+            _refuse_held(fd, new_plan.tested)
+    except BaseException:
+        for byte in added:
+            _unlock_quietly(fd, byte)
+        if stronger:
+            _setlk(fd, old_plan.own, OWN_BYTE)  # back to the old type: never blocks
+        raise
+    for byte in sorted(old_plan.held - new_plan.held):
+        _unlock_quietly(fd, byte)
+    if _RANK[new_plan.own] < _RANK[old_plan.own]:
+        _setlk(fd, new_plan.own, OWN_BYTE)  # a downgrade or an unlock: never blocks
+
+
+def _lock_own_byte(fd: int, lock_type: int) -> None:
+    """Our byte, in `lock_type`; _Blocked (naming the kind of holder) when another has it."""
+    try:
+        _setlk(fd, lock_type, OWN_BYTE)
+    except OSError as exc:
+        if exc.errno not in _CONFLICT:
+            raise
+        holder = _blocker(fd, lock_type, OWN_BYTE)
+        raise _Blocked(OWN_BYTE, holder == fcntl.F_WRLCK or lock_type == fcntl.F_RDLCK) \
+            from None
+
+
+def _refuse_held(fd: int, tested: tuple[int, ...]) -> None:
+    """_Blocked at the first of qemu's bytes `tested` that another description holds."""
+    for byte in tested:
+        if _blocker(fd, fcntl.F_WRLCK, byte) is not None:
+            raise _Blocked(byte, byte not in (QEMU_UNSHARED_BASE + _WRITE,
+                                              QEMU_UNSHARED_BASE + _RESIZE))
 
 
 def _unlock_quietly(fd: int, byte: int) -> None:
@@ -238,10 +252,7 @@ def _move_to_writable(entry: _Entry, fd: int) -> bool:
     holder = _blocker(entry.fd, fcntl.F_WRLCK, OWN_BYTE)
     if holder is not None:
         raise _Blocked(OWN_BYTE, holder == fcntl.F_WRLCK)
-    for byte in _plan(Mode.EXCLUSIVE).tested:
-        if _blocker(entry.fd, fcntl.F_WRLCK, byte) is not None:
-            raise _Blocked(byte, byte not in (QEMU_UNSHARED_BASE + _WRITE,
-                                              QEMU_UNSHARED_BASE + _RESIZE))
+    _refuse_held(entry.fd, _plan(Mode.EXCLUSIVE).tested)
     try:
         new_fd = _reopen(fd, entry.name, True)
     except OSError:

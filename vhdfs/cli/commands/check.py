@@ -7,7 +7,7 @@ import argparse
 from vhdfs.cli.common import add_image_options, open_options
 from vhdfs.cli.conventions import fail, print_json
 from vhdfs.errors import ImageBusy, UsageError, VhdfsError
-from vhdfs.maintain.check import EXIT_UNCHECKED, CheckReport, check_image
+from vhdfs.maintain.check import EXIT_UNCHECKED, CheckReport, LayerReport, check_image
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,31 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def render(report: CheckReport) -> None:
     for depth, layer in enumerate(report.layers):
-        kind = f"{layer.disk_type}, " if layer.disk_type else ""
-        how = f", found by {layer.found_by}" if layer.found_by else ""
-        print(f"[{depth}] {layer.path} ({kind}{layer.role}{how})")
-        if layer.in_use:
-            print(f"  not checked: {layer.in_use}")
-        if layer.written_by:
-            print(f"  note     {layer.written_by} is writing it: read with --force-share, what "
-                  "was read may be a state the writer is half way through")
-        if layer.unchecked:
-            print(f"  could not check: {layer.unchecked}")
-        for finding in layer.findings:
-            print(f"  {finding.severity:<8} {finding.message}")
-            if finding.fix is not None:
-                if finding.repaired:
-                    print(f"           repaired: {finding.fix.action}")
-                elif report.dry_run:
-                    print(f"           would repair: {finding.fix.action}")
-                elif layer.role == "parent":
-                    print(f"           repairable: vhdfs check --repair {layer.path}")
-                else:
-                    print(f"           repairable: {finding.fix.action} (--repair)")
-            elif finding.hint and finding.severity == "error":
-                print(f"           to do: {finding.hint}")
-        if not layer.findings and not layer.unchecked and not layer.in_use:
-            print("  clean, as read under a writer" if layer.written_by else "  clean")
+        _render_layer(report, depth, layer)
     problems = sum(len(layer.problems) for layer in report.layers)
     repaired = sum(len(layer.repaired) for layer in report.layers)
     summary = {"clean": "clean", "repaired": f"{repaired} problem(s) repaired",
@@ -67,6 +43,37 @@ def render(report: CheckReport) -> None:
         summary += (f" (as read while {'; '.join(writers)} wrote it: what was read may be "
                     "inconsistent)")
     print(f"{report.image}: {summary} (exit {report.exit_code})")
+
+
+def _render_layer(report: CheckReport, depth: int, layer: LayerReport) -> None:
+    kind = f"{layer.disk_type}, " if layer.disk_type else ""
+    how = f", found by {layer.found_by}" if layer.found_by else ""
+    print(f"[{depth}] {layer.path} ({kind}{layer.role}{how})")
+    if layer.in_use:
+        print(f"  not checked: {layer.in_use}")
+    if layer.written_by:
+        print(f"  note     {layer.written_by} is writing it: read with --force-share, what "
+              "was read may be a state the writer is half way through")
+    if layer.unchecked:
+        print(f"  could not check: {layer.unchecked}")
+    for finding in layer.findings:
+        print(f"  {finding.severity:<8} {finding.message}")
+        if finding.fix is not None:
+            print(f"           {_repair_line(report, layer, finding.fix.action, finding.repaired)}")
+        elif finding.hint and finding.severity == "error":
+            print(f"           to do: {finding.hint}")
+    if not layer.findings and not layer.unchecked and not layer.in_use:
+        print("  clean, as read under a writer" if layer.written_by else "  clean")
+
+
+def _repair_line(report: CheckReport, layer: LayerReport, action: str, repaired: bool) -> str:
+    if repaired:
+        return f"repaired: {action}"
+    if report.dry_run:
+        return f"would repair: {action}"
+    if layer.role == "parent":
+        return f"repairable: vhdfs check --repair {layer.path}"
+    return f"repairable: {action} (--repair)"
 
 
 def run(args: argparse.Namespace) -> int:

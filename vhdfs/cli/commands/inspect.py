@@ -8,6 +8,7 @@ from vhdfs.cli.common import add_image_options, open_image
 from vhdfs.cli.conventions import print_json
 from vhdfs.guest.boot import find_boot
 from vhdfs.guest.inspect import OsFound, inspect_disk
+from vhdfs.guest.inspect.linux import LinuxInfo
 from vhdfs.guest.volumes import open_volumes
 from vhdfs.quoting import escape
 from vhdfs.units import human
@@ -52,11 +53,7 @@ def _lines(system: OsFound) -> list[tuple[str, str]]:
                      or "unknown"))
     rows += [("architecture", system.architecture or "unknown"),
              ("hostname", system.hostname or "not set")]
-    root = f"volume {system.root.number} ({system.root.fs_type}" + \
-        (f' "{system.root.label}"' if system.root.label else "") + ")"
-    if system.system_volume is not None and system.system_volume != system.root.number:
-        root += f"; system volume {system.system_volume}"
-    rows.append(("root", root))
+    rows.append(("root", _root_text(system)))
     mode = system.boot_mode
     rows.append(("boot", f"{mode.mode}: Hyper-V generation {mode.generation} ({mode.how})"))
     if system.windows:
@@ -65,29 +62,43 @@ def _lines(system: OsFound) -> list[tuple[str, str]]:
         rows.append(("image state", state or "unknown"))
         rows += [("problem", p) for p in w.problems]
     if system.linux:
-        lx = system.linux
-        default = lx.boot.default if lx.boot else None
-        for kernel in lx.kernels:
-            marks = []
-            if default and default.kernel and default.kernel.rsplit("/", 1)[-1] \
-                    == kernel.path.rsplit("/", 1)[-1]:
-                marks.append("default")
-            if not kernel.modules:
-                marks.append("no /lib/modules tree")
-            rows.append(("kernel", kernel.version + (f" ({', '.join(marks)})" if marks else "")))
-        if not lx.kernels:
-            rows.append(("kernel", "none in /boot"))
-        if lx.boot:
-            entry = f'default "{default.title}"' if default else "no default entry"
-            rows.append(("boot loader", f"{lx.boot.loader}, {lx.boot.describe()}: {entry}"))
-        else:
-            rows.append(("boot loader", "no configuration found"))
-        rows += [("note", n) for n in lx.notes]
+        rows += _linux_boot_rows(system.linux)
     if system.agents:
         rows += [("agent", f"{a.profile.name} {a.version or '(version unknown)'}")
                  for a in system.agents]
     else:
         rows.append(("agent", "no Azure agent found"))
+    return rows
+
+
+def _root_text(system: OsFound) -> str:
+    root = f"volume {system.root.number} ({system.root.fs_type}" + \
+        (f' "{system.root.label}"' if system.root.label else "") + ")"
+    if system.system_volume is not None and system.system_volume != system.root.number:
+        root += f"; system volume {system.system_volume}"
+    return root
+
+
+def _linux_boot_rows(lx: LinuxInfo) -> list[tuple[str, str]]:
+    """Kernels (the default one marked), the boot loader's default entry, notes."""
+    rows: list[tuple[str, str]] = []
+    default = lx.boot.default if lx.boot else None
+    for kernel in lx.kernels:
+        marks = []
+        if default and default.kernel and default.kernel.rsplit("/", 1)[-1] \
+                == kernel.path.rsplit("/", 1)[-1]:
+            marks.append("default")
+        if not kernel.modules:
+            marks.append("no /lib/modules tree")
+        rows.append(("kernel", kernel.version + (f" ({', '.join(marks)})" if marks else "")))
+    if not lx.kernels:
+        rows.append(("kernel", "none in /boot"))
+    if lx.boot:
+        entry = f'default "{default.title}"' if default else "no default entry"
+        rows.append(("boot loader", f"{lx.boot.loader}, {lx.boot.describe()}: {entry}"))
+    else:
+        rows.append(("boot loader", "no configuration found"))
+    rows += [("note", n) for n in lx.notes]
     return rows
 
 

@@ -136,57 +136,76 @@ def _title_and_id(words: list[str]) -> tuple[str, str]:
 def _parse_grub(text: str, disk: DiskVolumes, volume: Volume, path: str,
                 env: dict[str, str]) -> tuple[_Menu, dict[str, str], list[str], bool]:
     """(top menu, top-level variables, the values of `set default=`, uses blscfg)."""
-    top = _Menu("")
-    stack: list[_Menu | BootEntry] = [top]
-    variables = dict(env)
-    defaults: list[str] = []
-    top_root = volume
-    uses_bls = False
+    parser = _GrubParser(disk, volume, path, env)
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         words = _words(line)
-        if not words:
-            continue
-        current = stack[-1]
+        if words:
+            parser.line(line, words)
+    return parser.top, parser.variables, parser.defaults, parser.uses_bls
+
+
+class _GrubParser:
+    """One grub.cfg, line by line: its menus and entries, and the top-level settings."""
+
+    def __init__(self, disk: DiskVolumes, volume: Volume, path: str, env: dict[str, str]) -> None:
+        self.disk, self.volume, self.path = disk, volume, path
+        self.top = _Menu("")
+        self.stack: list[_Menu | BootEntry] = [self.top]
+        self.variables = dict(env)
+        self.defaults: list[str] = []
+        self.top_root = volume  # where entries look for their files, until they search
+        self.uses_bls = False
+
+    def line(self, line: str, words: list[str]) -> None:
         command = words[0]
         if command in ("menuentry", "submenu") and line.endswith("{"):
-            title, entry_id = _title_and_id([w for w in words if w != "{"])
-            if command == "submenu":
-                item: _Menu | BootEntry = _Menu(title, entry_id)
-            else:
-                item = BootEntry(title, entry_id, volume=top_root, source=f"{path} on volume "
-                                 f"{volume.number}")
-            parent = current if isinstance(current, _Menu) else top
-            parent.items.append(item)
-            stack.append(item)
-            continue
-        if command == "}" or line == "}":
-            if len(stack) > 1:
-                stack.pop()
-            continue
-        target = _search_target(words, disk)
-        if isinstance(current, BootEntry):
-            if target is not None:
-                current.volume = target
-            elif command in LINUX_COMMANDS and len(words) > 1:
-                current.kernel = _expand(words[1], variables)
-                current.cmdline = _expand(" ".join(words[2:]), variables)
-            elif command in INITRD_COMMANDS:
-                current.initrds = [_expand(w, variables) for w in words[1:]]
-            continue
-        if target is not None and current is top:
-            top_root = target
+            self._open(command, words)
+        elif command == "}" or line == "}":
+            if len(self.stack) > 1:
+                self.stack.pop()
+        elif isinstance(self.stack[-1], BootEntry):
+            self._entry_line(self.stack[-1], command, words)
+        else:
+            self._menu_line(command, words)
+
+    def _open(self, command: str, words: list[str]) -> None:
+        title, entry_id = _title_and_id([w for w in words if w != "{"])
+        if command == "submenu":
+            item: _Menu | BootEntry = _Menu(title, entry_id)
+        else:
+            item = BootEntry(title, entry_id, volume=self.top_root, source=f"{self.path} on "
+                             f"volume {self.volume.number}")
+        current = self.stack[-1]
+        parent = current if isinstance(current, _Menu) else self.top
+        parent.items.append(item)
+        self.stack.append(item)
+
+    def _entry_line(self, entry: BootEntry, command: str, words: list[str]) -> None:
+        target = _search_target(words, self.disk)
+        if target is not None:
+            entry.volume = target
+        elif command in LINUX_COMMANDS and len(words) > 1:
+            entry.kernel = _expand(words[1], self.variables)
+            entry.cmdline = _expand(" ".join(words[2:]), self.variables)
+        elif command in INITRD_COMMANDS:
+            entry.initrds = [_expand(w, self.variables) for w in words[1:]]
+
+    def _menu_line(self, command: str, words: list[str]) -> None:
+        at_top = self.stack[-1] is self.top
+        target = _search_target(words, self.disk)
+        if target is not None and at_top:
+            self.top_root = target
         if command == "set" and len(words) > 1 and "=" in words[1]:
             name, _, value = words[1].partition("=")
             if name == "default":
-                defaults.append(value)
-            elif current is top and "$" not in value:
-                variables.setdefault(name, value)
+                self.defaults.append(value)
+            elif at_top and "$" not in value:
+                self.variables.setdefault(name, value)
         elif command == "blscfg":
-            uses_bls = True
-    return top, variables, defaults, uses_bls
+            self.uses_bls = True
 
 
 def _flatten(menu: _Menu) -> list[BootEntry]:

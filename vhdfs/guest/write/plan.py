@@ -327,30 +327,47 @@ def plan_put(volumes: DiskVolumes, src: Path, name_hint: str | None, text: str,
     are replaced only with `force`; a folder merges into an existing folder."""
     items = local_items(src)
     dest = _destination(volumes, text, number)
-    target, volume = dest.target, dest.volume
-    trailing = text.endswith(("/", "\\"))
-    top: Found | None
+    target = dest.target
+    top, root = _put_root(dest, text, name_hint)
+    _check_unique(target, items, src)
+    plan = Plan(target, root)
+    in_the_way = _put_changes(plan, dest.volume, items, top)
+    if in_the_way and not force:
+        more = f" (and {len(in_the_way) - 1} more)" if len(in_the_way) > 1 else ""
+        raise RefusedError(f"{shown(in_the_way[0])} exists on {target.description}{more}; "
+                           "use --force to replace it; nothing was written")
+    return _checked(plan)
+
+
+def _put_root(dest: _Destination, text: str, name_hint: str | None
+              ) -> tuple[Found | None, tuple[str, ...]]:
+    """What SRC becomes on the guest: what is there now (None: nothing) and its path."""
+    target = dest.target
     if dest.found is not None and dest.found.is_dir:
         if name_hint is None:
             raise UsageError(f"{shown(dest.found.parts)} is a folder on {target.description}; "
                              "name the file to write standard input to (GUESTPATH/NAME)")
         check_new_name(target, name_hint)
-        top = _child(volume, dest.found, name_hint)
-        root = top.parts if top is not None else (*dest.found.parts, name_hint)
-    elif dest.found is not None:
-        if trailing:
+        top = _child(dest.volume, dest.found, name_hint)
+        return top, top.parts if top is not None else (*dest.found.parts, name_hint)
+    if dest.found is not None:
+        if text.endswith(("/", "\\")):
             raise GuestPathNotFound(f"{shown(dest.found.parts)} on {target.description} is a "
                                     "file, not a folder")
-        top, root = dest.found, dest.found.parts
-    else:
-        if trailing or len(dest.rest) > 1:
-            raise _missing_folder(dest, "create it first: vhdfs mkdir -p IMAGE FOLDER")
-        check_new_name(target, dest.rest[0])
-        top, root = None, (*dest.folder.parts, dest.rest[0])
-    _check_unique(target, items, src)
-    plan = Plan(target, root)
+        return dest.found, dest.found.parts
+    if text.endswith(("/", "\\")) or len(dest.rest) > 1:
+        raise _missing_folder(dest, "create it first: vhdfs mkdir -p IMAGE FOLDER")
+    check_new_name(target, dest.rest[0])
+    return None, (*dest.folder.parts, dest.rest[0])
+
+
+def _put_changes(plan: Plan, volume: Volume, items: list[LocalItem], top: Found | None
+                 ) -> list[tuple[str, ...]]:
+    """A folder made or a file written per local item, into `plan`; the guest paths of the
+    files in the way."""
+    target = plan.target
     found_at: dict[tuple[str, ...], Found | None] = {(): top}
-    where_at: dict[tuple[str, ...], tuple[str, ...]] = {(): root}
+    where_at: dict[tuple[str, ...], tuple[str, ...]] = {(): plan.path}
     in_the_way: list[tuple[str, ...]] = []
     for entry in items:
         if entry.rel:
@@ -377,11 +394,7 @@ def plan_put(volumes: DiskVolumes, src: Path, name_hint: str | None, text: str,
             in_the_way.append(where)
         plan.changes.append(WriteFile(where, entry.path, entry.size,
                                       _existing(found) if found is not None else None))
-    if in_the_way and not force:
-        more = f" (and {len(in_the_way) - 1} more)" if len(in_the_way) > 1 else ""
-        raise RefusedError(f"{shown(in_the_way[0])} exists on {target.description}{more}; "
-                           "use --force to replace it; nothing was written")
-    return _checked(plan)
+    return in_the_way
 
 
 # ---------------------------------------------------------------------------- mkdir
