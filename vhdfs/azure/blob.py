@@ -186,35 +186,48 @@ class RangeCache:
         if missing:
             for index in self._holes(missing):
                 got[index] = self._zero  # never written: zeros, no request
-            missing = [index for index in missing if index not in got]
-        if missing:
-            with self._lock:  # again: another thread may have started them meanwhile
-                for index in missing:
-                    data = self._blocks.get(index)
-                    if data is not None:
-                        got[index] = data
-                    elif index in self._inflight:
-                        waits[index] = self._inflight[index]
-                    else:
-                        mine[index] = self._inflight[index] = Future()
-        runs = self._runs(sorted(mine))
-        if runs:
-            others = [self._submit(run) for run in runs[1:]]
-            error: BaseException | None = None
-            try:
-                self._load(runs[0])
-            except BaseException as exc:  # wait for the others before raising
-                error = exc
-            for future in others:
-                try:
-                    future.result()
-                except BaseException as exc:
-                    error = error or exc
-            if error is not None:
-                raise error
+            mine = self._start_missing([i for i in missing if i not in got], got, waits)
+        self._load_runs(self._runs(sorted(mine)))
         for index, future in {**mine, **waits}.items():
             got[index] = future.result()
         return got, bool(mine or waits)
+
+    def _start_missing(self, missing: list[int], got: dict[int, bytes],
+                       waits: dict[int, Future]) -> dict[int, Future]:
+        """Blocks still missing: cached or in flight by now (another thread may have started
+        them meanwhile) go into `got` or `waits`; the rest are registered as this reader's."""
+        mine: dict[int, Future] = {}
+        if not missing:
+            return mine
+        with self._lock:
+            for index in missing:
+                data = self._blocks.get(index)
+                if data is not None:
+                    got[index] = data
+                elif index in self._inflight:
+                    waits[index] = self._inflight[index]
+                else:
+                    mine[index] = self._inflight[index] = Future()
+        return mine
+
+    def _load_runs(self, runs: list[tuple[int, int]]) -> None:
+        """The first run in this thread, the others in the pool; the first failure raised
+        once every run has finished."""
+        if not runs:
+            return
+        others = [self._submit(run) for run in runs[1:]]
+        error: BaseException | None = None
+        try:
+            self._load(runs[0])
+        except BaseException as exc:  # wait for the others before raising
+            error = exc
+        for future in others:
+            try:
+                future.result()
+            except BaseException as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def _data_spans(self, first: int, stop: int) -> list[tuple[int, int]]:
         """Spans [a, b) of blocks in [first, stop) that hold any written page."""
@@ -288,24 +301,9 @@ class RangeCache:
         pieces: dict[int, bytes] = {}
         fetched: list[int] = []
         try:
-            wanted = list(range(first, first + count))
-            if self._store is not None:
-                for index in wanted:
-                    data = self._store.get(index)
-                    if data is not None and len(data) == min(self.block,
-                                                             self.size - index * self.block):
-                        pieces[index] = data
-                wanted = [index for index in wanted if index not in pieces]
+            wanted = self._from_store(range(first, first + count), pieces)
             for start, blocks in self._runs(wanted):
-                offset = start * self.block
-                length = min(blocks * self.block, self.size - offset)
-                data = self._fetch_trimmed(offset, length)
-                if blocks == 1:
-                    pieces[start] = bytes(data)
-                else:
-                    view = memoryview(data)
-                    for k in range(blocks):
-                        pieces[start + k] = bytes(view[k * self.block:(k + 1) * self.block])
+                self._fetch_blocks(start, blocks, pieces)
                 fetched += range(start, start + blocks)
         except BaseException as exc:
             self._fail(run, exc)
@@ -323,6 +321,29 @@ class RangeCache:
         if self._store is not None:  # after the readers have their blocks
             for index in fetched:
                 self._store.put(index, pieces[index])
+
+    def _from_store(self, indexes: range, pieces: dict[int, bytes]) -> list[int]:
+        """The blocks the persistent store holds (whole) into `pieces`; the others."""
+        wanted = list(indexes)
+        if self._store is None:
+            return wanted
+        for index in wanted:
+            data = self._store.get(index)
+            if data is not None and len(data) == min(self.block, self.size - index * self.block):
+                pieces[index] = data
+        return [index for index in wanted if index not in pieces]
+
+    def _fetch_blocks(self, start: int, blocks: int, pieces: dict[int, bytes]) -> None:
+        """Blocks start.. start + blocks - 1 from the blob, in one request, into `pieces`."""
+        offset = start * self.block
+        length = min(blocks * self.block, self.size - offset)
+        data = self._fetch_trimmed(offset, length)
+        if blocks == 1:
+            pieces[start] = bytes(data)
+            return
+        view = memoryview(data)
+        for k in range(blocks):
+            pieces[start + k] = bytes(view[k * self.block:(k + 1) * self.block])
 
     def _fetch_trimmed(self, offset: int, length: int) -> bytes:
         """The bytes of [offset, offset + length), skipping the parts no page was written to."""
