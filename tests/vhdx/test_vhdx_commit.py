@@ -234,8 +234,10 @@ def test_the_child_is_never_written_but_for_its_locator(tmp_path):
 
 
 # ------------------------------------------------------------------ marks and repairs
-def _interrupted(tmp_path: Path, at_copying: bool = True) -> tuple[Path, Path, bytes]:
-    """A commit killed part-way through copying (or before its first data write)."""
+def _interrupted(tmp_path: Path, at_copying: bool = True, *,
+                 early: bool = False) -> tuple[Path, Path, bytes]:
+    """A commit killed part-way through copying (`early`: right after its first data
+    write), or before its first data write."""
     from tests.ops.conftest import run_killed
 
     (child, base), model = chain_of(tmp_path, 2, seed=17, size=8 * MiB)
@@ -247,10 +249,14 @@ def _interrupted(tmp_path: Path, at_copying: bool = True) -> tuple[Path, Path, b
     commit(str(probe / child.name), quiet=True, faults=events, checkpoint_bytes=64 * 1024)
     shutil.rmtree(probe)
     writes = [i for i, what in enumerate(events.log) if what.startswith("write ")]
-    if at_copying:
+    journal_writes = [i for i, what in enumerate(events.log) if what.startswith("write .")]
+    if at_copying and early:  # the first big write after the journal turned to copying
+        point = next(i for i in writes if i > journal_writes[1] and
+                     int(events.log[i].split()[1]) >= 64 * 1024) + 1
+    elif at_copying:
         point = writes[len(writes) * 2 // 3]
     else:  # after the journal and the child's link, before the journal turns to copying
-        point = [i for i, what in enumerate(events.log) if what.startswith("write .")][1]
+        point = journal_writes[1]
     assert run_killed(lambda faults: commit(str(child), quiet=True, faults=faults,
                                             checkpoint_bytes=64 * 1024), point) == point
     return child, base, bytes(model)
@@ -376,3 +382,16 @@ def test_refused_while_busy_and_nothing_written(tmp_path):
             holder.release()
     assert {path: path.read_bytes() for path in (child, base)} == before
     assert not journal_path(base).exists()
+
+
+def test_a_set_parent_between_a_kill_and_the_rerun_does_not_cut_the_copy_short(tmp_path):
+    """The child re-linked to the parent's new DataWriteGuid alone by set-parent while its
+    commit is unfinished: the rerun still copies what was left (the child changed: all)."""
+    child, base, model = _interrupted(tmp_path, early=True)
+    assert flat(base, crashed=True) != model  # the parent holds only part of the child
+    relinked = vhdfs("set-parent", child, base)
+    assert relinked.returncode == 0, relinked.stderr
+    assert ids(child)[1] == (ids(base)[0],)
+    again = vhdfs("commit", child)
+    assert again.returncode == 0, again.stderr
+    assert flat(base) == model and flat(child) == model

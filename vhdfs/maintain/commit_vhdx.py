@@ -24,8 +24,9 @@ run finds it done):
      with a checkpoint (flush, journal's next block) every CHECKPOINT_BYTES; blocks the
      child describes as zero (zero, unmapped, undefined: they read as zeros) are written as
      zeros where the parent holds anything else -> 6. final flush, the mark removed, the
-     log emptied (a clean close) -> 7. the child's locator: parent_linkage G' alone
-     (skipped with --delete-child) -> 8. journal deleted -> 9. child deleted if asked.
+     log emptied (a clean close) -> 7. journal "copied", then the child's locator:
+     parent_linkage G' alone (skipped with --delete-child) -> 8. journal deleted -> 9. child
+     deleted if asked.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from vhdfs.maintain.journals import (
     remove_journal,
 )
 from vhdfs.maintain.journals_vhdx import (
+    PHASE_COPIED,
     VhdxCommitJournal,
     VhdxMark,
     encode_mark,
@@ -86,6 +88,7 @@ LOG_CODES = {"log-unreplayed", "log-guid-stale"}
 # What a resumed commit mends in the parent itself: its own mark.
 OWN_CODES = LOG_CODES | {"mid-commit"}
 ZERO_CHUNK = 4 << 20
+COPIED = -1  # resume_state: everything is copied, only the child's last re-link is left
 ZERO_STATES = (fmt.PAYLOAD_BLOCK_ZERO, fmt.PAYLOAD_BLOCK_UNMAPPED, fmt.PAYLOAD_BLOCK_UNDEFINED)
 
 
@@ -176,8 +179,9 @@ class _VhdxCommit:
 
     def resume_state(self, parent: VhdxLayer, parent_path: Path, child: VhdxLayer
                      ) -> tuple[int | None, bytes, bytes]:
-        """(the child block to resume from, or None for a new commit; the parent's
-        DataWriteGuid before the commit; the one the commit gives it)."""
+        """(the child block to resume from, or None for a new commit, or COPIED when only the
+        child's last re-link is left; the parent's DataWriteGuid before the commit; the one
+        the commit gives it)."""
         mark = mark_of(parent.metadata)
         try:
             journal = read_vhdx_journal(parent_path)
@@ -197,10 +201,10 @@ class _VhdxCommit:
                                    f"{journal.parent_new_unique_id} once written), but the file "
                                    f"has {fmt.guid_text(current)}; the journal does not belong to "
                                    "it (was the file replaced?)")
+            if journal.phase == PHASE_COPIED:
+                return COPIED, before, after
             if journal.phase != PHASE_COPYING:
                 return 0, before, after
-            if child.parent_ids == (after,):  # linked to the new GUID alone: copied in full
-                return journal.blocks, before, after
             if journal.child_mtime_ns != self.child_path.stat().st_mtime_ns:
                 self.warn(f"{self.child_path} changed since its commit was interrupted; copying all "
                           "of it again")
@@ -263,19 +267,22 @@ class _VhdxCommit:
                             f"{self.child_path}: its {child.logical_sector_size}-byte logical "
                             f"sectors cannot be written into {parent_path}, whose differencing "
                             f"writes are whole {parent.sector_size}-byte sectors")
-                    result.resumed_at = resume
+                    result.resumed_at = child.block_count if resume == COPIED else resume
                     self.warn_siblings(before, parent_path, result)
                 finally:
                     parent.close()
                 child_id, blocks = child.unique_id, child.block_count
             finally:
                 child.close()
-            self.copy(parent_path, child_id, blocks, resume, before, after, result)
+            journal = self.copy(parent_path, child_id, blocks, resume, before, after, result)
             if delete_child:  # still held: nobody opened it meanwhile
                 remove_journal(parent_path, self.faults)
                 remove_durably(self.child_path, self.faults)
                 result.child_deleted = True
             else:
+                # 7. said first: the parent holds all of the child, only the re-link is left
+                self.write_journal(parent_path, replace(journal, phase=PHASE_COPIED,
+                                                        next_block=blocks))
                 relink(self.child_path, {"parent_linkage": after, "parent_linkage2": None},
                        self.faults)
                 remove_journal(parent_path, self.faults)
@@ -286,13 +293,16 @@ class _VhdxCommit:
         return result
 
     def copy(self, parent_path: Path, child_id: bytes, blocks: int, resume: int | None,
-             before: bytes, after: bytes, result: CommitResult) -> None:
+             before: bytes, after: bytes, result: CommitResult) -> VhdxCommitJournal:
+        """Steps 1-6; the journal as it was last written."""
         first = resume or 0
         journal = VhdxCommitJournal(
             parent=parent_path.name, parent_unique_id=fmt.guid_text(before),
             parent_new_unique_id=fmt.guid_text(after), child=str(self.child_path.resolve()),
             child_unique_id=fmt.guid_text(child_id), phase=PHASE_PREPARED, next_block=first,
-            blocks=blocks, started=_now_iso())
+            blocks=blocks, started=_now_iso(), child_mtime_ns=self.child_path.stat().st_mtime_ns)
+        if resume == COPIED:
+            return replace(journal, phase=PHASE_COPIED, next_block=blocks)
         if resume is None:
             self.write_journal(parent_path, journal)
         # 2. the child matches the parent before and after its DataWriteGuid changes
@@ -327,6 +337,7 @@ class _VhdxCommit:
             source.close()  # what is not flushed is in the log or not needed: a rerun finishes
             raise
         parent.close()  # the log emptied: a clean file
+        return journal
 
     def child_linkages(self) -> tuple[bytes, ...]:
         with LocalFile(self.child_path) as source, VhdxLayer(source) as child:

@@ -34,6 +34,9 @@ from vhdfs.vhdx import format as fmt
 from vhdfs.vhdx.rules import Metadata
 
 IMAGE_FORMAT = "vhdx"
+# After "prepared" and "copying" (vhdfs.maintain.journals): the parent holds all of the
+# child and is clean; only the child's last re-link is left.
+PHASE_COPIED = "copied"
 
 
 @dataclass(frozen=True)
@@ -97,8 +100,8 @@ def read_vhdx_journal(parent: str | Path) -> VhdxCommitJournal | None:
             raise ValueError("not a vhdfs commit journal of a VHDX parent")
         fields = {k: data[k] for k in VhdxCommitJournal.__dataclass_fields__ if k in data}
         journal = VhdxCommitJournal(**fields)
-        if not isinstance(journal.next_block, int) or journal.phase not in (PHASE_PREPARED,
-                                                                            PHASE_COPYING):
+        if not isinstance(journal.next_block, int) or journal.phase not in (
+                PHASE_PREPARED, PHASE_COPYING, PHASE_COPIED):
             raise ValueError("bad phase or block number")
         _ = journal.ids  # both GUIDs must parse
         return journal
