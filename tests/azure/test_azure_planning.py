@@ -42,7 +42,8 @@ def check_rules(writes: list[Write]) -> None:
 
 def pages_of(data: bytes) -> set[int]:
     """Offsets of the pages of `data` with a non-zero byte."""
-    return {at for at in range(0, len(data), SECTOR) if data[at:at + SECTOR].count(0) < SECTOR}
+    return {at for at in range(0, len(data), SECTOR)
+            if data[at:at + SECTOR].count(0) < len(data[at:at + SECTOR])}  # a short last page too
 
 
 def written_pages(writes: list[Write], *, clears: bool = False) -> set[int]:
