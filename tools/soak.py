@@ -36,7 +36,7 @@ import tempfile
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -279,36 +279,53 @@ def mutate_once(rng: random.Random, seed: Seed, raw_of: dict[str, bytes],
         locator_field = rng.random() < 0.3
     fix = rng.random() < 0.7
     if region in ("footer", "copy"):
-        base = layout.footer_at if region == "footer" else 0
-        name, (at, size) = rng.choice(sorted(FOOTER_FIELDS.items()))
-        if size > 8:
+        return _mutate_footer(rng, layout, raw, region, fix)
+    if region == "header":
+        return _mutate_header(rng, layout, raw, locator_field, fix)
+    return _mutate_data(rng, layout, raw, region)
+
+
+def _mutate_footer(rng: random.Random, layout: FileLayout, raw: bytes, region: str,
+                   fix: bool) -> Mutation:
+    """A field of the trailing footer or of its copy at offset 0."""
+    base = layout.footer_at if region == "footer" else 0
+    name, (at, size) = rng.choice(sorted(FOOTER_FIELDS.items()))
+    if size > 8:
+        data = _random_bytes(rng, size)
+    else:
+        data = _int_field(rng, layout, raw[base:base + FOOTER_SIZE], at, size)
+    return Mutation(layout.name, f"{region}.{name}", base + at, data,
+                    checksum=f"footer@{base}" if fix and name != "checksum" else "")
+
+
+def _mutate_header(rng: random.Random, layout: FileLayout, raw: bytes, locator_field: bool,
+                   fix: bool) -> Mutation:
+    """A field of the dynamic header, or of one of its locator entries."""
+    base = layout.header_at
+    if locator_field:
+        index = rng.randrange(8) if rng.random() < 0.3 else rng.randrange(max(len(layout.locators), 1))
+        name, (at, size) = rng.choice(sorted(LOCATOR_FIELDS.items()))
+        at += 576 + 24 * index
+        if name == "code":
+            data = rng.choice(LOCATOR_CODES)
+        else:
+            data = _int_field(rng, layout, raw[base:base + HEADER_SIZE], at, size)
+        name = f"locator{index}.{name}"
+    else:
+        name, (at, size) = rng.choice(sorted(HEADER_FIELDS.items()))
+        if name == "parent_name":
+            text = rng.choice(HOSTILE_TEXTS)
+            data = text.encode("utf-16-be", errors="surrogatepass")[:512].ljust(512, b"\0")
+        elif size > 8:
             data = _random_bytes(rng, size)
         else:
-            data = _int_field(rng, layout, raw[base:base + FOOTER_SIZE], at, size)
-        return Mutation(layout.name, f"{region}.{name}", base + at, data,
-                        checksum=f"footer@{base}" if fix and name != "checksum" else "")
-    if region == "header":
-        base = layout.header_at
-        if locator_field:
-            index = rng.randrange(8) if rng.random() < 0.3 else rng.randrange(max(len(layout.locators), 1))
-            name, (at, size) = rng.choice(sorted(LOCATOR_FIELDS.items()))
-            at += 576 + 24 * index
-            if name == "code":
-                data = rng.choice(LOCATOR_CODES)
-            else:
-                data = _int_field(rng, layout, raw[base:base + HEADER_SIZE], at, size)
-            name = f"locator{index}.{name}"
-        else:
-            name, (at, size) = rng.choice(sorted(HEADER_FIELDS.items()))
-            if name == "parent_name":
-                text = rng.choice(HOSTILE_TEXTS)
-                data = text.encode("utf-16-be", errors="surrogatepass")[:512].ljust(512, b"\0")
-            elif size > 8:
-                data = _random_bytes(rng, size)
-            else:
-                data = _int_field(rng, layout, raw[base:base + HEADER_SIZE], at, size)
-        return Mutation(layout.name, f"header.{name}", base + at, data,
-                        checksum=f"header@{base}" if fix and name != "checksum" else "")
+            data = _int_field(rng, layout, raw[base:base + HEADER_SIZE], at, size)
+    return Mutation(layout.name, f"header.{name}", base + at, data,
+                    checksum=f"header@{base}" if fix and name != "checksum" else "")
+
+
+def _mutate_data(rng: random.Random, layout: FileLayout, raw: bytes, region: str) -> Mutation:
+    """A BAT entry, bitmap bytes, a locator's text, the file's size, or bytes anywhere."""
     if region == "bat":
         index = rng.randrange(layout.entries)
         entries = [int.from_bytes(raw[layout.bat_at + 4 * i:layout.bat_at + 4 * i + 4], "big")
@@ -447,10 +464,7 @@ def exercise(folder: Path, seed: Seed, rng: random.Random) -> Result:
         result.opened = "ok"
     except VhdfsError as exc:
         result.opened = _outcome(exc)
-    try:
-        from vhdfs.maintain.check import check_image
-    except ImportError:  # `vhdfs check` not there (older tree)
-        check_image = None
+    check_image = _checker()
     if check_image is not None:
         try:
             report = check_image(top)
@@ -478,13 +492,7 @@ def exercise(folder: Path, seed: Seed, rng: random.Random) -> Result:
         result.written = _outcome(exc)
         _agree(result)
         return result
-    # Writes that succeeded must read back (where no later write overlaps them), and the
-    # image must still open.
-    with open_chain(top) as chain:
-        for index, (offset, data) in enumerate(writes):
-            overlapped = any(o < offset + len(data) and offset < o + len(d) for o, d in writes[index + 1:])
-            if not overlapped and chain.read(offset, len(data)) != data:
-                raise AssertionError(f"a write of {len(data)} bytes at {offset} did not read back")
+    _read_back(top, writes)
     if check_image is not None and result.check_exit == 0:
         after = check_image(top)
         if after.exit_code != 0:
@@ -492,6 +500,27 @@ def exercise(folder: Path, seed: Seed, rng: random.Random) -> Result:
                                  f"{after.as_dict()}")
     _agree(result)
     return result
+
+
+def _checker() -> Callable | None:
+    """vhdfs.maintain.check.check_image, or None in an older tree without `vhdfs check`."""
+    try:
+        from vhdfs.maintain.check import check_image
+    except ImportError:
+        return None
+    return check_image
+
+
+def _read_back(top: str, writes: list[tuple[int, bytes]]) -> None:
+    """Writes that succeeded must read back (where no later write overlaps them), and the
+    image must still open."""
+    from vhdfs.resolve import open_chain
+
+    with open_chain(top) as chain:
+        for index, (offset, data) in enumerate(writes):
+            overlapped = any(o < offset + len(data) and offset < o + len(d) for o, d in writes[index + 1:])
+            if not overlapped and chain.read(offset, len(data)) != data:
+                raise AssertionError(f"a write of {len(data)} bytes at {offset} did not read back")
 
 
 def run_one(seed: Seed, mutations: list[Mutation], rng: random.Random, work: Path) -> Result:

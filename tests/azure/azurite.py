@@ -65,97 +65,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._writing = 0
         self._reading = 0
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                rule = proxy._take_rule(self.command, self.path,
-                                        {k.lower(): v for k, v in self.headers.items()})
-                seen = Seen(self.command, self.path, len(body),
-                            {k.lower(): v for k, v in self.headers.items()}, -1)
-                page_write = self.command == "PUT" and "comp=page" in self.path
-                ranged_read = self.command == "GET" and "x-ms-range" in seen.headers
-                with proxy._lock:
-                    proxy.seen.append(seen)
-                    if page_write:
-                        proxy._writing += 1
-                        proxy.most_writes_at_once = max(proxy.most_writes_at_once,
-                                                        proxy._writing)
-                    if ranged_read:
-                        proxy._reading += 1
-                        proxy.most_reads_at_once = max(proxy.most_reads_at_once,
-                                                       proxy._reading)
-                try:
-                    self._act(rule, seen, body)
-                finally:
-                    with proxy._lock:
-                        proxy._writing -= page_write
-                        proxy._reading -= ranged_read
-
-            def _act(self, rule: Rule | None, seen: Seen, body: bytes) -> None:
-                if rule is not None and rule.action == "hang":
-                    seen.answered = 0
-                    time.sleep(rule.seconds)
-                    self.close_connection = True
-                    return
-                if rule is not None and rule.action == "delay":
-                    time.sleep(rule.seconds)
-                if rule is not None and rule.action == "status":
-                    seen.answered = rule.status
-                    self._answer_error(rule.status)
-                    return
-                seen.answered = self._forward(body)
-
-            def _answer_error(self, status: int) -> None:
-                code = {403: "AuthorizationFailure", 500: "InternalError",
-                        503: "ServerBusy"}.get(status, "InjectedFault")
-                payload = (f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code>'
-                           f"<Message>injected by the test proxy</Message></Error>").encode()
-                self.send_response(status)
-                self.send_header("x-ms-error-code", code)
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(0 if self.command == "HEAD" else
-                                                       len(payload)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
-
-            def _forward(self, body: bytes) -> int:
-                upstream = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port,
-                                                      timeout=60)
-                try:
-                    headers = {k: v for k, v in self.headers.items()
-                               if k.lower() not in ("connection", "keep-alive")}
-                    upstream.request(self.command, self.path, body=body or None, headers=headers)
-                    response = upstream.getresponse()
-                    payload = response.read()
-                    self.send_response(response.status, response.reason)
-                    for key, value in response.getheaders():
-                        if key.lower() not in ("transfer-encoding", "connection", "keep-alive",
-                                               "content-length", "date", "server"):
-                            self.send_header(key, value)
-                    if self.command == "HEAD":
-                        self.send_header("Content-Length",
-                                         response.getheader("Content-Length") or "0")
-                    else:
-                        self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(payload)
-                    return response.status
-                finally:
-                    upstream.close()
-
-            do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _handle
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        handler = type("Handler", (_ProxyHandler,), {"proxy": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -194,3 +105,96 @@ class FaultProxy:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    """One request through a FaultProxy (`proxy`, set on a subclass made per proxy)."""
+
+    proxy: FaultProxy
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _handle(self) -> None:
+        proxy = self.proxy
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        rule = proxy._take_rule(self.command, self.path,
+                                {k.lower(): v for k, v in self.headers.items()})
+        seen = Seen(self.command, self.path, len(body),
+                    {k.lower(): v for k, v in self.headers.items()}, -1)
+        page_write = self.command == "PUT" and "comp=page" in self.path
+        ranged_read = self.command == "GET" and "x-ms-range" in seen.headers
+        with proxy._lock:
+            proxy.seen.append(seen)
+            if page_write:
+                proxy._writing += 1
+                proxy.most_writes_at_once = max(proxy.most_writes_at_once,
+                                                proxy._writing)
+            if ranged_read:
+                proxy._reading += 1
+                proxy.most_reads_at_once = max(proxy.most_reads_at_once,
+                                               proxy._reading)
+        try:
+            self._act(rule, seen, body)
+        finally:
+            with proxy._lock:
+                proxy._writing -= page_write
+                proxy._reading -= ranged_read
+
+    def _act(self, rule: Rule | None, seen: Seen, body: bytes) -> None:
+        if rule is not None and rule.action == "hang":
+            seen.answered = 0
+            time.sleep(rule.seconds)
+            self.close_connection = True
+            return
+        if rule is not None and rule.action == "delay":
+            time.sleep(rule.seconds)
+        if rule is not None and rule.action == "status":
+            seen.answered = rule.status
+            self._answer_error(rule.status)
+            return
+        seen.answered = self._forward(body)
+
+    def _answer_error(self, status: int) -> None:
+        code = {403: "AuthorizationFailure", 500: "InternalError",
+                503: "ServerBusy"}.get(status, "InjectedFault")
+        payload = (f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code>'
+                   f"<Message>injected by the test proxy</Message></Error>").encode()
+        self.send_response(status)
+        self.send_header("x-ms-error-code", code)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(0 if self.command == "HEAD" else
+                                               len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _forward(self, body: bytes) -> int:
+        upstream = http.client.HTTPConnection("127.0.0.1", self.proxy.upstream_port,
+                                              timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items()
+                       if k.lower() not in ("connection", "keep-alive")}
+            upstream.request(self.command, self.path, body=body or None, headers=headers)
+            response = upstream.getresponse()
+            payload = response.read()
+            self.send_response(response.status, response.reason)
+            for key, value in response.getheaders():
+                if key.lower() not in ("transfer-encoding", "connection", "keep-alive",
+                                       "content-length", "date", "server"):
+                    self.send_header(key, value)
+            if self.command == "HEAD":
+                self.send_header("Content-Length",
+                                 response.getheader("Content-Length") or "0")
+            else:
+                self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(payload)
+            return response.status
+        finally:
+            upstream.close()
+
+    do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _handle

@@ -184,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
             if round_:
                 results[label].append(seconds)
             peaks[label] = max(peaks[label], peak)
+    _report(results, peaks)
+    return 0
+
+
+def _report(results: dict[str, list[float]], peaks: dict[str, int]) -> None:
+    """Each measurement's median and peak RSS, and the ratios the benchmark is for."""
     medians = {key: statistics.median(values) for key, values in results.items()}
     for key, value in medians.items():
         print(f"{key:<8} {value:7.2f} s   peak RSS {peaks[key] / MiB:6.1f} MiB   "
@@ -196,7 +202,6 @@ def main(argv: list[str] | None = None) -> int:
     work_only = medians["commit"] - medians["startup"]
     print(f"(commit - startup) / cp = {work_only / medians['cp']:.2f}, / cp+sync = "
           f"{work_only / medians['cp+sync']:.2f}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from construct import Const, Int16ul, Int32ul, Padding, Struct
+from construct import Const, Container, Int16ul, Int32ul, Padding, Struct
 
 from vhdfs.filesystems.tsk import VolumeImage
 
@@ -68,15 +68,7 @@ def read_ext(image: VolumeImage) -> ExtFacts:
     except Exception:  # noqa: BLE001 - construct's errors: no ext superblock at all
         return ExtFacts(0, "no ext superblock where TSK found one")
     block_size = 1024 << min(sb.log_block_size, 6)
-    facts = ExtFacts(block_size)
-    if sb.feature_incompat & INCOMPAT_RECOVER:
-        facts.not_clean = "its journal needs recovery (mounted, or not cleanly unmounted)"
-    elif not sb.state & STATE_VALID or sb.state & STATE_ERRORS:
-        facts.not_clean = f"its state is {sb.state:#x}, not clean (mounted, or errors found)"
-    elif sb.feature_incompat & INCOMPAT_META_BG:
-        facts.not_clean = "meta_bg group descriptors, a layout vhdfs does not read"
-    elif sb.feature_ro_compat & RO_COMPAT_BIGALLOC:
-        facts.not_clean = "bigalloc clusters, which TSK does not walk"
+    facts = ExtFacts(block_size, _not_clean(sb))
     if facts.not_clean:
         return facts
     if not sb.feature_ro_compat & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM):
@@ -100,3 +92,16 @@ def read_ext(image: VolumeImage) -> ExtFacts:
             first = sb.first_data_block + group * per_group
             facts.uninit_groups.append((first, min(per_group, blocks - first)))
     return facts
+
+
+def _not_clean(sb: Container) -> str:
+    """Why a volume with this superblock is kept whole ("" when it may be walked)."""
+    if sb.feature_incompat & INCOMPAT_RECOVER:
+        return "its journal needs recovery (mounted, or not cleanly unmounted)"
+    if not sb.state & STATE_VALID or sb.state & STATE_ERRORS:
+        return f"its state is {sb.state:#x}, not clean (mounted, or errors found)"
+    if sb.feature_incompat & INCOMPAT_META_BG:
+        return "meta_bg group descriptors, a layout vhdfs does not read"
+    if sb.feature_ro_compat & RO_COMPAT_BIGALLOC:
+        return "bigalloc clusters, which TSK does not walk"
+    return ""

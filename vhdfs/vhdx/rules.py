@@ -13,7 +13,7 @@ after it cannot be interpreted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,24 +159,9 @@ def region_layout(table: Any, header: Any, data_size: int) -> tuple[Layout, Prob
                                  f"entries (at most {fmt.MAX_REGION_ENTRIES})", damaged)
     layout = Layout()
     for index, entry in enumerate(table.entries):
-        name = REGION_NAMES.get(entry.guid)
-        where = f"region table entry {index} ({name or fmt.guid_text(entry.guid)})"
-        if name is None:
-            if entry.required & 1:
-                return layout, Problem("region-unknown", f"{where}: a required region vhdfs does "
-                                       "not know", "the image needs a newer VHDX reader")
-            continue
-        if entry.guid in layout.regions:
-            return layout, Problem("region-twice", f"{where}: listed twice", damaged)
-        start, end = entry.file_offset, entry.file_offset + entry.length
-        if start % MiB or entry.length % MiB or entry.length == 0 or start < fmt.HEADER_SECTION_SIZE:
-            return layout, Problem("region-bounds", f"{where}: offset {start}, length "
-                                   f"{entry.length}; both must be whole MiB, past the first MiB",
-                                   damaged)
-        if end > data_size:
-            return layout, Problem("region-bounds", f"{where}: ends at {end}, past the end of the "
-                                   f"file ({data_size} bytes)", "the file is truncated")
-        layout.regions[entry.guid] = Region(name, start, end)
+        problem = _region_entry(index, entry, layout, data_size)
+        if problem is not None:
+            return layout, problem
     for guid, name in REGION_NAMES.items():
         if guid not in layout.regions:
             return layout, Problem("region-missing", f"region table: no {name}", damaged)
@@ -192,6 +177,29 @@ def region_layout(table: Any, header: Any, data_size: int) -> tuple[Layout, Prob
                 damaged)
     layout.spans = spans
     return layout, None
+
+
+def _region_entry(index: int, entry: Any, layout: Layout, data_size: int) -> Problem | None:
+    """One entry of the region table, into `layout` when it is a region vhdfs knows."""
+    damaged = "the region table is damaged"
+    name = REGION_NAMES.get(entry.guid)
+    where = f"region table entry {index} ({name or fmt.guid_text(entry.guid)})"
+    if name is None:
+        if entry.required & 1:
+            return Problem("region-unknown", f"{where}: a required region vhdfs does "
+                           "not know", "the image needs a newer VHDX reader")
+        return None
+    if entry.guid in layout.regions:
+        return Problem("region-twice", f"{where}: listed twice", damaged)
+    start, end = entry.file_offset, entry.file_offset + entry.length
+    if start % MiB or entry.length % MiB or entry.length == 0 or start < fmt.HEADER_SECTION_SIZE:
+        return Problem("region-bounds", f"{where}: offset {start}, length "
+                       f"{entry.length}; both must be whole MiB, past the first MiB", damaged)
+    if end > data_size:
+        return Problem("region-bounds", f"{where}: ends at {end}, past the end of the "
+                       f"file ({data_size} bytes)", "the file is truncated")
+    layout.regions[entry.guid] = Region(name, start, end)
+    return None
 
 
 # ---------------------------------------------------------------- metadata
@@ -241,7 +249,6 @@ class Metadata:
 def parse_metadata(raw: bytes, region: Region) -> tuple[Metadata | None, Problem | None]:
     """The metadata table and the known items, checked as [MS-VHDX] 2.6 requires."""
     where = f"metadata region at offset {region.start}"
-    damaged = "the metadata is damaged"
     try:
         head = fmt.METADATA_TABLE_HEADER.parse(raw)
     except ConstructError:
@@ -253,24 +260,42 @@ def parse_metadata(raw: bytes, region: Region) -> tuple[Metadata | None, Problem
     meta = Metadata(region, raw)
     seen: set[bytes] = set()
     for index in range(head.entry_count):
-        entry = fmt.METADATA_ENTRY.parse(raw[32 + 32 * index:64 + 32 * index])
-        name = fmt.KNOWN_METADATA.get(entry.item_id)
-        what = f"{where}, entry {index} ({name or fmt.guid_text(entry.item_id)})"
+        problem = _metadata_entry(index, meta, seen, where)
+        if problem is not None:
+            return None, problem
+    problem = _known_items(meta, where)
+    return (None, problem) if problem is not None else (meta, None)
+
+
+def _metadata_entry(index: int, meta: Metadata, seen: set[bytes], where: str) -> Problem | None:
+    """Row `index` of the metadata table, into `meta.entries` unless an optional item of
+    another tool lies outside the item area (readers skip it)."""
+    raw = meta.raw
+    entry = fmt.METADATA_ENTRY.parse(raw[32 + 32 * index:64 + 32 * index])
+    name = fmt.KNOWN_METADATA.get(entry.item_id)
+    what = f"{where}, entry {index} ({name or fmt.guid_text(entry.item_id)})"
+    if name is None:
+        if entry.flags & fmt.META_IS_REQUIRED:
+            return Problem("metadata-unknown", f"{what}: a required metadata item "
+                           "vhdfs does not know", "the image needs a newer VHDX reader")
+    elif entry.item_id in seen:
+        return Problem("metadata-twice", f"{what}: listed twice", "the metadata is damaged")
+    if entry.length and (entry.offset < fmt.METADATA_TABLE_SIZE
+                         or entry.offset + entry.length > len(raw)):
         if name is None:
-            if entry.flags & fmt.META_IS_REQUIRED:
-                return None, Problem("metadata-unknown", f"{what}: a required metadata item "
-                                     "vhdfs does not know", "the image needs a newer VHDX reader")
-        elif entry.item_id in seen:
-            return None, Problem("metadata-twice", f"{what}: listed twice", damaged)
-        if entry.length and (entry.offset < fmt.METADATA_TABLE_SIZE
-                             or entry.offset + entry.length > len(raw)):
-            if name is None:
-                continue  # an optional item of another tool: readers skip it
-            return None, Problem("metadata-item-bounds", f"{what}: {entry.length} bytes at "
-                                 f"offset {entry.offset} lie outside the region's item area", damaged)
-        seen.add(entry.item_id)
-        meta.entries.append(MetadataEntry(index, entry.item_id, entry.offset, entry.length,
-                                          entry.flags, raw[entry.offset:entry.offset + entry.length]))
+            return None  # an optional item of another tool: readers skip it
+        return Problem("metadata-item-bounds", f"{what}: {entry.length} bytes at "
+                       f"offset {entry.offset} lie outside the region's item area",
+                       "the metadata is damaged")
+    seen.add(entry.item_id)
+    meta.entries.append(MetadataEntry(index, entry.item_id, entry.offset, entry.length,
+                                      entry.flags, raw[entry.offset:entry.offset + entry.length]))
+    return None
+
+
+def _known_items(meta: Metadata, where: str) -> Problem | None:
+    """The items every VHDX has (and a child's parent locator), into `meta`'s facts."""
+    damaged = "the metadata is damaged"
 
     def item(guid: bytes, size: int) -> bytes | None:
         found = meta.item(guid)
@@ -280,8 +305,8 @@ def parse_metadata(raw: bytes, region: Region) -> tuple[Metadata | None, Problem
         (fmt.FILE_PARAMETERS, 8), (fmt.VIRTUAL_DISK_SIZE, 8), (fmt.VIRTUAL_DISK_ID, 16),
         (fmt.LOGICAL_SECTOR_SIZE, 4), (fmt.PHYSICAL_SECTOR_SIZE, 4)) if item(guid, size) is None]
     if missing:
-        return None, Problem("metadata-missing", f"{where}: the {missing[0]} item is missing or "
-                             "short", damaged)
+        return Problem("metadata-missing", f"{where}: the {missing[0]} item is missing or "
+                       "short", damaged)
     params = fmt.FILE_PARAMETERS_ITEM.parse(item(fmt.FILE_PARAMETERS, 8))
     meta.block_size = params.block_size
     meta.leave_blocks_allocated = bool(params.flags & fmt.LEAVE_BLOCKS_ALLOCATED)
@@ -292,24 +317,23 @@ def parse_metadata(raw: bytes, region: Region) -> tuple[Metadata | None, Problem
     meta.physical_sector_size = int.from_bytes(item(fmt.PHYSICAL_SECTOR_SIZE, 4)[:4], "little")
     bs = meta.block_size
     if bs < MiB or bs > 256 * MiB or bs & (bs - 1):
-        return None, Problem("metadata-block-size", f"{where}: block size {bs}; expected a power "
-                             "of two from 1 MiB to 256 MiB", damaged)
+        return Problem("metadata-block-size", f"{where}: block size {bs}; expected a power "
+                       "of two from 1 MiB to 256 MiB", damaged)
     for label, value in (("logical", meta.logical_sector_size),
                          ("physical", meta.physical_sector_size)):
         if value not in (512, 4096):
-            return None, Problem("metadata-sector-size", f"{where}: {label} sector size {value}; "
-                                 "expected 512 or 4096", damaged)
+            return Problem("metadata-sector-size", f"{where}: {label} sector size {value}; "
+                           "expected 512 or 4096", damaged)
     if meta.size == 0 or meta.size % meta.logical_sector_size or meta.size > fmt.MAX_VIRTUAL_SIZE:
-        return None, Problem("metadata-disk-size", f"{where}: virtual disk size {meta.size}; "
-                             f"expected a multiple of {meta.logical_sector_size} up to 64 TiB",
-                             damaged)
+        return Problem("metadata-disk-size", f"{where}: virtual disk size {meta.size}; "
+                       f"expected a multiple of {meta.logical_sector_size} up to 64 TiB", damaged)
     if meta.has_parent:
         locator = item(fmt.PARENT_LOCATOR, 20)
         if locator is None:
-            return None, Problem("metadata-missing", f"{where}: the parent locator item is "
-                                 "missing or short", damaged)
+            return Problem("metadata-missing", f"{where}: the parent locator item is "
+                           "missing or short", damaged)
         meta.locator_raw = locator
-    return meta, None
+    return None
 
 
 # ---------------------------------------------------------------- the parent locator
@@ -394,7 +418,7 @@ def bat_region_problem(region: Region, entries: int, size: int, block_size: int)
     return None
 
 
-def storage_problem(offset: int, length: int, data_size: int, spans: list[Region]) -> str:
+def storage_problem(offset: int, length: int, data_size: int, spans: Sequence[Region]) -> str:
     """Why [offset, offset + length) cannot be a payload or sector bitmap block ("" if it can)."""
     if offset < fmt.HEADER_SECTION_SIZE:
         return "inside the header section (the first MiB)"
@@ -440,54 +464,70 @@ def check_bat(bat: Any, shape: BatShape) -> BatVerdict:
     the file or shared with another block; a partially present block without a parent or
     without its sector bitmap."""
     verdict = BatVerdict()
-    ratio, bs, spans = shape.ratio, shape.block_size, list(shape.spans)
-    stored = verdict.stored
     for block in range(shape.block_count):
-        entry = bat[fmt.payload_index(block, ratio)]
-        state, offset = entry & fmt.STATE_MASK, entry & fmt.OFFSET_MASK
-        where = f"BAT entry {fmt.payload_index(block, ratio)} (block {block})"
-        if state not in fmt.PAYLOAD_STATES:
-            verdict.bad_blocks[block] = f"{where} has state {state}, which is undefined"
-            continue
-        if state == fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT and not shape.has_parent:
-            verdict.bad_blocks[block] = f"{where} is partially present in a file without a parent"
-            continue
-        if state < fmt.PAYLOAD_BLOCK_FULLY_PRESENT:
-            continue
-        length = min(bs, shape.size - block * bs)
-        reason = storage_problem(offset, length, shape.data_size, spans)
-        if reason:
-            verdict.bad_blocks[block] = f"{where} points to file offset {offset}, {reason}"
-            continue
-        stored.append((offset, offset + length, f"block {block}", block))
-        if state == fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT:
-            sb_index = fmt.bitmap_index(block, ratio)
-            sb = bat[sb_index]
-            sb_offset = sb & fmt.OFFSET_MASK
-            if sb & fmt.STATE_MASK != fmt.SB_BLOCK_PRESENT:
-                verdict.bad_blocks[block] = (f"{where} is partially present but its sector "
-                                             f"bitmap (BAT entry {sb_index}) is not")
-            elif reason := storage_problem(sb_offset, fmt.SECTOR_BITMAP_BLOCK, shape.data_size,
-                                           spans):
-                verdict.bad_blocks[block] = (f"{where}: its sector bitmap (BAT entry {sb_index}) "
-                                             f"points to file offset {sb_offset}, {reason}")
+        _check_block(bat, shape, block, verdict)
     if shape.has_parent:
         for chunk in range(shape.chunk_count):
-            sb_index = fmt.bitmap_index(chunk * ratio, ratio)
-            sb = bat[sb_index]
-            state, start = sb & fmt.STATE_MASK, sb & fmt.OFFSET_MASK
-            where = f"BAT entry {sb_index} (the sector bitmap of chunk {chunk})"
-            if state == fmt.SB_BLOCK_PRESENT:
-                if reason := storage_problem(start, fmt.SECTOR_BITMAP_BLOCK, shape.data_size, spans):
-                    verdict.bad_bitmaps[chunk] = f"{where} points to file offset {start}, {reason}"
-                    continue
-                stored.append((start, start + fmt.SECTOR_BITMAP_BLOCK,
+            _check_bitmap(bat, shape, chunk, verdict)
+    _mark_shared(verdict)
+    return verdict
+
+
+def _check_block(bat: Any, shape: BatShape, block: int, verdict: BatVerdict) -> None:
+    """One payload block's entry (and a partially present block's sector bitmap entry)."""
+    ratio, bs, spans = shape.ratio, shape.block_size, shape.spans
+    entry = bat[fmt.payload_index(block, ratio)]
+    state, offset = entry & fmt.STATE_MASK, entry & fmt.OFFSET_MASK
+    where = f"BAT entry {fmt.payload_index(block, ratio)} (block {block})"
+    if state not in fmt.PAYLOAD_STATES:
+        verdict.bad_blocks[block] = f"{where} has state {state}, which is undefined"
+        return
+    if state == fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT and not shape.has_parent:
+        verdict.bad_blocks[block] = f"{where} is partially present in a file without a parent"
+        return
+    if state < fmt.PAYLOAD_BLOCK_FULLY_PRESENT:
+        return
+    length = min(bs, shape.size - block * bs)
+    reason = storage_problem(offset, length, shape.data_size, spans)
+    if reason:
+        verdict.bad_blocks[block] = f"{where} points to file offset {offset}, {reason}"
+        return
+    verdict.stored.append((offset, offset + length, f"block {block}", block))
+    if state == fmt.PAYLOAD_BLOCK_PARTIALLY_PRESENT:
+        sb_index = fmt.bitmap_index(block, ratio)
+        sb = bat[sb_index]
+        sb_offset = sb & fmt.OFFSET_MASK
+        if sb & fmt.STATE_MASK != fmt.SB_BLOCK_PRESENT:
+            verdict.bad_blocks[block] = (f"{where} is partially present but its sector "
+                                         f"bitmap (BAT entry {sb_index}) is not")
+        elif reason := storage_problem(sb_offset, fmt.SECTOR_BITMAP_BLOCK, shape.data_size,
+                                       spans):
+            verdict.bad_blocks[block] = (f"{where}: its sector bitmap (BAT entry {sb_index}) "
+                                         f"points to file offset {sb_offset}, {reason}")
+
+
+def _check_bitmap(bat: Any, shape: BatShape, chunk: int, verdict: BatVerdict) -> None:
+    """A differencing file's sector bitmap entry of one chunk."""
+    sb_index = fmt.bitmap_index(chunk * shape.ratio, shape.ratio)
+    sb = bat[sb_index]
+    state, start = sb & fmt.STATE_MASK, sb & fmt.OFFSET_MASK
+    where = f"BAT entry {sb_index} (the sector bitmap of chunk {chunk})"
+    if state == fmt.SB_BLOCK_PRESENT:
+        if reason := storage_problem(start, fmt.SECTOR_BITMAP_BLOCK, shape.data_size,
+                                     shape.spans):
+            verdict.bad_bitmaps[chunk] = f"{where} points to file offset {start}, {reason}"
+            return
+        verdict.stored.append((start, start + fmt.SECTOR_BITMAP_BLOCK,
                                f"the sector bitmap of chunk {chunk}", -1 - chunk))
-            elif state != fmt.SB_BLOCK_NOT_PRESENT:
-                verdict.bad_bitmaps[chunk] = f"{where} has state {state}, which is undefined"
-    stored.sort()
+    elif state != fmt.SB_BLOCK_NOT_PRESENT:
+        verdict.bad_bitmaps[chunk] = f"{where} has state {state}, which is undefined"
+
+
+def _mark_shared(verdict: BatVerdict) -> None:
+    """Storage two entries share: both are suspect."""
+    verdict.stored.sort()
     previous: tuple[int, int, str, int] | None = None
-    for item in stored:
+    for item in verdict.stored:
         if previous is not None and item[0] < previous[1]:
             for one, other in ((item, previous), (previous, item)):
                 reason = f"{one[2]} at file offset {one[0]} shares its storage with {other[2]}"
@@ -497,4 +537,3 @@ def check_bat(bat: Any, shape: BatShape) -> BatVerdict:
                     verdict.bad_bitmaps.setdefault(-1 - one[3], reason)
         if previous is None or item[1] > previous[1]:
             previous = item
-    return verdict
