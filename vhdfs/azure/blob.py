@@ -277,15 +277,15 @@ class RangeCache:
         try:
             if pool is None:
                 raise RuntimeError("closed")
-            future = pool.submit(self._load, run)
+            return pool.submit(self._load, run, ahead)
         except RuntimeError:  # closed meanwhile: nobody may wait for these blocks forever
             error = ImageIOError(f"{self.name}: closed while reading", errno.EIO)
             self._fail(run, error)
-            future = Future()
+            if ahead:
+                self._ahead_done(ok=False)
+            future: Future = Future()
             future.set_exception(error)
-        if ahead:
-            future.add_done_callback(self._ahead_done)
-        return future
+            return future
 
     def _fail(self, run: tuple[int, int], exc: BaseException) -> None:
         with self._lock:
@@ -294,9 +294,10 @@ class RangeCache:
                 if future is not None:
                     future.set_exception(exc)
 
-    def _load(self, run: tuple[int, int]) -> None:
+    def _load(self, run: tuple[int, int], ahead: bool = False) -> None:
         """Load one run of blocks (registered in flight by the caller): from the store, else
-        from the blob; fill the cache and complete their futures."""
+        from the blob; fill the cache and complete their futures. A read-ahead run frees its
+        slot as soon as its blocks are there, before they are written to the store."""
         first, count = run
         pieces: dict[int, bytes] = {}
         fetched: list[int] = []
@@ -307,6 +308,8 @@ class RangeCache:
                 fetched += range(start, start + blocks)
         except BaseException as exc:
             self._fail(run, exc)
+            if ahead:
+                self._ahead_done(ok=False)  # the reader waiting for them gets the error
             raise
         with self._lock:
             for index in range(first, first + count):
@@ -318,6 +321,8 @@ class RangeCache:
                     future.set_result(piece)
             while len(self._blocks) > self.capacity_blocks:
                 self._blocks.popitem(last=False)
+        if ahead:
+            self._ahead_done(ok=True)
         if self._store is not None:  # after the readers have their blocks
             for index in fetched:
                 self._store.put(index, pieces[index])
@@ -399,12 +404,11 @@ class RangeCache:
             stream.frontier = max(stream.frontier, last + 1)
         self._top_up()
 
-    def _ahead_done(self, future: Future) -> None:
+    def _ahead_done(self, ok: bool) -> None:
         with self._lock:
             self._ahead_gets -= 1
-        if not future.cancelled() and future.exception() is None:
+        if ok:
             self._top_up()  # a slot is free: keep the pipeline full between reads too
-        # (A failed read-ahead reaches the reader that waits for those blocks, if any.)
 
     def _top_up(self) -> None:
         """Plan GETs ahead of the reader while the window has room and a slot is free."""
