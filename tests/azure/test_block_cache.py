@@ -2,7 +2,8 @@
 nothing but the blobs' properties, a rewritten blob (new ETag) drops its entries and reads the
 new bytes, the size bound holds, two commands filling the cache at once both read right and
 leave no damaged entry, a damaged entry is detected and read again, and no name or byte in the
-cache holds a secret. Then the pieces on their own: entries, trimming, refusals."""
+cache holds a secret. Then the pieces on their own: entries, trimming, a folder others could
+write."""
 
 from __future__ import annotations
 
@@ -280,3 +281,23 @@ def test_another_etag_of_the_blob_drops_the_old_entries(tmp_path: Path) -> None:
     new = folder.store(LOCATION, '"0x2"')
     assert not old.folder.exists() and new.folder.exists()
     assert new.get(0) is None
+
+
+def test_a_cache_folder_others_can_write_is_refused(tmp_path: Path) -> None:
+    """The checksum finds damage, not forgery: a folder another user could write entries into
+    (made beforehand in a shared place, opened to others, or a link to elsewhere) is refused."""
+    from vhdfs.errors import UsageError
+
+    shared = tmp_path / "shared"
+    (shared / FORMAT_FOLDER).mkdir(parents=True)
+    os.chmod(shared / FORMAT_FOLDER, 0o777)
+    with pytest.raises(UsageError, match="not a folder of yours that only you can write"):
+        CacheFolder(shared, 64 * MiB, "--cache-dir ").store(LOCATION, '"0x1"')
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / FORMAT_FOLDER).symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    with pytest.raises(UsageError, match="not a folder of yours"):
+        CacheFolder(linked, 64 * MiB, "--cache-dir ").store(LOCATION, '"0x1"')
+    os.chmod(shared / FORMAT_FOLDER, 0o700)
+    CacheFolder(shared, 64 * MiB, "--cache-dir ").store(LOCATION, '"0x1"').put(0, b"x")

@@ -39,6 +39,7 @@ import hashlib
 import itertools
 import os
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -171,6 +172,7 @@ class CacheFolder:
         etag_key = _sha256(etag).hex()[:32]
         try:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._check_owner()
             blob_folder.mkdir(mode=0o700, exist_ok=True)
             with os.scandir(blob_folder) as entries:
                 stale = [e.path for e in entries if e.name != etag_key and e.is_dir()]
@@ -183,6 +185,17 @@ class CacheFolder:
                              "cache off") from None
         key = _sha256(blob_key(location), etag)
         return BlobStore(self, blob_folder / etag_key, key)
+
+    def _check_owner(self) -> None:
+        """The CRC-32C finds damage, not forgery: entries anyone else could write (a folder
+        made beforehand by another user in a shared place, or opened to others) could put
+        any bytes into a disk we read. Such a folder is refused."""
+        info = self.root.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or \
+                info.st_mode & 0o022:
+            raise UsageError(f"{self.origin}{self.path}: {self.root.name} there is not a folder "
+                             "of yours that only you can write; remove it, or give another "
+                             "folder")
 
     def wrote(self, size: int) -> None:
         with self._lock:
