@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vhdfs.errors import ChainCycle, ChainError, FormatError, ParentMismatch, RefusedError, UsageError
-from vhdfs.image import DiskType
+from vhdfs.image import DiskType, ImageLayer
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import require_writable
 from vhdfs.maintain.findings import CannotCheck
@@ -30,7 +30,6 @@ from vhdfs.sources.local import LocalFile
 from vhdfs.sources.locks import Mode
 from vhdfs.vhdx import build, metadata
 from vhdfs.vhdx import format as fmt
-from vhdfs.vhdx.layer import VhdxLayer
 from vhdfs.vhdx.rules import LINKAGE_KEYS, PATH_KEYS, Metadata, ParentLocator, parse_parent_locator
 
 # Problems of the child set-parent replaces or that do not concern the link: a locator the
@@ -90,7 +89,7 @@ def _set_parent(child_path: Path, parent_path: Path, force: bool, options: OpenO
             parent = open_layer(parent_source, options)
         except FormatError as exc:
             raise RefusedError(f"{parent_path}: cannot be a parent: {exc.what}") from None
-        if not isinstance(parent, VhdxLayer):
+        if parent.image_format != "VHDX":
             raise ParentMismatch(f"{parent_path}: is a {parent.image_format} image, but a VHDX "
                                  "differencing disk can only have a VHDX parent (convert the "
                                  "parent's chain to VHDX first: vhdfs convert PARENT out.vhdx "
@@ -134,7 +133,7 @@ def _set_parent(child_path: Path, parent_path: Path, force: bool, options: OpenO
                       new_locators=_paths(values), warnings=warnings)
 
 
-def _check_no_cycle(child_path: Path, parent_path: Path, parent: VhdxLayer,
+def _check_no_cycle(child_path: Path, parent_path: Path, parent: ImageLayer,
                     options: OpenOptions) -> list[str]:
     with LocalFile(child_path, lock=None) as child_source:
         child_id = child_source.identity()

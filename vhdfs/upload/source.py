@@ -85,7 +85,7 @@ def _plan_flat(spec: str, open_options: OpenOptions, skip_free: bool = False) ->
         watched.add_layers(chain.layers)
         top = chain.top
         # One local fixed or dynamic VHD: the size fix is vhdfs resize of the file itself.
-        in_place = len(chain.layers) == 1 and isinstance(top, Layer) and \
+        in_place = len(chain.layers) == 1 and top.image_format == "VHD" and \
             not top.is_differencing and not top.source.remote
         check_disk(spec, chain.size, in_place=in_place)
         facts = [layer.source.version_stamp() for layer in chain.layers]
