@@ -17,6 +17,7 @@ from vhdfs.azure.credentials import parse_location
 from vhdfs.azure.location import looks_remote
 from vhdfs.errors import RefusedError, UsageError
 from vhdfs.image import ImageLayer
+from vhdfs.sources import locks
 from vhdfs.sources.modes import give_new_file_mode
 from vhdfs.vhd.build import (
     DEFAULT_BLOCK_SIZE,
@@ -46,6 +47,15 @@ def atomic_output(out: str | os.PathLike[str], *, force: bool = False) -> Iterat
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise UsageError(f"{target}: folder {folder} does not exist")
+    # Replacing an image that a mount or another command has open would leave it writing to
+    # a file no name reaches any more (its later writes silently lost): the old file is held
+    # alone, as a writer would hold it, until the new one has its name (ImageBusy, exit 9).
+    with locks.lock_path(target, locks.Mode.EXCLUSIVE) if target.exists() else \
+            contextlib.nullcontext():
+        yield from _written_then_renamed(target, folder)
+
+
+def _written_then_renamed(target: Path, folder: Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".vhdfs-partial",
                                     dir=folder)
     os.close(fd)

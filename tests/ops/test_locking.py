@@ -422,6 +422,38 @@ def test_check_of_an_image_a_writer_holds_says_so_and_never_clean(chain):
         assert running.go().returncode == 0
 
 
+@pytest.mark.parametrize("held", [Mode.EXCLUSIVE, Mode.SHARED], ids=lambda m: m.word)
+def test_create_or_convert_force_never_replaces_an_image_in_use(chain, tmp_path, held):
+    """--force replaces a file by renaming a new one over its name: a mount still writing the
+    old one would write to a file no name reaches (its writes lost without a word)."""
+    before = chain["top"].read_bytes()
+    holder = Holder(chain["top"], held)
+    try:
+        for args in (["create", chain["top"], "--size", "4M", "--force"],
+                     ["convert", chain["sib"], chain["top"], "--to", "dynamic", "--force"]):
+            done = vhdfs(*args)
+            assert done.returncode == 9, done.stderr
+            assert one_error(done).startswith(f"vhdfs: error: {chain['top']}: in use: ")
+            assert f"(pid {holder.pid})" in done.stderr
+            assert chain["top"].read_bytes() == before
+            assert os.stat(chain["top"]).st_ino == holder_inode(holder)
+    finally:
+        holder.release()
+    assert not list(tmp_path.glob("*.vhdfs-partial"))
+    done = vhdfs("convert", chain["sib"], chain["top"], "--to", "dynamic", "--force")
+    assert done.returncode == 0, done.stderr  # nobody holds it any more: replaced
+    assert flat(chain["top"]) == flat(chain["sib"])
+
+
+def holder_inode(holder: Holder) -> int:
+    """The inode the holder has open (its first regular file below /proc/PID/fd)."""
+    for fd in Path(f"/proc/{holder.pid}/fd").iterdir():
+        target = Path(os.readlink(fd))
+        if target.suffix == ".vhd":
+            return os.stat(fd).st_ino
+    raise AssertionError("the holder has no image open")
+
+
 # ------------------------------------------------------------------ qemu's locks
 def test_qemu_and_vhdfs_see_each_others_locks(chain):
     need("qemu-img")
