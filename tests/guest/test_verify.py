@@ -162,5 +162,5 @@ def test_a_child_that_deletes_bootmgr_fails(vhdfs, chain_copy):
     add_child(chain_copy / "child.vhd", chain_copy / "nobootmgr.vhd", {"bootmgr": None}, volume=1)
     result = vhdfs("verify", chain_copy / "nobootmgr.vhd")
     assert result.code == 1
-    assert any("has no bootmgr" in f for f in failures(result)), result.out
+    assert any("has no \\bootmgr (the Windows Boot Manager)" in f for f in failures(result)), result.out
     assert vhdfs("verify", chain_copy / "child.vhd").code == 0

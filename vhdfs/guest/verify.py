@@ -200,7 +200,8 @@ def _check_boot(report: Report, boots: list[BootInfo]) -> None:
                    "Linux root file system (/etc/fstab): nothing on this disk boots")
     for boot in boots:
         for problem in boot.problems:
-            report.add("boot", FAIL, f"{boot.os.capitalize()}: {problem}", **boot.to_json())
+            report.add("boot", FAIL, f"{boot.os.capitalize()}: {problem}",
+                       fix=boot.fixes.get(problem, ""), **boot.to_json())
         for warning in boot.warnings:
             report.add("boot", WARN, f"{boot.os.capitalize()}: {warning}")
 
