@@ -59,5 +59,18 @@ class BootInfo:
         return out
 
 
+def manager_json(info: BootInfo) -> dict:
+    """Windows: the boot manager as inspect --json shows it."""
+    loader = info.loader
+    entry = None
+    if loader is not None:
+        entry = {"guid": loader.guid, "description": loader.description, "path": loader.path,
+                 "device": loader.device.describe() if loader.device else None,
+                 "osdevice": loader.osdevice.describe() if loader.osdevice else None}
+    return {"firmware": info.firmware or None, "system_volume": info.system_volume,
+            "files": [f.to_json() for f in info.boot_files], "default_entry": entry,
+            "boot_volume": info.boot_volume, "problems": info.problems}
+
+
 def has(volume: Volume, path: str) -> bool:
     return volume.fs is not None and resolve(volume, path) is not None

@@ -204,6 +204,45 @@ def _check_boot(report: Report, boots: list[BootInfo]) -> None:
                        fix=boot.fixes.get(problem, ""), **boot.to_json())
         for warning in boot.warnings:
             report.add("boot", WARN, f"{boot.os.capitalize()}: {warning}")
+        files = boot.boot_files
+        if files and all(f.present and not (f.efi and f.efi.problem) for f in files):
+            where = "the EFI system partition" if boot.firmware == "UEFI" else \
+                "the system partition (active)"
+            held = ", ".join(f.path + (f" ({f.efi.machine} EFI application)" if f.efi else "")
+                             for f in files)
+            report.add("boot", PASS, f"{where}, volume {boot.system_volume}, holds {held}",
+                       firmware=boot.firmware, boot_files=[f.to_json() for f in files])
+
+
+GENERATION_WHY = {
+    "2": "it boots through UEFI from a GPT disk, and a generation 1 VM's BIOS does not boot a "
+         "GPT disk",
+    "1": "it boots through the BIOS, and a generation 2 VM's UEFI firmware does not boot it",
+    "1 or 2": "it boots through the BIOS and through UEFI",
+}
+
+
+def _check_generation(report: Report, system: OsFound) -> None:
+    """Azure creates a VM of the generation the image (or disk) was created with; the wrong
+    one does not boot, and nothing in the uploaded VHD says which is meant."""
+    generation = system.boot_mode.generation
+    where = f"{system.os.capitalize()} on volume {system.root.number}"
+    if generation not in GENERATION_WHY:
+        report.add("generation", WARN, f"{where}: which Hyper-V generation boots it cannot be "
+                   f"told ({system.boot_mode.how})", hyperv_generation=None)
+        return
+    versions = " or ".join(f"V{g}" for g in generation.split(" or "))
+    if generation == "1 or 2":
+        message = (f"{where} needs a Hyper-V generation 1 or 2 VM: {GENERATION_WHY[generation]}"
+                   "; create the image or disk with either --hyper-v-generation V1 or V2")
+    else:
+        message = (f"{where} needs a Hyper-V generation {generation} VM: "
+                   f"{GENERATION_WHY[generation]}; create the image or disk with "
+                   f"--hyper-v-generation {versions} (az image create, az disk create, az sig "
+                   "image-definition create)"
+                   + ("" if generation == "2" else ", the default"))
+    report.add("generation", INFO, message, hyperv_generation=versions,
+               boot_mode=system.boot_mode.mode)
 
 
 @dataclass
@@ -287,6 +326,7 @@ def _check_guest(report: Report, disk: DiskVolumes, profile: VerifyProfile | Non
                  inspection: Inspection) -> None:
     for system in inspection.systems:
         report.add("os", INFO, _describe_os(system), os=system.os, volume=system.root.number)
+        _check_generation(report, system)
     if profile is None:
         return
     report.add("profile", INFO, f"{profile.id}: {profile.name} ({report.profile_how})",

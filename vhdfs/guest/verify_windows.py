@@ -241,6 +241,22 @@ def _time(gate: Gate, win: WindowsInfo) -> None:
                      "Set-Service -Name w32time -StartupType Automatic", time_zone=zone)
 
 
+LOADER_OF = {"UEFI": "winload.efi", "BIOS": "winload.exe"}
+
+
+def _loader_for_other_firmware(firmware: str, path: str) -> str:
+    """Why a loader path cannot start under this firmware ('' when it can): the UEFI boot
+    manager starts winload.efi, the BIOS one winload.exe."""
+    name = path.rsplit("\\", 1)[-1].lower()
+    if firmware == "UEFI" and name.endswith(".exe"):
+        return ("a BIOS program, but this disk boots through UEFI, whose boot manager starts "
+                "winload.efi")
+    if firmware == "BIOS" and name.endswith(".efi"):
+        return ("a UEFI program, but this disk boots through the BIOS, whose boot manager starts "
+                "winload.exe")
+    return ""
+
+
 def _boot_loader(gate: Gate, disk: DiskVolumes, found: OsFound) -> None:
     boot = found.boot
     loader = boot.loader if boot else None
@@ -256,7 +272,13 @@ def _boot_loader(gate: Gate, disk: DiskVolumes, found: OsFound) -> None:
                      "not a readable volume of this disk",
                      "in the VM: bcdedit /set {default} device partition=C:")
         return
-    if resolve(target, path) is None:
+    wrong = _loader_for_other_firmware(boot.firmware, path)
+    if wrong:
+        gate.problem("boot-loader", f"the BCD default entry \"{loader.description}\" starts "
+                     f"{path}, {wrong}", "in the VM (or from Windows recovery media): bcdboot "
+                     f"C:\\Windows /f {boot.firmware}, or bcdedit /set {{default}} path "
+                     f"\\Windows\\system32\\{LOADER_OF[boot.firmware]}", path=path)
+    elif resolve(target, path) is None:
         gate.problem("boot-loader", f"the BCD default entry \"{loader.description}\" starts "
                      f"{path} on volume {target.number}, where it does not exist",
                      "in the VM (or from recovery media): bcdboot C:\\Windows, or bcdedit /set "

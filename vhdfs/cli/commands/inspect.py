@@ -6,7 +6,7 @@ import argparse
 
 from vhdfs.cli.common import add_image_options, open_image
 from vhdfs.cli.conventions import print_json
-from vhdfs.guest.boot import find_boot
+from vhdfs.guest.boot import BootInfo, find_boot
 from vhdfs.guest.inspect import OsFound, inspect_disk
 from vhdfs.guest.inspect.linux import LinuxInfo
 from vhdfs.guest.volumes import open_volumes
@@ -56,6 +56,11 @@ def _lines(system: OsFound) -> list[tuple[str, str]]:
     rows.append(("root", _root_text(system)))
     mode = system.boot_mode
     rows.append(("boot", f"{mode.mode}: Hyper-V generation {mode.generation} ({mode.how})"))
+    if mode.azure_generation:
+        rows.append(("azure", f"create the image or disk with --hyper-v-generation "
+                              f"{mode.azure_generation}"))
+    if system.windows and system.boot:
+        rows += _windows_boot_rows(system.boot)
     if system.windows:
         w = system.windows
         state = w.image_state or w.image_state_ini
@@ -68,6 +73,22 @@ def _lines(system: OsFound) -> list[tuple[str, str]]:
                  for a in system.agents]
     else:
         rows.append(("agent", "no Azure agent found"))
+    return rows
+
+
+def _windows_boot_rows(boot: BootInfo) -> list[tuple[str, str]]:
+    """The boot manager's files on the system volume, the BCD's default entry, problems."""
+    rows: list[tuple[str, str]] = []
+    if boot.boot_files:
+        present = [f.path for f in boot.boot_files if f.present]
+        missing = [f.path for f in boot.boot_files if not f.present]
+        text = f"volume {boot.system_volume}: " + (", ".join(present) or "none of its files")
+        rows.append(("boot manager", text + (f"; missing {', '.join(missing)}" if missing
+                                             else "")))
+    if boot.loader is not None:
+        rows.append(("boot entry", f'"{boot.loader.description}" starts {boot.loader.path} '
+                                   f"on volume {boot.boot_volume}"))
+    rows += [("boot problem", p) for p in boot.problems]
     return rows
 
 

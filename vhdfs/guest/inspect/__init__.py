@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from vhdfs.guest.agents import AgentFound, find_agents, load_profiles
 from vhdfs.guest.boot import BootInfo, linux_boot, windows_boot
+from vhdfs.guest.bootinfo import manager_json
 from vhdfs.guest.inspect.bootloader import read_boot_config
 from vhdfs.guest.inspect.linux import LinuxInfo, inspect_linux_root
 from vhdfs.guest.inspect.windows import WindowsInfo, inspect_windows_volume
@@ -28,8 +29,16 @@ class BootMode:
     generation: str  # "1", "2", "1 or 2", "unknown"
     how: str
 
+    @property
+    def azure_generation(self) -> str | None:
+        """What az's --hyper-v-generation takes for it: "V1", "V2", "V1 or V2"."""
+        if self.generation not in ("1", "2", "1 or 2"):
+            return None
+        return " or ".join(f"V{g}" for g in self.generation.split(" or "))
+
     def to_json(self) -> dict:
-        return {"mode": self.mode, "hyperv_generation": self.generation, "how": self.how}
+        return {"mode": self.mode, "hyperv_generation": self.generation,
+                "azure_hyper_v_generation": self.azure_generation, "how": self.how}
 
 
 @dataclass
@@ -76,7 +85,8 @@ class OsFound:
                         "display_version": w.display_version,
                         "control_set": w.control_set or None,
                         "image_state": w.image_state, "image_state_ini": w.image_state_ini,
-                        "problems": w.problems})
+                        "problems": w.problems,
+                        "boot_manager": manager_json(self.boot) if self.boot else None})
         if self.linux:
             lx = self.linux
             release = lx.os_release
