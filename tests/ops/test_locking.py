@@ -4,7 +4,9 @@ qemu's locks. The matrix with real mounts is tests/fuse/test_locking_matrix.py."
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -420,6 +422,39 @@ def test_check_of_an_image_a_writer_holds_says_so_and_never_clean(chain):
         assert [bool(layer.get("written_by")) for layer in report["layers"]] == [True, True, False]
     finally:
         assert running.go().returncode == 0
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL])
+def test_a_file_system_without_ofd_locks_is_used_unlocked_and_said_once(chain, monkeypatch,
+                                                                         code):
+    """Some network and FUSE file systems answer F_OFD_SETLK with ENOLCK, EOPNOTSUPP or EINVAL:
+    the commands still work there (as qemu's do, with its locking=auto), each file says once
+    that it is not locked, and nothing is left in the registry."""
+    def no_locks(fd: int, kind: int, start: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    said: list[str] = []
+    heard = logging.Handler(logging.WARNING)
+    heard.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("vhdfs").addHandler(heard)
+    monkeypatch.setattr(locks, "_setlk", no_locks)
+    monkeypatch.setattr(locks, "_blocker", no_locks)
+    before = flat(chain["top"])
+    try:
+        said.clear()
+        done = cli("commit", chain["top"])
+    finally:
+        logging.getLogger("vhdfs").removeHandler(heard)
+    assert done.returncode == 0, done.stderr
+    assert locks.held_here() == {}
+    assert flat(chain["mid"]) == before  # committed, unlocked
+    unlocked = [line for line in said if "cannot be locked" in line]
+    named = sorted(line.split(": cannot")[0] for line in unlocked)
+    assert named == sorted(set(named)), unlocked  # once per file
+    assert {Path(n).name for n in named} >= {"top.vhd", "mid.vhd"}
+    assert all(f"({os.strerror(code)})" in line for line in unlocked)
+    monkeypatch.undo()
+    LocalFile(chain["mid"], writable=True, lock=Mode.EXCLUSIVE).close()  # really unlocked
 
 
 @pytest.mark.parametrize("held", [Mode.EXCLUSIVE, Mode.SHARED], ids=lambda m: m.word)
