@@ -46,7 +46,14 @@ def test_inspect_a_windows_chain(vhdfs, windows_chain):
     assert system["control_set"] == "ControlSet002"  # Select\Current, not the first control set
     assert system["hostname"] == "win-vhdfs0001"  # ControlSet001 says "stale-name"
     assert system["boot"] == {"mode": "BIOS", "hyperv_generation": "1",
+                              "azure_hyper_v_generation": "V1",
                               "how": "an MBR disk boots through the BIOS"}
+    manager = system["boot_manager"]
+    assert manager["firmware"] == "BIOS" and manager["system_volume"] == 1
+    assert [(f["path"], f["present"]) for f in manager["files"]] == [
+        ("\\bootmgr", True), ("\\Boot\\BCD", True)]
+    assert manager["default_entry"]["osdevice"] == (
+        "partition at offset 17825792 of the disk with signature 0x5EED1D15")
     assert system["agents"][0]["version"] == "1.1.0.14"
 
 

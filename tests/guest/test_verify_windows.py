@@ -206,7 +206,20 @@ def test_without_hives_the_registry_checks_fail_and_say_why(vhdfs, windows_varia
 
 
 def test_a_bcd_that_starts_a_missing_winload_fails(vhdfs, tmp_path):
-    # the default entry starts winload.efi (a UEFI loader) on this BIOS disk: the file is not there
+    device = device_mbr_partition(DEFAULT_DISK_SIGNATURE, WINDOWS_START)
+    bcd = build_bcd([Loader("Windows Server", device, device,
+                            path="\\Windows\\system32\\boot\\winload.exe")])
+    windows_disk(tmp_path / "moved-loader.raw", bcd=bcd)
+    result = vhdfs("verify", tmp_path / "moved-loader.raw")
+    assert result.code == 1
+    [message] = findings(result, "fail", "boot-loader")
+    assert message == ('the BCD default entry "Windows Server" starts \\Windows\\system32\\'
+                       'boot\\winload.exe on volume 2, where it does not exist')
+    assert "bcdboot C:\\Windows" in fix_after(result, message)
+
+
+def test_a_bios_bcd_that_starts_the_uefi_loader_fails(vhdfs, tmp_path):
+    # winload.efi on this MBR (BIOS) disk: the BIOS boot manager cannot start a UEFI program
     device = device_mbr_partition(DEFAULT_DISK_SIGNATURE, WINDOWS_START)
     bcd = build_bcd([Loader("Windows Server", device, device,
                             path="\\Windows\\system32\\winload.efi")])
@@ -215,8 +228,11 @@ def test_a_bcd_that_starts_a_missing_winload_fails(vhdfs, tmp_path):
     assert result.code == 1
     [message] = findings(result, "fail", "boot-loader")
     assert message == ('the BCD default entry "Windows Server" starts \\Windows\\system32\\'
-                       'winload.efi on volume 2, where it does not exist')
-    assert "bcdboot C:\\Windows" in fix_after(result, message)
+                       'winload.efi, a UEFI program, but this disk boots through the BIOS, whose '
+                       'boot manager starts winload.exe')
+    assert fix_after(result, message) == (
+        "in the VM (or from Windows recovery media): bcdboot C:\\Windows /f BIOS, or bcdedit "
+        "/set {default} path \\Windows\\system32\\winload.exe")
 
 
 def test_a_child_that_deletes_winload_fails_through_the_chain(vhdfs, chain_copy):
