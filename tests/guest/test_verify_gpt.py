@@ -5,6 +5,7 @@ generation the image must be created with; and the MBR (BIOS) boot files the oth
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ from tests.fixtures.windows_gpt import (
 )
 from tests.guest.conftest import add_child
 from tests.guest.test_verify_windows import by_check, findings, fix_after, report_of
+from vhdfs.guest.bcd import read_bcd
 
 MiB = 1024 * 1024
 PASSED = "Successfully passed the verification tests."
@@ -319,3 +321,30 @@ def test_an_mbr_disk_without_its_bcd_fails(vhdfs, chain_copy):
         "in the VM (or from Windows recovery media): bcdboot C:\\Windows /s S: /f BIOS, S: being "
         "the active system partition (writes bootmgr and Boot\\BCD)")
     assert vhdfs("verify", chain_copy / "child.vhd").code == 0
+
+
+def test_the_fixture_esp_is_a_clean_fat32_and_its_bcd_a_real_store(gpt_raw, tmp_path):
+    raw, layout = gpt_raw
+    esp = layout["partitions"][0]
+    volume = tmp_path / "esp.vfat"
+    with open(raw, "rb") as disk, open(volume, "wb") as out:
+        disk.seek(esp["start"])
+        out.write(disk.read(esp["size"]))
+    checked = subprocess.run(["fsck.fat", "-n", str(volume)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    bcd = tmp_path / "BCD"
+    subprocess.run(["mcopy", "-i", str(volume), "::/EFI/Microsoft/Boot/BCD", str(bcd)],
+                   check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    store = read_bcd(bcd.read_bytes())  # python-registry reads the hive
+    assert store.default_loader.path == "\\Windows\\system32\\winload.efi"
+    assert store.default_loader.osdevice.partition_guid == WINDOWS_GUID
+
+
+def test_two_esps_warn_and_the_one_with_the_bcd_is_read(vhdfs, gpt_raw, tmp_path):
+    image = copy_of(gpt_raw, tmp_path, "two-esps.raw")
+    sgdisk("--typecode=4:EF00", image)  # the recovery partition now claims to be an ESP too
+    result = vhdfs("verify", image)
+    assert result.code == 0, result.out
+    assert findings(result, "warn", "boot") == [
+        "Windows: the disk has 2 EFI system partitions (volumes 1, 4); vhdfs reads volume 1, "
+        "which holds the BCD, but the firmware may start another one"]
