@@ -348,3 +348,14 @@ def test_two_esps_warn_and_the_one_with_the_bcd_is_read(vhdfs, gpt_raw, tmp_path
     assert findings(result, "warn", "boot") == [
         "Windows: the disk has 2 EFI system partitions (volumes 1, 4); vhdfs reads volume 1, "
         "which holds the BCD, but the firmware may start another one"]
+
+
+def test_a_damaged_bcd_on_the_esp_fails_with_its_reason(vhdfs, tmp_path):
+    image = tmp_path / "bad-bcd.raw"
+    gpt_disk(image, esp_files={STORE: b"regf" + bytes(4092)})
+    result = vhdfs("verify", image)
+    assert result.code == 1
+    [message] = [f for f in findings(result, "fail", "boot") if "BCD on" in f or "\\BCD" in f]
+    assert message.startswith("Windows: \\EFI\\Microsoft\\Boot\\BCD on volume 1: not a readable "
+                              "registry hive"), message
+    assert fix_after(result, message) == UEFI_FIX

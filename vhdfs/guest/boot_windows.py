@@ -148,7 +148,7 @@ def _boot_files(system: Volume, info: BootInfo) -> BcdStore | None:
     fix = BCDBOOT[info.firmware]
     where = ("the EFI system partition " if info.firmware == "UEFI" else "the system partition ") \
         + system.describe()
-    store_found = None
+    store_found, store_path = None, ""
     for path, role in BOOT_FILES[info.firmware]:
         found = resolve(system, path)
         if found is not None and found.is_dir:
@@ -161,14 +161,13 @@ def _boot_files(system: Volume, info: BootInfo) -> BcdStore | None:
         elif efi is not None and efi.problem:
             info.problem(f"{where}: {efi.problem}, so the firmware does not start it", fix)
         if role == "boot configuration":
-            store_found = found
+            store_found, store_path = found, path
     if store_found is None:
         return None
     try:
         return read_bcd(read_all(store_found, BCD_LIMIT))
     except (BcdError, GuestError) as exc:
-        info.problem(f"{windows_path(BOOT_FILES[info.firmware][1][0])} on volume "
-                     f"{system.number}: {exc}", fix)
+        info.problem(f"{windows_path(store_path)} on volume {system.number}: {exc}", fix)
         return None
 
 
