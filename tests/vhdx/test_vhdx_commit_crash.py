@@ -34,6 +34,7 @@ from tests.ops.conftest import run_killed
 from tests.tooling import need
 from vhdfs.create import create_vhdx, create_vhdx_differencing
 from vhdfs.maintain import commit_vhdx as commit_module
+from vhdfs.maintain import journals as journals_module
 from vhdfs.maintain.check import check_image
 from vhdfs.maintain.commit import commit
 from vhdfs.maintain.faults import Faults
@@ -127,7 +128,8 @@ def test_commit_survives_a_crash_at_any_point_and_resumes(tmp_path: Path, monkey
 
     recorder = Recorder(monkeypatch, {child.name, parent.name})
     events = recorder.log.events
-    real_write_atomic, real_remove_journal = commit_module.write_atomic, commit_module.remove_journal
+    # The commit journal is written by journals.write_journal, removed by the commit itself.
+    real_write_atomic, real_remove_journal = journals_module.write_atomic, commit_module.remove_journal
 
     def write_atomic(path, data, faults, **kwargs) -> None:
         real_write_atomic(path, data, faults, **kwargs)
@@ -137,7 +139,7 @@ def test_commit_survives_a_crash_at_any_point_and_resumes(tmp_path: Path, monkey
         real_remove_journal(path, faults)
         events.append(Event("journal", journal_name, data=None))
 
-    monkeypatch.setattr(commit_module, "write_atomic", write_atomic)
+    monkeypatch.setattr(journals_module, "write_atomic", write_atomic)
     monkeypatch.setattr(commit_module, "remove_journal", remove_journal)
     commit(str(child), quiet=True, warn=lambda text: None, checkpoint_bytes=CHECKPOINT)
     monkeypatch.undo()

@@ -24,7 +24,6 @@ The sequence (each step durable before the next):
 
 from __future__ import annotations
 
-import datetime
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -32,10 +31,17 @@ from pathlib import Path
 from vhdfs.errors import RefusedError, UsageError
 from vhdfs.image import SECTOR
 from vhdfs.maintain.commit_vhdx import commit_vhdx
-from vhdfs.maintain.copier import CommitResult, ReadAhead
+from vhdfs.maintain.copier import (
+    CHECKPOINT_BYTES,
+    CommitJob,
+    CommitResult,
+    ReadAhead,
+    now_iso,
+    refuse_damage,
+)
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import remove_durably, require_folder_writable, require_writable
-from vhdfs.maintain.findings import ERROR, RANK_COMMIT, CannotCheck, Fix
+from vhdfs.maintain.findings import ERROR, RANK_COMMIT, FileScan, Fix
 from vhdfs.maintain.journals import (
     PHASE_COPYING,
     PHASE_PREPARED,
@@ -53,61 +59,31 @@ from vhdfs.maintain.journals import (
 from vhdfs.maintain.repairs import clear_commit_mark
 from vhdfs.maintain.scan import scan_file
 from vhdfs.maintain.scan_vhdx import is_vhdx_path
-from vhdfs.maintain.siblings import find_children, unique_id_of
+from vhdfs.maintain.siblings import find_committing_child, unique_id_of
 from vhdfs.progress import Progress
 from vhdfs.resolve import OpenOptions, find_parent
 from vhdfs.sources import locks
+from vhdfs.sources.base import Source
 from vhdfs.sources.local import LocalFile
 from vhdfs.sources.locks import Mode
-from vhdfs.sources.writeback import WritebackAhead
 from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
 from vhdfs.vhd.layer import UNALLOCATED, Layer
-from vhdfs.vhdx.layer import refuse_vhdx
 
 log = logging.getLogger("vhdfs")
 
-# Resuming re-copies at most this much; each checkpoint costs a flush (three syncs).
-CHECKPOINT_BYTES = 1 << 30
 # Problems of the parent a resumed commit mends itself: its own marks, half written.
 OWN_MARK_CODES = {"mid-commit", "footer-copy-mark"}
 
 
-def _now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _damage(path: str, size_rule: str, ignore: set[str] = frozenset()) -> list[str]:
-    with LocalFile(path) as source:
-        try:
-            found = scan_file(source, size_rule=size_rule)
-        except CannotCheck as exc:
-            raise RefusedError(f"{exc}; commit refuses it") from None
-    return [f.message for f in found.errors if f.code not in ignore]
-
-
-def _refuse_damage(path: str, role: str, problems: list[str]) -> None:
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise RefusedError(f"{path}: the {role} has unrepaired damage: {problems[0]}{more}; run "
-                           f"vhdfs check --repair {path} first")
-
-
-class _Commit:
-    def __init__(self, child_spec: str, options: OpenOptions, faults: Faults, quiet: bool,
-                 warn: Callable[[str], None], checkpoint_bytes: int) -> None:
-        self.child_path = Path(child_spec)
-        self.options = options
-        self.faults = faults
-        self.quiet = quiet
-        self.warn = warn
-        self.checkpoint_bytes = checkpoint_bytes
-
+class _Commit(CommitJob):
     # ---------------------------------------------------------------- preparing
+    def scan(self, source: Source) -> FileScan:
+        return scan_file(source, size_rule=self.options.size_rule)
+
     def open_child(self) -> Layer:
         # Held alone for the whole job: nothing may write it, nor delete it under a reader.
         source = LocalFile(self.child_path, lock=Mode.EXCLUSIVE)
         try:
-            refuse_vhdx(source, "commit")
             child = Layer(source, size_rule=self.options.size_rule)
         except BaseException:
             source.close()
@@ -126,10 +102,7 @@ class _Commit:
             marked = True
         else:
             marked = journal is not None or marker_child_id(child.footer) is not None
-        if marked:
-            raise RefusedError(f"{self.child_path}: a commit of its own child into it is unfinished, "
-                               "so its data is a mix; finish that commit first (vhdfs check "
-                               f"{self.child_path} says how)")
+        self.refuse_if_mid_commit(marked)
 
     def journal_state(self, parent: Layer, parent_path: Path, child: Layer) -> int | None:
         """The child block to resume from, or None for a new commit."""
@@ -142,20 +115,13 @@ class _Commit:
         marked = marker_child_id(parent.footer)
         if journal is not None:
             if journal.child_unique_id != format_unique_id(child.unique_id):
-                raise RefusedError(f"{parent_path}: a commit of {journal.child} into it is unfinished; "
-                                   f"finish that first (vhdfs commit {journal.child})")
+                self.refuse_other_child(parent_path, journal)
             if journal.parent_unique_id != format_unique_id(parent.unique_id):
                 raise RefusedError(f"{parent_path}: its commit journal names a parent with unique id "
                                    f"{journal.parent_unique_id}, but the file has "
                                    f"{format_unique_id(parent.unique_id)}; the journal does not "
                                    "belong to it (was the file replaced?)")
-            if journal.phase != PHASE_COPYING:
-                return 0
-            if journal.child_mtime_ns != self.child_path.stat().st_mtime_ns:
-                self.warn(f"{self.child_path} changed since its commit was interrupted; copying all "
-                          "of it again")
-                return 0
-            return journal.next_block
+            return self.resume_point(journal)
         if marked is not None:
             if marked != child.unique_id:
                 raise RefusedError(f"{parent_path}: a commit of the child with unique id "
@@ -165,10 +131,7 @@ class _Commit:
         return None
 
     def warn_siblings(self, parent: Layer, parent_path: Path, result: CommitResult) -> None:
-        folders = [parent_path.parent, self.child_path.parent] + [Path(s) for s in self.options.search]
-        result.searched = list(dict.fromkeys(str(f) for f in folders))
-        others = find_children(parent.unique_id, folders, exclude=[self.child_path])
-        result.other_children = [str(p) for p in others]
+        others = self.find_other_children(parent.unique_id, parent_path, result)
         if others:
             self.warn(f"{parent_path} has other children that become invalid after this commit "
                       f"(they would read changed data under their own): "
@@ -182,8 +145,7 @@ class _Commit:
         child = self.open_child()
         parent_hold: locks.Hold | None = None
         try:
-            _refuse_damage(str(self.child_path), "child",
-                           _damage(str(self.child_path), self.options.size_rule))
+            refuse_damage(self.child_path, "child", self.scan)
             self.refuse_unfinished_commit_into_child(child)
             parent, link = find_parent(child, self.options, {child.source.identity()})
             try:
@@ -201,8 +163,7 @@ class _Commit:
                                             "the child there")
                 resume = self.journal_state(parent, parent_path, child)
                 ignore = OWN_MARK_CODES if resume is not None else set()
-                _refuse_damage(str(parent_path), "parent",
-                               _damage(str(parent_path), self.options.size_rule, ignore))
+                refuse_damage(parent_path, "parent", self.scan, ignore)
                 result.resumed_at = resume
                 self.warn_siblings(parent, parent_path, result)
                 parent_id = parent.unique_id
@@ -224,7 +185,7 @@ class _Commit:
         journal = CommitJournal(
             parent=parent_path.name, parent_unique_id=format_unique_id(parent_id),
             child=str(self.child_path.resolve()), child_unique_id=format_unique_id(child.unique_id),
-            phase=PHASE_PREPARED, next_block=first, blocks=child.block_count, started=_now_iso(),
+            phase=PHASE_PREPARED, next_block=first, blocks=child.block_count, started=now_iso(),
             child_mtime_ns=self.child_path.stat().st_mtime_ns)
         if resume is None:
             write_journal(parent_path, journal, self.faults)
@@ -243,31 +204,15 @@ class _Commit:
         progress = Progress(f"commit {self.child_path.name}", total, quiet=self.quiet)
         parent = Layer(source, size_rule=self.options.size_rule, writable=True)
         blocks = [i for i in range(first, child.block_count) if child.bat[i] != UNALLOCATED]
-        pieces = ReadAhead(child, blocks)
-        writeback = WritebackAhead(parent_file.fd)
+
+        def checkpoint(next_block: int) -> None:
+            journal.next_block = next_block
+            write_journal(parent_path, journal, self.faults, checkpoint=True)
         try:
-            since_checkpoint = 0
-            for piece in pieces:
-                if piece.buffer is not None:
-                    parent.write(piece.offset, piece.buffer[:piece.length])
-                    pieces.release(piece.buffer)
-                    writeback.wrote(piece.length)
-                    progress.advance(piece.length)
-                    result.bytes_copied += piece.length
-                    since_checkpoint += piece.length
-                    continue
-                result.blocks += 1  # the end of a block: everything it marks is written
-                result.runs += piece.runs
-                if since_checkpoint >= self.checkpoint_bytes:
-                    parent.flush()
-                    journal.next_block = piece.block + 1
-                    write_journal(parent_path, journal, self.faults, checkpoint=True)
-                    since_checkpoint = 0
-            parent.flush()
+            self.copy_pieces(parent, ReadAhead(child, blocks), parent_file.fd, progress, result,
+                             checkpoint)
         finally:
-            pieces.close()
             parent.source.close()
-        progress.finish()
         with FaultySource(LocalFile(parent_path, writable=True), self.faults) as source:
             end = source.size() - FOOTER_SIZE
             footer = Footer.parse(source.read_at(end, FOOTER_SIZE), source.name, end)
@@ -359,7 +304,7 @@ def unfinished_commit_fix(parent: str, state: dict, parent_id: bytes, search: li
             remove_journal(parent, source.faults)
         return Fix(RANK_COMMIT, "roll back the commit, which had not written anything yet: clear "
                    "the mark and delete the journal", rollback)
-    child = find_committing_child(parent, state, parent_id, search)
+    child = find_committing_child(parent, state, search, [parent_id], _child_id_text)
     if child is None:
         return None
 
@@ -369,21 +314,6 @@ def unfinished_commit_fix(parent: str, state: dict, parent_id: bytes, search: li
                "mark and the journal", finish)
 
 
-def find_committing_child(parent: str, state: dict, parent_id: bytes, search: list[str]
-                          ) -> Path | None:
-    """The child named by the journal (or the mark), if it is where it can be found."""
-    wanted = state.get("child_unique_id")
-    named = state.get("child")
-    if named and Path(named).is_file() and _uid_text(unique_id_of(Path(named))) == wanted:
-        return Path(named)
-    folders = [Path(parent).parent] + [Path(folder) for folder in search]
-    if named:
-        folders.insert(0, Path(named).parent)
-    for path in find_children(parent_id, folders, exclude=[]):
-        if _uid_text(unique_id_of(path)) == wanted:
-            return path
-    return None
-
-
-def _uid_text(raw: bytes | None) -> str | None:
+def _child_id_text(path: Path) -> str | None:
+    raw = unique_id_of(path)
     return format_unique_id(raw) if raw else None

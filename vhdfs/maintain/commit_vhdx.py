@@ -31,30 +31,34 @@ run finds it done):
 
 from __future__ import annotations
 
-import datetime
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from vhdfs.errors import RefusedError, UsageError
 from vhdfs.image import RunKind
-from vhdfs.maintain.copier import CommitResult, ReadAhead
+from vhdfs.maintain.copier import (
+    CHECKPOINT_BYTES,
+    CommitJob,
+    CommitResult,
+    ReadAhead,
+    now_iso,
+    refuse_damage,
+)
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import (
     remove_durably,
     require_folder_writable,
     require_writable,
-    write_atomic,
 )
-from vhdfs.maintain.findings import RANK_COMMIT, CannotCheck, Fix
+from vhdfs.maintain.findings import RANK_COMMIT, Fix
 from vhdfs.maintain.journals import (
     PHASE_COPYING,
     PHASE_PREPARED,
     DamagedJournal,
-    journal_path,
     remove_journal,
+    write_journal,
 )
 from vhdfs.maintain.journals_vhdx import (
     PHASE_COPIED,
@@ -65,13 +69,12 @@ from vhdfs.maintain.journals_vhdx import (
     read_vhdx_journal,
 )
 from vhdfs.maintain.scan_vhdx import scan_vhdx_file
-from vhdfs.maintain.siblings import find_children, read_ids
+from vhdfs.maintain.siblings import find_committing_child, read_ids
 from vhdfs.progress import Progress
 from vhdfs.resolve import OpenOptions, find_parent
 from vhdfs.sources import locks
 from vhdfs.sources.local import LocalFile
 from vhdfs.sources.locks import Mode
-from vhdfs.sources.writeback import WritebackAhead
 from vhdfs.vhdx import build, metadata
 from vhdfs.vhdx import format as fmt
 from vhdfs.vhdx.headers import Headers
@@ -81,7 +84,6 @@ from vhdfs.vhdx.rules import LINKAGE_KEYS, parse_parent_locator
 
 log = logging.getLogger("vhdfs")
 
-CHECKPOINT_BYTES = 1 << 30
 # Not damage to a commit: a log left by a crash (readers replay it; the first write of the
 # commit replays it into the file), whoever left it, a killed commit included.
 LOG_CODES = {"log-unreplayed", "log-guid-stale"}
@@ -92,30 +94,9 @@ COPIED = -1  # resume_state: everything is copied, only the child's last re-link
 ZERO_STATES = (fmt.PAYLOAD_BLOCK_ZERO, fmt.PAYLOAD_BLOCK_UNMAPPED, fmt.PAYLOAD_BLOCK_UNDEFINED)
 
 
-def _now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _linkage(raw: bytes) -> str:
     """A DataWriteGuid as a parent locator names it: '{guid}' in lower case."""
     return "{" + fmt.guid_text(raw).lower() + "}"
-
-
-def damage(path: Path, ignore: set[str] = frozenset()) -> list[str]:
-    """The errors a check finds in the VHDX file at `path` (those in `ignore` left out)."""
-    with LocalFile(path) as source:
-        try:
-            found = scan_vhdx_file(source)
-        except CannotCheck as exc:
-            raise RefusedError(f"{exc}; commit refuses it") from None
-    return [f.message for f in found.errors if f.code not in ignore]
-
-
-def refuse_damage(path: Path, role: str, problems: list[str]) -> None:
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise RefusedError(f"{path}: the {role} has unrepaired damage: {problems[0]}{more}; run "
-                           f"vhdfs check --repair {path} first")
 
 
 def relink(child: Path, linkages: dict[str, bytes | None], faults: Faults) -> bool:
@@ -143,16 +124,7 @@ def relink(child: Path, linkages: dict[str, bytes | None], faults: Faults) -> bo
         return metadata.edit_metadata(source, change)
 
 
-class _VhdxCommit:
-    def __init__(self, child_spec: str, options: OpenOptions, faults: Faults, quiet: bool,
-                 warn: Callable[[str], None], checkpoint_bytes: int) -> None:
-        self.child_path = Path(child_spec)
-        self.options = options
-        self.faults = faults
-        self.quiet = quiet
-        self.warn = warn
-        self.checkpoint_bytes = checkpoint_bytes
-
+class _VhdxCommit(CommitJob):
     # ---------------------------------------------------------------- preparing
     def open_child(self) -> VhdxLayer:
         source = LocalFile(self.child_path)
@@ -172,10 +144,7 @@ class _VhdxCommit:
             marked = read_vhdx_journal(self.child_path) is not None
         except DamagedJournal:
             marked = True
-        if marked or child.commit_mark is not None:
-            raise RefusedError(f"{self.child_path}: a commit of its own child into it is unfinished, "
-                               "so its data is a mix; finish that commit first (vhdfs check "
-                               f"{self.child_path} says how)")
+        self.refuse_if_mid_commit(marked or child.commit_mark is not None)
 
     def resume_state(self, parent: VhdxLayer, parent_path: Path, child: VhdxLayer
                      ) -> tuple[int | None, bytes, bytes]:
@@ -192,8 +161,7 @@ class _VhdxCommit:
         current = parent.unique_id
         if journal is not None:
             if journal.child_unique_id != fmt.guid_text(child.unique_id):
-                raise RefusedError(f"{parent_path}: a commit of {journal.child} into it is unfinished; "
-                                   f"finish that first (vhdfs commit {journal.child})")
+                self.refuse_other_child(parent_path, journal)
             before, after = journal.ids
             if current not in (before, after):
                 raise RefusedError(f"{parent_path}: its commit journal names a parent with "
@@ -203,13 +171,7 @@ class _VhdxCommit:
                                    "it (was the file replaced?)")
             if journal.phase == PHASE_COPIED:
                 return COPIED, before, after
-            if journal.phase != PHASE_COPYING:
-                return 0, before, after
-            if journal.child_mtime_ns != self.child_path.stat().st_mtime_ns:
-                self.warn(f"{self.child_path} changed since its commit was interrupted; copying all "
-                          "of it again")
-                return 0, before, after
-            return journal.next_block, before, after
+            return self.resume_point(journal), before, after
         if mark is not None:
             if mark.child_id != child.unique_id:
                 raise RefusedError(f"{parent_path}: a commit of the child with DataWriteGuid "
@@ -219,10 +181,7 @@ class _VhdxCommit:
         return None, current, new_guid()
 
     def warn_siblings(self, parent_id: bytes, parent_path: Path, result: CommitResult) -> None:
-        folders = [parent_path.parent, self.child_path.parent] + [Path(s) for s in self.options.search]
-        result.searched = list(dict.fromkeys(str(f) for f in folders))
-        others = find_children(parent_id, folders, exclude=[self.child_path])
-        result.other_children = [str(p) for p in others]
+        others = self.find_other_children(parent_id, parent_path, result)
         if others:
             self.warn(f"{parent_path} has other children that become invalid after this commit: "
                       "the parent gets a new DataWriteGuid, so they no longer match it (their "
@@ -239,7 +198,7 @@ class _VhdxCommit:
         child_hold = locks.lock_path(self.child_path, Mode.EXCLUSIVE)
         parent_hold: locks.Hold | None = None
         try:
-            refuse_damage(self.child_path, "child", damage(self.child_path, LOG_CODES))
+            refuse_damage(self.child_path, "child", scan_vhdx_file, LOG_CODES)
             child = self.open_child()
             try:
                 self.refuse_unfinished_commit_into_child(child)
@@ -261,7 +220,7 @@ class _VhdxCommit:
                                                 "delete the child there")
                     resume, before, after = self.resume_state(parent, parent_path, child)
                     ignore = OWN_CODES if resume is not None else LOG_CODES
-                    refuse_damage(parent_path, "parent", damage(parent_path, ignore))
+                    refuse_damage(parent_path, "parent", scan_vhdx_file, ignore)
                     if child.logical_sector_size % parent.sector_size:
                         raise RefusedError(
                             f"{self.child_path}: its {child.logical_sector_size}-byte logical "
@@ -281,8 +240,8 @@ class _VhdxCommit:
                 result.child_deleted = True
             else:
                 # 7. said first: the parent holds all of the child, only the re-link is left
-                self.write_journal(parent_path, replace(journal, phase=PHASE_COPIED,
-                                                        next_block=blocks))
+                write_journal(parent_path, replace(journal, phase=PHASE_COPIED, next_block=blocks),
+                              self.faults)
                 relink(self.child_path, {"parent_linkage": after, "parent_linkage2": None},
                        self.faults)
                 remove_journal(parent_path, self.faults)
@@ -300,11 +259,11 @@ class _VhdxCommit:
             parent=parent_path.name, parent_unique_id=fmt.guid_text(before),
             parent_new_unique_id=fmt.guid_text(after), child=str(self.child_path.resolve()),
             child_unique_id=fmt.guid_text(child_id), phase=PHASE_PREPARED, next_block=first,
-            blocks=blocks, started=_now_iso(), child_mtime_ns=self.child_path.stat().st_mtime_ns)
+            blocks=blocks, started=now_iso(), child_mtime_ns=self.child_path.stat().st_mtime_ns)
         if resume == COPIED:
             return replace(journal, phase=PHASE_COPIED, next_block=blocks)
         if resume is None:
-            self.write_journal(parent_path, journal)
+            write_journal(parent_path, journal, self.faults)
         # 2. the child matches the parent before and after its DataWriteGuid changes
         if after not in self.child_linkages():
             relink(self.child_path, {"parent_linkage": before, "parent_linkage2": after},
@@ -328,7 +287,7 @@ class _VhdxCommit:
             # 4.
             journal = replace(journal, phase=PHASE_COPYING,
                               child_mtime_ns=self.child_path.stat().st_mtime_ns)
-            self.write_journal(parent_path, journal)
+            write_journal(parent_path, journal, self.faults)
             # 5., 6.
             self.copy_blocks(parent, parent_file, first, parent_path, journal, result)
             parent.write_metadata(metadata.with_item(parent.metadata.raw, fmt.COMMIT_MARK_ITEM,
@@ -354,32 +313,15 @@ class _VhdxCommit:
             total = sum(run.length for b in here for run in child.block_runs(b)
                         if run.kind is RunKind.HERE)
             progress = Progress(f"commit {self.child_path.name}", total, quiet=self.quiet)
-            pieces = ReadAhead(child, sorted(set(here) | zeros))
-            writeback = WritebackAhead(parent_file.fd)
-            try:
-                since_checkpoint = 0
-                for piece in pieces:
-                    if piece.buffer is not None:
-                        parent.write(piece.offset, piece.buffer[:piece.length])
-                        pieces.release(piece.buffer)
-                        writeback.wrote(piece.length)
-                        progress.advance(piece.length)
-                        result.bytes_copied += piece.length
-                        since_checkpoint += piece.length
-                        continue
-                    if piece.block in zeros:
-                        since_checkpoint += self.write_zeros(parent, child, piece.block)
-                    result.blocks += 1  # the end of a block: everything it holds is written
-                    result.runs += piece.runs
-                    if since_checkpoint >= self.checkpoint_bytes:
-                        parent.flush()
-                        journal.next_block = piece.block + 1
-                        self.write_journal(parent_path, journal, checkpoint=True)
-                        since_checkpoint = 0
-                parent.flush()
-            finally:
-                pieces.close()
-            progress.finish()
+
+            def end_of_block(block: int) -> int:
+                return self.write_zeros(parent, child, block) if block in zeros else 0
+
+            def checkpoint(next_block: int) -> None:
+                journal.next_block = next_block
+                write_journal(parent_path, journal, self.faults, checkpoint=True)
+            self.copy_pieces(parent, ReadAhead(child, sorted(set(here) | zeros)), parent_file.fd,
+                             progress, result, checkpoint, end_of_block)
 
     @staticmethod
     def write_zeros(parent: VhdxLayer, child: VhdxLayer, block: int) -> int:
@@ -397,12 +339,6 @@ class _VhdxCommit:
                 parent.write(at, zeros[:count])
                 written += count
         return written
-
-    def write_journal(self, parent_path: Path, journal: VhdxCommitJournal, *,
-                      checkpoint: bool = False) -> None:
-        """A checkpoint only moves the resume point forward: it skips the folder sync."""
-        write_atomic(journal_path(parent_path), journal.dump(), self.faults,
-                     sync_folder_after=not checkpoint)
 
 
 def commit_vhdx(child: str, options: OpenOptions | None = None, *, delete_child: bool = False,
@@ -435,7 +371,9 @@ def unfinished_commit_fix(parent: str, state: dict, search: list[str]) -> Fix | 
             remove_journal(parent, source.faults)
         return Fix(RANK_COMMIT, "roll back the commit, which had not copied anything yet: remove "
                    "the mark, give the parent back its DataWriteGuid, delete the journal", rollback)
-    child = find_committing_child(parent, state, search)
+    parent_ids = [fmt.guid(state[key]) for key in ("parent_unique_id", "parent_new_unique_id")
+                  if state.get(key)]
+    child = find_committing_child(parent, state, search, parent_ids, _child_id_text)
     if child is None:
         return None
 
@@ -445,24 +383,6 @@ def unfinished_commit_fix(parent: str, state: dict, search: list[str]) -> Fix | 
                "the mark and the journal", finish)
 
 
-def find_committing_child(parent: str, state: dict, search: list[str]) -> Path | None:
-    """The child named by the journal (or the mark), if it is where it can be found: a
-    child of the parent's DataWriteGuid before or after the commit, with the DataWriteGuid
-    the records name."""
-    wanted = state.get("child_unique_id")
-    named = state.get("child")
-    if named and os.path.isfile(named):
-        ids = read_ids(Path(named))
-        if ids is not None and fmt.guid_text(ids[0]) == wanted:
-            return Path(named)
-    folders = [Path(parent).parent] + [Path(folder) for folder in search]
-    if named:
-        folders.insert(0, Path(named).parent)
-    for key in ("parent_unique_id", "parent_new_unique_id"):
-        if not state.get(key):
-            continue
-        for path in find_children(fmt.guid(state[key]), folders, exclude=[]):
-            ids = read_ids(path)
-            if ids is not None and fmt.guid_text(ids[0]) == wanted:
-                return path
-    return None
+def _child_id_text(path: Path) -> str | None:
+    ids = read_ids(path)
+    return fmt.guid_text(ids[0]) if ids is not None else None

@@ -24,8 +24,11 @@ is written into the parent and cleared after the last one is durable.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from vhdfs.errors import ImageIOError
 from vhdfs.maintain.faults import Faults
@@ -52,6 +55,8 @@ REPAIR_JOURNAL_FORMAT = "vhdfs-repair-journal"
 
 PHASE_PREPARED = "prepared"  # marks set, nothing written into the parent yet
 PHASE_COPYING = "copying"  # the parent may hold any part of the child's data
+
+J = TypeVar("J", bound=Any)  # a commit journal's record
 
 
 # ---------------------------------------------------------------- commit
@@ -84,7 +89,12 @@ class DamagedJournal(ImageIOError):
     pass
 
 
-def read_journal(parent: str | Path) -> CommitJournal | None:
+def load_commit_journal(parent: str | Path, record: type[J], phases: tuple[str, ...], *,
+                        image_format: str | None = None,
+                        validate: Callable[[J], object] | None = None) -> J | None:
+    """The commit journal beside `parent` as a `record` (a dataclass of its fields), or None
+    when there is none; DamagedJournal when it cannot be read, is not a commit journal (of
+    `image_format`, when given), has a phase not in `phases` or fails `validate`."""
     path = journal_path(parent)
     try:
         text = path.read_text()
@@ -95,19 +105,38 @@ def read_journal(parent: str | Path) -> CommitJournal | None:
     try:
         data = json.loads(text)
         if data.get("format") != COMMIT_JOURNAL_FORMAT:
-            raise ValueError("not a vhdfs commit journal")
-        fields = {k: data[k] for k in CommitJournal.__dataclass_fields__ if k in data}
-        journal = CommitJournal(**fields)
-        if not isinstance(journal.next_block, int) or journal.phase not in (PHASE_PREPARED,
-                                                                            PHASE_COPYING):
+            raise ValueError(_not_a_journal(image_format))
+        if image_format is not None and data.get("image_format") != image_format:
+            raise ValueError(_not_a_journal(image_format))
+        names = {f.name for f in dataclass_fields(record)}
+        journal = record(**{k: data[k] for k in names if k in data})
+        if not isinstance(journal.next_block, int) or journal.phase not in phases:
             raise ValueError("bad phase or block number")
+        if validate is not None:
+            validate(journal)
         return journal
     except (ValueError, KeyError, TypeError) as exc:
         raise DamagedJournal(f"{path}: the commit journal is damaged ({exc}); the commit it "
                              "recorded is unfinished: run vhdfs commit CHILD again") from None
 
 
-def write_journal(parent: str | Path, journal: CommitJournal, faults: Faults, *,
+def _not_a_journal(image_format: str | None) -> str:
+    if image_format is None:
+        return "not a vhdfs commit journal"
+    return f"not a vhdfs commit journal of a {image_format.upper()} parent"
+
+
+def read_journal(parent: str | Path) -> CommitJournal | None:
+    return load_commit_journal(parent, CommitJournal, (PHASE_PREPARED, PHASE_COPYING))
+
+
+class JournalRecord(Protocol):
+    """A commit journal of either format (CommitJournal, journals_vhdx.VhdxCommitJournal)."""
+
+    def dump(self) -> bytes: ...
+
+
+def write_journal(parent: str | Path, journal: JournalRecord, faults: Faults, *,
                   checkpoint: bool = False) -> None:
     """A checkpoint only moves the resume point forward: losing it to a power cut costs some
     copying again, never correctness, so it skips the folder sync."""
@@ -234,21 +263,36 @@ def write_footers(source: Source, footer: Footer, faults: Faults) -> None:
 def commit_state(path: str, marked: bytes | None) -> dict | None:
     """What `vhdfs info` and `vhdfs check` say about an unfinished commit into `path`, whose
     footer marks the commit of child `marked` (see `ImageLayer.commit_mark`), or not."""
-    try:
-        journal = read_journal(path)
-        damaged = ""
-    except DamagedJournal as exc:
-        journal, damaged = None, str(exc)
+    journal, damaged = journal_or_problem(read_journal, path)
     if marked is None and journal is None and not damaged:
         return None
-    state: dict = {"journal": str(journal_path(path)) if (journal or damaged) else None}
+    return state_of(path, journal, damaged, format_unique_id(marked) if marked else None)
+
+
+def journal_or_problem(read: Callable[[str], J | None], path: str) -> tuple[J | None, str]:
+    """(the commit journal beside `path` or None, what is wrong with it or "")."""
+    try:
+        return read(path), ""
+    except DamagedJournal as exc:
+        return None, str(exc)
+
+
+def state_of(path: str, journal: Any, damaged: str, marked_child: str | None, *,
+             id_name: str = "unique id", head: dict | None = None,
+             ids: dict | None = None) -> dict:
+    """The state of an unfinished commit into `path` (commit_state's keys) from its journal,
+    else from the id of the child its mark names (`marked_child`, `id_name` says what id):
+    `head` goes after the journal's path, `ids` (the parent's) before how to finish it."""
+    state: dict = {"journal": str(journal_path(path)) if (journal or damaged) else None,
+                   **(head or {})}
     if journal is not None:
         state.update(child=journal.child, child_unique_id=journal.child_unique_id,
-                     phase=journal.phase, next_block=journal.next_block, blocks=journal.blocks)
+                     phase=journal.phase, next_block=journal.next_block, blocks=journal.blocks,
+                     **(ids or {}))
         state["finish"] = f"vhdfs commit {journal.child}"
     else:
-        state.update(child=None, child_unique_id=format_unique_id(marked) if marked else None)
-        state["finish"] = ("vhdfs commit CHILD (the child with unique id "
+        state.update(child=None, child_unique_id=marked_child, **(ids or {}))
+        state["finish"] = (f"vhdfs commit CHILD (the child with {id_name} "
                            f"{state['child_unique_id']}), or vhdfs check --repair "
                            f"{path} --search DIR to find it")
     if damaged:

@@ -27,8 +27,9 @@ from vhdfs.maintain.journals import (
     COMMIT_JOURNAL_FORMAT,
     PHASE_COPYING,
     PHASE_PREPARED,
-    DamagedJournal,
-    journal_path,
+    journal_or_problem,
+    load_commit_journal,
+    state_of,
 )
 from vhdfs.vhdx import format as fmt
 from vhdfs.vhdx.rules import Metadata
@@ -87,27 +88,9 @@ class VhdxCommitJournal:
 
 
 def read_vhdx_journal(parent: str | Path) -> VhdxCommitJournal | None:
-    path = journal_path(parent)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise DamagedJournal(f"{path}: cannot read the commit journal: {exc.strerror}") from None
-    try:
-        data = json.loads(text)
-        if data.get("format") != COMMIT_JOURNAL_FORMAT or data.get("image_format") != IMAGE_FORMAT:
-            raise ValueError("not a vhdfs commit journal of a VHDX parent")
-        fields = {k: data[k] for k in VhdxCommitJournal.__dataclass_fields__ if k in data}
-        journal = VhdxCommitJournal(**fields)
-        if not isinstance(journal.next_block, int) or journal.phase not in (
-                PHASE_PREPARED, PHASE_COPYING, PHASE_COPIED):
-            raise ValueError("bad phase or block number")
-        _ = journal.ids  # both GUIDs must parse
-        return journal
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DamagedJournal(f"{path}: the commit journal is damaged ({exc}); the commit it "
-                             "recorded is unfinished: run vhdfs commit CHILD again") from None
+    return load_commit_journal(parent, VhdxCommitJournal,
+                               (PHASE_PREPARED, PHASE_COPYING, PHASE_COPIED),
+                               image_format=IMAGE_FORMAT, validate=lambda j: j.ids)  # GUIDs parse
 
 
 def commit_state(path: str, marked: Metadata | bytes | None) -> dict | None:
@@ -118,29 +101,15 @@ def commit_state(path: str, marked: Metadata | bytes | None) -> dict | None:
         mark = mark_of(marked)
     else:
         mark = VhdxMark(marked, b"", b"") if marked else None
-    try:
-        journal = read_vhdx_journal(path)
-        damaged = ""
-    except DamagedJournal as exc:
-        journal, damaged = None, str(exc)
+    journal, damaged = journal_or_problem(read_vhdx_journal, path)
     if mark is None and journal is None and not damaged:
         return None
-    state: dict = {"journal": str(journal_path(path)) if (journal or damaged) else None,
-                   "image_format": IMAGE_FORMAT}
+    ids = {}
     if journal is not None:
-        state.update(child=journal.child, child_unique_id=journal.child_unique_id,
-                     phase=journal.phase, next_block=journal.next_block, blocks=journal.blocks,
-                     parent_unique_id=journal.parent_unique_id,
-                     parent_new_unique_id=journal.parent_new_unique_id)
-        state["finish"] = f"vhdfs commit {journal.child}"
-    else:
-        state.update(child=None, child_unique_id=guid_text(mark.child_id) if mark else None)
-        if mark is not None and mark.parent_before:
-            state.update(parent_unique_id=guid_text(mark.parent_before),
-                         parent_new_unique_id=guid_text(mark.parent_after))
-        state["finish"] = ("vhdfs commit CHILD (the child with DataWriteGuid "
-                           f"{state['child_unique_id']}), or vhdfs check --repair "
-                           f"{path} --search DIR to find it")
-    if damaged:
-        state["journal_problem"] = damaged
-    return state
+        ids = dict(parent_unique_id=journal.parent_unique_id,
+                   parent_new_unique_id=journal.parent_new_unique_id)
+    elif mark is not None and mark.parent_before:
+        ids = dict(parent_unique_id=guid_text(mark.parent_before),
+                   parent_new_unique_id=guid_text(mark.parent_after))
+    return state_of(path, journal, damaged, guid_text(mark.child_id) if mark else None,
+                    id_name="DataWriteGuid", head={"image_format": IMAGE_FORMAT}, ids=ids)

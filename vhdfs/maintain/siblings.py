@@ -4,6 +4,7 @@ what they read, so they become invalid."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from vhdfs.errors import FormatError, VhdfsError
@@ -77,6 +78,30 @@ def find_children(parent_id: bytes, folders: list[Path], exclude: list[Path]) ->
                 skip.add((info.st_dev, info.st_ino))
                 found.append(path)
     return found
+
+
+def find_committing_child(parent: str, state: dict, search: list[str], parent_ids: list[bytes],
+                          child_id_text: Callable[[Path], str | None]) -> Path | None:
+    """The child an unfinished commit into `parent` was copying (`state`: its journal or
+    mark, as journals.commit_state says), if it can be found: the file the records name,
+    else a child of one of `parent_ids` beside it, beside the parent or in `search`, whose
+    id (`child_id_text`, written as its format writes ids) is the one the records name."""
+    wanted = state.get("child_unique_id")
+    named = state.get("child")
+
+    def is_it(path: Path) -> bool:
+        found = child_id_text(path)
+        return found is not None and found == wanted
+    if named and os.path.isfile(named) and is_it(Path(named)):
+        return Path(named)
+    folders = [Path(parent).parent] + [Path(folder) for folder in search]
+    if named:
+        folders.insert(0, Path(named).parent)
+    for parent_id in parent_ids:
+        for path in find_children(parent_id, folders, exclude=[]):
+            if is_it(path):
+                return path
+    return None
 
 
 def children_warning(image: Path, unique_id: bytes, search: list[str]) -> str | None:

@@ -56,15 +56,6 @@ def is_vhdx(source: Source) -> bool:
     return source.size() >= fmt.FILE_ID_SIZE and source.read_at(0, 8) == fmt.SIGNATURE
 
 
-def refuse_vhdx(source: Source, action: str) -> None:
-    """Raise RefusedError (and close `source`) when it is a VHDX that `action` would write."""
-    if is_vhdx(source):
-        source.close()
-        raise RefusedError(f"{source.name}: {action} is not supported for VHDX images yet; "
-                           f"convert the chain first: vhdfs convert {source.name} out.vhd "
-                           "--to dynamic")
-
-
 class VhdxLayer:
     """One VHDX file: fixed, dynamic or differencing; writable when opened so (a
     `vhdfs.image.ImageLayer`)."""
