@@ -1,9 +1,10 @@
 """Test tiers: every test gets the marker of its tier from where it lives (README, "Tests").
 
-    unit   in-process, no mount, no Azurite: formats, layers and chains, VHDX, the command
-           line, cross-checks against qemu-img                              (seconds)
-    ops    in-process operations: commit, check, set-parent on real files, and the FUSE
-           operations called with a fake request context (no mount)
+    unit   no mount, no Azurite, no qemu-img: formats, layers and chains,
+           VHDX reading and writing, the command line                        (seconds)
+    interop  cross-checks against qemu-img and the sample images (qemu-img runs)
+    ops    operations on real files: commit, check, set-parent, the VHDX commands, and the
+           FUSE operations called with a fake request context (no mount)
     fuse   real mounts: vhdfs mount, guest disks built through ntfs-3g, libvhdi's vhdimount,
            fault injection under a mount
     azure  Azurite on 127.0.0.1, started by the tests
@@ -16,6 +17,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,12 +30,19 @@ TIERS: dict[str, tuple[str, ...]] = {
     "layer_chain": ("unit",),
     "cli": ("unit",),
     "vhdx": ("unit",),
+    "vhdx/test_vhdx_commit.py": ("ops",),
+    "vhdx/test_vhdx_check.py": ("ops",),
+    "vhdx/test_vhdx_setparent.py": ("ops",),
+    "vhdx/test_vhdx_cli.py": ("ops",),
+    "vhdx/test_vhdx_write_qemu.py": ("interop",),
+    "vhdx/test_vhdx_qemu_model.py": ("interop",),
+    "vhdx/test_vhdx_samples.py": ("interop",),
     "vhdx/test_vhdx_write_crash.py": ("crash", "slow"),
     "vhdx/test_vhdx_commit_crash.py": ("crash", "slow"),
     "vhdx/test_vhdx_mount_rw.py": ("fuse",),
     "vhdx/test_vhdx_mount_crash.py": ("crash", "slow"),
-    "interop": ("unit",),
-    "interop/test_libvhdi.py": ("fuse",),
+    "interop": ("interop",),
+    "interop/test_libvhdi.py": ("interop", "fuse"),
     "ops": ("ops",),
     "ops/test_commit_crash.py": ("crash", "slow"),
     "ops/test_resize_crash.py": ("crash", "slow"),  # errorfs too: a FUSE pass-through
@@ -68,9 +77,23 @@ def tier_of(path: Path) -> tuple[str, ...] | None:
     return None
 
 
+#: A tier marker set on a test where it stands replaces its place's tier.
+TIER_MARKERS = {"unit", "interop", "ops", "fuse", "azure", "slow"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.get_closest_marker("slow") is not None:
-            continue  # marked slow where it stands: the slow tier only
+        if any(item.get_closest_marker(name) for name in TIER_MARKERS):
+            continue  # e.g. slow or interop where it stands: that tier only
         for marker in tier_of(Path(item.path)) or ():
             item.add_marker(marker)
+
+
+@pytest.fixture(autouse=True)
+def _tier_of_the_running_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    from tests import tooling
+
+    tooling.RUNNING_TIERS.clear()
+    tooling.RUNNING_TIERS.update(m.name for m in request.node.iter_markers())
+    yield
+    tooling.RUNNING_TIERS.clear()

@@ -15,7 +15,16 @@ import pytest
 MOUNT_TIMEOUT = 10.0
 
 
+#: The tier markers of the test running now (tests/conftest.py sets it): `need` keeps
+#: programs out of the unit tier, whose promise is "nothing but the venv and a few tools".
+RUNNING_TIERS: set[str] = set()
+NOT_IN_UNIT = {"qemu-img", "vhdimount", "ntfs-3g", "fusermount3"}
+
+
 def need(tool: str) -> str:
+    if tool in NOT_IN_UNIT and "unit" in RUNNING_TIERS:
+        pytest.fail(f"a unit-tier test runs {tool}: mark it @pytest.mark.interop (or move it to "
+                    "the tier of tests/conftest.py's TIERS that runs it)")
     path = shutil.which(tool)
     if path is None:
         pytest.skip(f"{tool} is not installed (scripts/setup installs it)")

@@ -71,6 +71,8 @@ def test_differencing_reads_as_the_model(tmp_path_factory, writes, states, lss):
         assert chain.read(0, SIZE) == bytes(model)
 
 
+@pytest.mark.interop
+@pytest.mark.fuse
 def test_three_layer_chain_with_4k_sectors_reads_as_libvhdi(tmp_path):
     parent, model = _parent(tmp_path, 4096)
     mid = _child(parent)
@@ -93,6 +95,8 @@ def test_three_layer_chain_with_4k_sectors_reads_as_libvhdi(tmp_path):
         assert flat.read_bytes() == ours
 
 
+@pytest.mark.interop
+@pytest.mark.fuse
 def test_libvhdi_agrees_on_partial_blocks_and_disagrees_on_zero_state(tmp_path):
     """libvhdi 20210425 reads ZERO/UNMAPPED blocks of a differencing VHDX from the parent.
 
@@ -116,6 +120,8 @@ def test_libvhdi_agrees_on_partial_blocks_and_disagrees_on_zero_state(tmp_path):
     assert ours[512:2048] == _pattern(5, 1536) and ours[:512] == model[:512]
 
 
+@pytest.mark.interop
+@pytest.mark.fuse
 def test_libvhdi_needs_lower_case_linkage_and_an_absolute_path(tmp_path):
     """libvhdi 20210425 parses parent_linkage only in lower case and never uses relative_path
     (it looks the key up with a wrong length); we accept both spellings and all path keys."""
@@ -207,6 +213,7 @@ def test_vhd_child_over_vhdx_parent_is_refused(tmp_path):
         open_chain(str(tmp_path / "child.vhd"))
 
 
+@pytest.mark.interop
 def test_cli_converts_a_checkpoint_chain_to_an_azure_fixed_vhd(tmp_path):
     need("qemu-img")
     parent, model = _parent(tmp_path)

@@ -38,6 +38,7 @@ def _one_line(error: Exception) -> str:
     return text
 
 
+@pytest.mark.interop
 def test_a_commit_larger_than_the_log_is_split_into_entries(tmp_path, monkeypatch):
     """300 BAT sectors changed at once (a 1 MiB log holds 254 in one entry): two entries,
     each flushed and applied before the next; qemu-img then reads the same."""
@@ -180,6 +181,7 @@ def test_a_parent_locator_with_a_key_listed_twice_is_refused(tmp_path, monkeypat
     assert done.stderr.count("\n") == 1 and "listed twice" in done.stderr
 
 
+@pytest.mark.interop
 def test_writes_never_land_in_what_another_structure_owns(tmp_path):
     """New blocks go past the end of the file, whatever a hostile region table placed there:
     a metadata region moved to the end of the file stays intact across writes."""

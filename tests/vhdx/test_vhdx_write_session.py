@@ -96,6 +96,7 @@ def test_commits_are_single_entries_at_the_start_of_the_log(tmp_path):
         layer.close()
 
 
+@pytest.mark.interop
 def test_a_flushed_but_unclosed_file_replays_everywhere(tmp_path):
     """A crash after a flush: the BAT may be in place or only in the log; our reader replays
     in memory, qemu-img replays on `check -r all`, a writable open replays into the file."""
