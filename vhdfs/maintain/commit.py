@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from vhdfs.errors import RefusedError, UsageError
+from vhdfs.errors import RefusedError
 from vhdfs.image import SECTOR
 from vhdfs.maintain.commit_vhdx import commit_vhdx
 from vhdfs.maintain.copier import (
@@ -82,17 +82,8 @@ class _Commit(CommitJob):
 
     def open_child(self) -> Layer:
         # Held alone for the whole job: nothing may write it, nor delete it under a reader.
-        source = LocalFile(self.child_path, lock=Mode.EXCLUSIVE)
-        try:
-            child = Layer(source, size_rule=self.options.size_rule)
-        except BaseException:
-            source.close()
-            raise
-        if not child.is_differencing:
-            child.close()
-            raise UsageError(f"{self.child_path}: is a {child.disk_type.name.lower()} disk, not a "
-                             "differencing child: it has no parent to commit into")
-        return child
+        return self.open_child_as(LocalFile(self.child_path, lock=Mode.EXCLUSIVE),
+                                  lambda source: Layer(source, size_rule=self.options.size_rule))
 
     def refuse_unfinished_commit_into_child(self, child: Layer) -> None:
         try:

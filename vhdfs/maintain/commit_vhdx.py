@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from vhdfs.errors import RefusedError, UsageError
+from vhdfs.errors import RefusedError
 from vhdfs.image import RunKind
 from vhdfs.maintain.copier import (
     CHECKPOINT_BYTES,
@@ -127,17 +127,7 @@ def relink(child: Path, linkages: dict[str, bytes | None], faults: Faults) -> bo
 class _VhdxCommit(CommitJob):
     # ---------------------------------------------------------------- preparing
     def open_child(self) -> VhdxLayer:
-        source = LocalFile(self.child_path)
-        try:
-            child = VhdxLayer(source)
-        except BaseException:
-            source.close()
-            raise
-        if not child.is_differencing:
-            child.close()
-            raise UsageError(f"{self.child_path}: is a {child.disk_type.name.lower()} disk, not a "
-                             "differencing child: it has no parent to commit into")
-        return child
+        return self.open_child_as(LocalFile(self.child_path), VhdxLayer)
 
     def refuse_unfinished_commit_into_child(self, child: VhdxLayer) -> None:
         try:

@@ -13,9 +13,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from vhdfs.errors import RefusedError
+from vhdfs.errors import RefusedError, UsageError
 from vhdfs.image import ImageLayer, RunKind
 from vhdfs.maintain.faults import Faults
 from vhdfs.maintain.findings import CannotCheck, FileScan
@@ -32,6 +32,8 @@ CHUNK = 4 << 20
 BUFFERS = 4  # memory in flight: BUFFERS * CHUNK
 # Resuming re-copies at most this much; each checkpoint costs a flush (three syncs for VHD).
 CHECKPOINT_BYTES = 1 << 30
+
+L = TypeVar("L", bound=ImageLayer)  # a child's layer, of its own format
 
 
 @dataclass
@@ -157,6 +159,20 @@ class CommitJob:
         self.quiet = quiet
         self.warn = warn
         self.checkpoint_bytes = checkpoint_bytes
+
+    def open_child_as(self, source: Source, layer_of: Callable[[Source], L]) -> L:
+        """The child as a layer of its format (`layer_of`), refused unless it is a
+        differencing disk; `source` is closed when it cannot be opened."""
+        try:
+            child = layer_of(source)
+        except BaseException:
+            source.close()
+            raise
+        if not child.is_differencing:
+            child.close()
+            raise UsageError(f"{self.child_path}: is a {child.disk_type.name.lower()} disk, not a "
+                             "differencing child: it has no parent to commit into")
+        return child
 
     def refuse_if_mid_commit(self, marked: bool) -> None:
         """A child that is itself the parent of an unfinished commit holds mixed data."""

@@ -182,9 +182,6 @@ class Scanner:
         if size < FOOTER_SIZE:
             raise CannotCheck(f"{self.name}: the file is {size} bytes, too small to hold a "
                               "512-byte VHD footer; it is not a VHD image (or truncated to nothing)")
-        if self.src.read_at(0, 8) == b"vhdxfile":
-            raise CannotCheck(f"{self.name}: is a VHDX file; vhdfs check and commit handle VHD "
-                              "files only (vhdfs info reads VHDX chains)")
         self.size = size
         self.aligned = size - size % SECTOR
         footer, footer_at = self._choose_footer()

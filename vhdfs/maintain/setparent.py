@@ -20,21 +20,21 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vhdfs.errors import ChainCycle, ChainError, ParentMismatch, RefusedError, UsageError
+from vhdfs.errors import ParentMismatch, RefusedError
 from vhdfs.image import SECTOR
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import remove_durably, require_writable
-from vhdfs.maintain.findings import CannotCheck
 from vhdfs.maintain.journals import (
     PendingHeader,
     pending_header,
     setparent_journal_of,
     write_setparent_journal,
 )
+from vhdfs.maintain.linkcheck import check_child, check_no_cycle
 from vhdfs.maintain.scan import scan_file
 from vhdfs.maintain.scan_vhdx import is_vhdx_path
 from vhdfs.maintain.setparent_vhdx import set_parent_vhdx
-from vhdfs.resolve import OpenOptions, open_chain
+from vhdfs.resolve import OpenOptions
 from vhdfs.sources import locks
 from vhdfs.sources.local import LocalFile
 from vhdfs.sources.locks import Mode
@@ -49,7 +49,7 @@ from vhdfs.vhd.dynheader import (
     DynamicHeader,
     ParentLocator,
 )
-from vhdfs.vhd.footer import FOOTER_SIZE, DiskType, Footer, format_unique_id
+from vhdfs.vhd.footer import FOOTER_SIZE, Footer, format_unique_id
 from vhdfs.vhd.layer import Layer
 
 log = logging.getLogger("vhdfs")
@@ -82,23 +82,6 @@ def _locator_texts(header: DynamicHeader, source: LocalFile) -> list[tuple[str, 
             except Exception:  # a damaged old locator is only shown, never needed
                 out.append((loc.code_text, "(unreadable)"))
     return out
-
-
-def _check_no_cycle(child_source: LocalFile, parent_path: Path, parent: Layer,
-                    options: OpenOptions, warnings: list[str]) -> None:
-    if parent.source.identity() == child_source.identity():
-        raise RefusedError(f"{parent_path}: is the child itself; a disk cannot be its own parent")
-    if not parent.is_differencing:
-        return
-    try:
-        with open_chain(str(parent_path), options) as chain:
-            ids = {layer.source.identity() for layer in chain.layers}
-    except ChainError as exc:
-        warnings.append(f"the new parent's own chain is incomplete ({exc})")
-        return
-    if child_source.identity() in ids:
-        raise ChainCycle(f"{parent_path}: its own chain contains {child_source.name}; linking them "
-                         "would make a parent loop")
 
 
 def plan_header(header: DynamicHeader, child_path: Path, parent_path: Path, tail: int
@@ -155,20 +138,10 @@ def _set_parent(child_path: Path, parent_path: Path, force: bool, options: OpenO
         raise RefusedError(f"{child_path}: an earlier set-parent was interrupted; run vhdfs check "
                            f"--repair {child_path} to finish it first")
     with LocalFile(child_path) as probe:
-        try:
-            scan = scan_file(probe, size_rule=options.size_rule)
-        except CannotCheck as exc:
-            raise RefusedError(f"{exc}; set-parent refuses it") from None
-    problems = [f.message for f in scan.errors if f.code not in TOLERATED]
-    if problems:
-        raise RefusedError(f"{child_path}: has damage set-parent does not mend: {problems[0]}; run "
-                           f"vhdfs check --repair {child_path} first")
-    if scan.disk_type != DiskType.DIFFERENCING:
-        raise UsageError(f"{child_path}: is a {DiskType(scan.disk_type).name.lower()} disk, not a "
-                         "differencing child: it has no parent link to set")
+        check_child(probe, child_path, lambda source: scan_file(source, size_rule=options.size_rule),
+                    TOLERATED)
     require_writable(child_path, "the child", "set-parent rewrites its header")
 
-    warnings: list[str] = []
     with LocalFile(parent_path) as parent_source, \
             Layer(parent_source, size_rule=options.size_rule) as parent_layer, \
             LocalFile(child_path, writable=True) as plain:
@@ -190,7 +163,7 @@ def _set_parent(child_path: Path, parent_path: Path, force: bool, options: OpenO
         if parent_layer.size != child_size:
             raise ParentMismatch(f"{child_path}: is {child_size} bytes but {parent_path} is "
                                  f"{parent_layer.size} bytes; a parent must have the child's size")
-        _check_no_cycle(plain, parent_path, parent_layer, options, warnings)
+        warnings = check_no_cycle(plain.identity(), plain.name, parent_path, parent_layer, options)
 
         new, placed, new_footer_at = plan_header(header, child_path, parent_path, end)
         if found != expected:

@@ -18,13 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vhdfs.errors import ChainCycle, ChainError, FormatError, ParentMismatch, RefusedError, UsageError
-from vhdfs.image import DiskType, ImageLayer
+from vhdfs.errors import FormatError, ParentMismatch, RefusedError
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import require_writable
-from vhdfs.maintain.findings import CannotCheck
+from vhdfs.maintain.linkcheck import check_child, check_no_cycle
 from vhdfs.maintain.scan_vhdx import scan_vhdx_file
-from vhdfs.resolve import OpenOptions, open_chain, open_layer
+from vhdfs.resolve import OpenOptions, open_layer
 from vhdfs.sources import locks
 from vhdfs.sources.local import LocalFile
 from vhdfs.sources.locks import Mode
@@ -67,17 +66,8 @@ def set_parent_vhdx(child: str, parent: str, *, force: bool = False,
 def _set_parent(child_path: Path, parent_path: Path, force: bool, options: OpenOptions,
                 faults: Faults) -> VhdxRelink:
     with LocalFile(child_path) as probe:
-        try:
-            scan = scan_vhdx_file(probe, bitmaps=False)
-        except CannotCheck as exc:
-            raise RefusedError(f"{exc}; set-parent refuses it") from None
-        problems = [f.message for f in scan.errors if f.code not in TOLERATED]
-        if problems:
-            raise RefusedError(f"{child_path}: has damage set-parent does not mend: {problems[0]}; "
-                               f"run vhdfs check --repair {child_path} first")
-        if scan.disk_type != DiskType.DIFFERENCING:
-            raise UsageError(f"{child_path}: is a {DiskType(scan.disk_type).name.lower()} disk, not "
-                             "a differencing child: it has no parent link to set")
+        scan = check_child(probe, child_path, lambda source: scan_vhdx_file(source, bitmaps=False),
+                           TOLERATED)
         meta = metadata.read_metadata(probe)
     require_writable(child_path, "the child", "set-parent rewrites its parent locator")
     where = f"metadata region at offset {meta.region.start}"
@@ -113,7 +103,9 @@ def _set_parent(child_path: Path, parent_path: Path, force: bool, options: OpenO
             raise ParentMismatch(f"{child_path}: has {meta.logical_sector_size}-byte logical "
                                  f"sectors but {parent_path} has {parent.logical_sector_size}; a "
                                  "parent must have the child's sector size")
-        warnings = _check_no_cycle(child_path, parent_path, parent, options)
+        with LocalFile(child_path, lock=None) as child_source:
+            child_identity = child_source.identity()
+        warnings = check_no_cycle(child_identity, str(child_path), parent_path, parent, options)
 
     values = build.parent_locator_values(found, child_path.parent, parent_path)
     if old is not None:  # keys of other tools stay; a second linkage named another identity
@@ -131,25 +123,6 @@ def _set_parent(child_path: Path, parent_path: Path, force: bool, options: OpenO
     return VhdxRelink(parent_unique_id=fmt.guid_text(found), forced=not matched,
                       old_locators=_paths(old.values) if old is not None else [],
                       new_locators=_paths(values), warnings=warnings)
-
-
-def _check_no_cycle(child_path: Path, parent_path: Path, parent: ImageLayer,
-                    options: OpenOptions) -> list[str]:
-    with LocalFile(child_path, lock=None) as child_source:
-        child_id = child_source.identity()
-    if parent.source.identity() == child_id:
-        raise RefusedError(f"{parent_path}: is the child itself; a disk cannot be its own parent")
-    if not parent.is_differencing:
-        return []
-    try:
-        with open_chain(str(parent_path), options) as chain:
-            ids = {layer.source.identity() for layer in chain.layers}
-    except ChainError as exc:
-        return [f"the new parent's own chain is incomplete ({exc})"]
-    if child_id in ids:
-        raise ChainCycle(f"{parent_path}: its own chain contains {child_path}; linking them "
-                         "would make a parent loop")
-    return []
 
 
 __all__ = ["set_parent_vhdx", "VhdxRelink"]
