@@ -1,25 +1,48 @@
-"""Sending an upload's page writes: `concurrency` at a time, each checked and counted, and
-the progress bar that shows what was sent and what was skipped."""
+"""Sending an upload's page writes: as many at once as `concurrency` full-size writes, each
+checked and counted, and the progress bar that shows what was sent and what was skipped.
+
+A full 4 MiB write takes its time moving bytes; a write of a few sectors (a fragmented disk:
+746 of them for 1.9 MiB of data on the chain of docs/benchmarks.md) takes a round trip
+whatever its size. So what is in flight is bounded by bytes, `concurrency` x 4 MiB, with a
+write of less than 1 MiB counted as 1 MiB: `concurrency` full-size writes at once, or up to
+4 x `concurrency` small ones (32 by default, AzCopy's own default on a small machine), never
+more than the process's connection pool. Memory stays at the same bound either way, and as
+much again is handed over ahead, so a sender never waits for the reader.
+"""
 
 from __future__ import annotations
 
 import bisect
 import threading
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from vhdfs.azure.client import remote_errors
+from vhdfs.azure.client import POOL_SIZE, remote_errors
 from vhdfs.errors import Interrupted, RemoteError
 from vhdfs.progress import Progress
 from vhdfs.units import human
 from vhdfs.upload.planning import MAX_WRITE, Write
 
+SMALL_SHARE = 4  # a write of at most MAX_WRITE / SMALL_SHARE costs that much of the budget
+SMALL_COST = MAX_WRITE // SMALL_SHARE
+
+
+def write_cost(write: Write) -> int:
+    """What a write takes of the in-flight budget: its body, at least SMALL_COST (a clear
+    has no body: it costs a round trip, like a small write)."""
+    return max(SMALL_COST, write.length if write.data is not None else 0)
+
+
+def sender_threads(concurrency: int) -> int:
+    """Threads enough for every write the budget lets be in flight at once."""
+    return max(1, min(concurrency * SMALL_SHARE, POOL_SIZE))
+
 
 class Sender:
-    """Page writes, `concurrency` at a time, at most 2 x concurrency buffered. Each write
-    carries a Content-MD5 unless `content_md5` is off (a managed disk's endpoint refuses
-    it)."""
+    """Page writes, at most `concurrency` x 4 MiB of them in flight (small ones counted as
+    1 MiB: write_cost) and as much again handed over and waiting. Each write carries a
+    Content-MD5 unless `content_md5` is off (a managed disk's endpoint refuses it)."""
 
     def __init__(self, client: Any, lease: Any, name: str, secrets: tuple[str, ...],
                  concurrency: int, present: list[tuple[int, int]], *,
@@ -30,11 +53,17 @@ class Sender:
         self.secrets = secrets
         self.present = present
         self._starts = [lo for lo, _ in present]
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="vhdfs-upload")
-        self._slots = threading.Semaphore(concurrency * 2)
+        self._budget = concurrency * MAX_WRITE  # cost of the writes in flight, at most
+        self._thread_count = sender_threads(concurrency)
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._in_flight = 0
+        self._changed = threading.Condition(self._lock)
+        self._waiting: deque[tuple[Write, int]] = deque()  # handed over, not started
+        self._handed_cost = 0  # of the writes waiting or in flight
+        self._running_cost = 0  # of the writes in flight
+        self._running = 0  # writes in flight
+        self._in_flight = 0  # writes waiting or in flight
+        self._closing = False
         self.content_md5 = content_md5
         self.error: BaseException | None = None
         self.sent = 0
@@ -42,6 +71,7 @@ class Sender:
         self.present_bytes = 0
         self.queued = 0
         self.writes = 0
+        self.most_at_once = 0  # writes in flight at the same time, at most
 
     def _covered(self, write: Write) -> bool:
         i = bisect.bisect_right(self._starts, write.offset) - 1
@@ -57,19 +87,54 @@ class Sender:
         if write.data is not None and self.present and self._covered(write):
             self.present_bytes += write.length
             return
-        self._slots.acquire()
-        self.queued += write.length
-        with self._lock:
+        if not self._threads:
+            self._start()
+        cost = write_cost(write)
+        with self._changed:
+            self._changed.wait_for(lambda: self.error is not None or
+                                   self._handed_cost + cost <= 2 * self._budget)
+            if self.error is not None:
+                raise self.error
+            self._handed_cost += cost
             self._in_flight += 1
-        future = self._pool.submit(self._send, write)
-        future.add_done_callback(self._done)
+            self.queued += write.length
+            self._waiting.append((write, cost))
+            self._changed.notify_all()
 
-    def _done(self, _: object) -> None:
-        self._slots.release()
-        with self._lock:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.notify_all()
+    def _start(self) -> None:
+        for index in range(self._thread_count):
+            thread = threading.Thread(target=self._work, name=f"vhdfs-upload-{index}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _next(self) -> tuple[Write, int] | None:
+        """The next write once the budget has room for it (in order); None when closing."""
+        def ready() -> bool:
+            if self._waiting:
+                return self._running_cost + self._waiting[0][1] <= self._budget
+            return self._closing
+
+        with self._changed:
+            self._changed.wait_for(ready)
+            if not self._waiting:
+                return None
+            write, cost = self._waiting.popleft()
+            self._running_cost += cost
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+            return write, cost
+
+    def _work(self) -> None:
+        while (item := self._next()) is not None:
+            write, cost = item
+            self._send(write)
+            with self._changed:
+                self._running_cost -= cost
+                self._running -= 1
+                self._handed_cost -= cost
+                self._in_flight -= 1
+                self._changed.notify_all()
 
     def _send(self, write: Write) -> None:
         if self.error is not None:
@@ -86,6 +151,7 @@ class Sender:
         except BaseException as exc:
             with self._lock:
                 self.error = self.error or exc
+                self._changed.notify_all()
             return
         with self._lock:
             self.writes += 1
@@ -96,20 +162,34 @@ class Sender:
 
     def drain(self) -> None:
         """Wait until every write handed out so far has been answered."""
-        with self._lock:
-            self._idle.wait_for(lambda: not self._in_flight)
+        with self._changed:
+            self._changed.wait_for(lambda: not self._in_flight)
         if self.error is not None:
             raise self.error
 
+    def _stop(self) -> None:
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+
     def finish(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._stop()
         if self.error is not None:
             raise self.error
 
     def abort(self) -> None:
-        with self._lock:
+        """Send nothing more; wait for the writes in flight (their answers are not needed)."""
+        with self._changed:
             self.error = self.error or Interrupted("upload interrupted")
-        self._pool.shutdown(wait=True, cancel_futures=True)
+            while self._waiting:
+                _, cost = self._waiting.popleft()
+                self._handed_cost -= cost
+                self._in_flight -= 1
+            self._changed.notify_all()
+        self._stop()
 
 
 class UploadProgress(Progress):
