@@ -20,6 +20,13 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from vhdfs.blocks import (
+    bitmap_block_runs,
+    check_map_range,
+    check_write_range,
+    map_blocks,
+    trim_bitmap_cache,
+)
 from vhdfs.errors import ChecksumError, FormatError, ImageIOError, RefusedError, VhdfsError
 from vhdfs.image import SECTOR, LocatorEntry, Run, RunKind
 from vhdfs.sources.base import Source
@@ -317,11 +324,8 @@ class Layer:
             if cached is not None:  # another thread (or a writer) got there first
                 return cached
             self._bitmaps[index] = bitmap
-            while len(self._bitmaps) > BITMAP_CACHE_BLOCKS:
-                oldest = next(iter(self._bitmaps))
-                if oldest in self._dirty_bitmaps:
-                    break
-                del self._bitmaps[oldest]
+            trim_bitmap_cache(self._bitmaps, BITMAP_CACHE_BLOCKS,
+                              lambda oldest: oldest in self._dirty_bitmaps)
             return bitmap
 
     def block_runs(self, index: int) -> list[Run]:
@@ -343,37 +347,16 @@ class Layer:
         bitmap = self._bitmap(index)
         with self._lock:
             runs = bitmap_runs(bitmap, 0, -(-length // SECTOR))
-        out = []
-        for first, count, here in runs:
-            offset = first * SECTOR
-            size = min(count * SECTOR, length - offset)
-            if here:
-                out.append(Run(RunKind.HERE, start + offset, size, data + offset))
-            else:
-                out.append(Run(RunKind.BELOW, start + offset, size))
-        return out
+        return bitmap_block_runs(runs, SECTOR, start, length, data)
 
     def map(self, offset: int, length: int) -> list[Run]:
         """Runs covering [offset, offset + length) of the virtual disk."""
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise ImageIOError(f"{self.name}: range {offset}+{length} is outside the disk "
-                               f"of {self.size} bytes", errno.EINVAL)
+        check_map_range(self.name, offset, length, self.size)
         if length == 0:
             return []
         if self.disk_type == DiskType.FIXED:
             return [Run(RunKind.HERE, offset, length, offset)]
-        out: list[Run] = []
-        end = offset + length
-        index = offset // self.block_size
-        while index * self.block_size < end:
-            for run in self.block_runs(index):
-                lo, hi = max(run.offset, offset), min(run.offset + run.length, end)
-                if lo >= hi:
-                    continue
-                file_offset = run.file_offset + (lo - run.offset) if run.kind is RunKind.HERE else -1
-                out.append(Run(run.kind, lo, hi - lo, file_offset))
-            index += 1
-        return out
+        return map_blocks(self.block_runs, self.block_size, offset, length)
 
     # ---------------------------------------------------------------- writing
     def _require_writable(self) -> None:
@@ -391,9 +374,7 @@ class Layer:
         if offset % SECTOR or length % SECTOR:
             raise ImageIOError(f"{self.name}: write of {length} bytes at {offset} is not "
                                "sector aligned", errno.EINVAL)
-        if offset < 0 or offset + length > self.size:
-            raise ImageIOError(f"{self.name}: write of {length} bytes at {offset} runs past the "
-                               f"end of the disk ({self.size} bytes)", errno.ENOSPC)
+        check_write_range(self.name, offset, length, self.size)
         view = memoryview(data)
         if self.disk_type == DiskType.FIXED:
             self.source.write_at(offset, view)

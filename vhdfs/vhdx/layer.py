@@ -29,6 +29,13 @@ import threading
 from collections import OrderedDict
 from typing import Any, NoReturn
 
+from vhdfs.blocks import (
+    bitmap_block_runs,
+    check_map_range,
+    check_write_range,
+    map_blocks,
+    trim_bitmap_cache,
+)
 from vhdfs.errors import FormatError, ImageIOError, RefusedError, VhdfsError
 from vhdfs.image import DiskType, LocatorEntry, Run, RunKind
 from vhdfs.sources.base import Source
@@ -317,11 +324,8 @@ class VhdxLayer:
                 return cached
             bitmap = bytearray(self._read(self._bitmap_offset(block), self._bitmap_bytes))
             self._bitmaps[block] = bitmap
-            while len(self._bitmaps) > BITMAP_CACHE_BLOCKS:
-                oldest = next(iter(self._bitmaps))
-                if oldest in self._dirty_bitmaps or oldest in self._committing:
-                    break  # kept until flushed: the file may not hold these bits yet
-                del self._bitmaps[oldest]
+            trim_bitmap_cache(self._bitmaps, BITMAP_CACHE_BLOCKS,
+                              lambda oldest: oldest in self._dirty_bitmaps or oldest in self._committing)
             return bitmap
 
     def block_runs(self, block: int) -> list[Run]:
@@ -340,35 +344,14 @@ class VhdxLayer:
         if state == fmt.PAYLOAD_BLOCK_FULLY_PRESENT:
             return [Run(RunKind.HERE, start, length, offset)]
         lss = self.logical_sector_size
-        out = []
         with self._lock:
             runs = lsb_runs(self._block_bitmap(block), 0, -(-length // lss))
-        for first, count, here in runs:
-            inner = first * lss
-            size = min(count * lss, length - inner)
-            if here:
-                out.append(Run(RunKind.HERE, start + inner, size, offset + inner))
-            else:
-                out.append(Run(RunKind.BELOW, start + inner, size))
-        return out
+        return bitmap_block_runs(runs, lss, start, length, offset)
 
     def map(self, offset: int, length: int) -> list[Run]:
         """Runs covering [offset, offset + length) of the virtual disk."""
-        if offset < 0 or length < 0 or offset + length > self.size:
-            raise ImageIOError(f"{self.name}: range {offset}+{length} is outside the disk "
-                               f"of {self.size} bytes", errno.EINVAL)
-        out: list[Run] = []
-        end = offset + length
-        block = offset // self.block_size
-        while block * self.block_size < end:
-            for run in self.block_runs(block):
-                lo, hi = max(run.offset, offset), min(run.offset + run.length, end)
-                if lo >= hi:
-                    continue
-                file_offset = run.file_offset + (lo - run.offset) if run.kind is RunKind.HERE else -1
-                out.append(Run(run.kind, lo, hi - lo, file_offset))
-            block += 1
-        return out
+        check_map_range(self.name, offset, length, self.size)
+        return map_blocks(self.block_runs, self.block_size, offset, length)
 
     # ---------------------------------------------------------------- writing
     def _open_for_writing(self) -> None:
@@ -408,9 +391,7 @@ class VhdxLayer:
         if offset % unit or length % unit:
             raise ImageIOError(f"{self.name}: write of {length} bytes at {offset} is not "
                                f"aligned to the {unit}-byte sector", errno.EINVAL)
-        if offset < 0 or offset + length > self.size:
-            raise ImageIOError(f"{self.name}: write of {length} bytes at {offset} runs past the "
-                               f"end of the disk ({self.size} bytes)", errno.ENOSPC)
+        check_write_range(self.name, offset, length, self.size)
         if length == 0:
             return
         self.journal.begin_data()  # a new DataWriteGuid before the disk's contents change
