@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from vhdfs.azure.location import looks_remote
 from vhdfs.chain import Chain
 from vhdfs.cli.common import add_image_options, layer_names, open_image, warn_children
+from vhdfs.cli.conventions import report
 from vhdfs.errors import FormatError, RefusedError, UsageError, VhdfsError
 from vhdfs.fuse.mountpoint import check_fuse_available
 from vhdfs.fuse.private import private_mount
@@ -155,6 +156,30 @@ def write_guest(args: argparse.Namespace, command: str,
 
 def _ignore(amount: int) -> None:
     pass
+
+
+def add_guest_path_command(sub: argparse._SubParsersAction, name: str, *, help: str,
+                           description: str, flag: tuple[str, str], flag_help: str,
+                           run: Callable[[argparse.Namespace], int]) -> None:
+    """The command `name IMAGE GUESTPATH` with one switch (`flag`: its short and long
+    forms) and the options of every guest write (rm, mkdir)."""
+    parser = sub.add_parser(name, help=help, description=description)
+    parser.add_argument("image")
+    parser.add_argument("guestpath")
+    parser.add_argument(*flag, action="store_true", help=flag_help)
+    add_write_options(parser, FORCE_BASE)
+    parser.set_defaults(func=run)
+
+
+def written_where(plan: Plan) -> str:
+    """The guest path a write changed and its volume, as the report's text names them."""
+    return f"{escape(guest(plan.path), backslash=False)} on {escape(plan.target.description)}"
+
+
+def report_written(args: argparse.Namespace, done: Written, text: str, fields: dict) -> None:
+    """The report of a guest write: `text`, or with --json what every guest write says,
+    the command's own `fields`, and the time it took."""
+    report(args, {**common_result(args, done), **fields, "seconds": round(done.seconds, 3)}, text)
 
 
 def guest(path: tuple[str, ...]) -> str:

@@ -11,8 +11,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from vhdfs.cli.conventions import report
-from vhdfs.cli.guestwrites import FORCE_BASE, add_write_options, common_result, guest, write_guest
+from vhdfs.cli.guestwrites import (
+    FORCE_BASE,
+    add_write_options,
+    guest,
+    report_written,
+    write_guest,
+    written_where,
+)
 from vhdfs.guest.write import plan_put
 from vhdfs.quoting import escape
 from vhdfs.sources.modes import new_file_mode
@@ -63,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
               "bytes": c.size, "replaced": c.replaces is not None} for c in outcome.written]
     total = sum(c.size for c in outcome.written)
     replaced = sum(c.replaces is not None for c in outcome.written)
-    where = f"{escape(guest(plan.path), backslash=False)} on {escape(plan.target.description)}"
+    where = written_where(plan)
     if len(files) == 1 and not outcome.folders:
         text = (f"{'replaced' if replaced else 'wrote'} {where} in {args.image} "
                 f"({human(total)} from {escape(shown_src, backslash=False)})")
@@ -71,7 +77,6 @@ def run(args: argparse.Namespace) -> int:
         made = f" and {len(outcome.folders)} folder(s)" if outcome.folders else ""
         text = (f"wrote {len(files)} file(s){made} to {where} in {args.image} ({human(total)}"
                 f"{f'; {replaced} replaced' if replaced else ''})")
-    report(args, {**common_result(args, done), "files": files,
-                  "folders": [guest(c.path) for c in outcome.folders], "bytes": total,
-                  "seconds": round(done.seconds, 3)}, text)
+    report_written(args, done, text, {"files": files, "folders": [guest(c.path) for c in
+                                                                 outcome.folders], "bytes": total})
     return 0
