@@ -44,6 +44,29 @@ from vhdfs.vhdx.layer import VhdxLayer
 
 MiB = 1 << 20
 CLUSTER = 4096
+BLOCK = 2 * MiB  # of the parent and the child, VHD and VHDX alike
+
+
+def _write_parent(layer: Layer | VhdxLayer, rng: random.Random, blocks: int) -> None:
+    """A quarter of the parent's blocks, whole."""
+    for index in sorted(rng.sample(range(blocks), blocks // 4)):
+        layer.write(index * BLOCK, rng.randbytes(BLOCK))
+
+
+def _write_child(layer: Layer | VhdxLayer, rng: random.Random, blocks: int, data: int) -> None:
+    """About `data` bytes into the child, in runs of 1 to 64 clusters over random blocks."""
+    written = 0
+    for index in rng.sample(range(blocks), blocks):
+        if written >= data:
+            break
+        pos = 0
+        while pos < BLOCK and written < data:
+            left = -(-(data - written) // CLUSTER) * CLUSTER
+            run = min(rng.randint(1, 64) * CLUSTER, BLOCK - pos, left)
+            if rng.random() < 0.5:
+                layer.write(index * BLOCK + pos, rng.randbytes(run))
+                written += run
+            pos += run
 
 
 def build(folder: Path, size: int, data: int, seed: int = 5) -> tuple[Path, Path]:
@@ -52,27 +75,14 @@ def build(folder: Path, size: int, data: int, seed: int = 5) -> tuple[Path, Path
     if parent.exists() and child.exists():
         return parent, child
     rng = random.Random(seed)
-    block = 2 * MiB
-    blocks = size // block
-    create_dynamic(parent, size, block, force=True)
+    blocks = size // BLOCK
+    create_dynamic(parent, size, BLOCK, force=True)
     with Layer(LocalFile(parent, writable=True), writable=True) as layer:
-        for index in sorted(rng.sample(range(blocks), blocks // 4)):
-            layer.write(index * block, rng.randbytes(block))
+        _write_parent(layer, rng, blocks)
     with Layer(LocalFile(parent)) as layer:
-        create_differencing(child, parent_info_of(parent, layer), block, force=True)
-    written = 0
+        create_differencing(child, parent_info_of(parent, layer), BLOCK, force=True)
     with Layer(LocalFile(child, writable=True), writable=True) as layer:
-        for index in rng.sample(range(blocks), blocks):
-            if written >= data:
-                break
-            pos = 0
-            while pos < block and written < data:
-                left = -(-(data - written) // CLUSTER) * CLUSTER
-                run = min(rng.randint(1, 64) * CLUSTER, block - pos, left)
-                if rng.random() < 0.5:
-                    layer.write(index * block + pos, rng.randbytes(run))
-                    written += run
-                pos += run
+        _write_child(layer, rng, blocks, data)
     return parent, child
 
 
@@ -83,27 +93,14 @@ def build_vhdx(folder: Path, size: int, data: int, seed: int = 5) -> tuple[Path,
     if parent.exists() and child.exists():
         return parent, child
     rng = random.Random(seed)
-    block = 2 * MiB
-    blocks = size // block
-    create_vhdx(parent, size, block_size=block, force=True)
+    blocks = size // BLOCK
+    create_vhdx(parent, size, block_size=BLOCK, force=True)
     with VhdxLayer(LocalFile(parent, writable=True), writable=True) as layer:
-        for index in sorted(rng.sample(range(blocks), blocks // 4)):
-            layer.write(index * block, rng.randbytes(block))
+        _write_parent(layer, rng, blocks)
     with LocalFile(parent) as source, VhdxLayer(source) as layer:
-        create_vhdx_differencing(child, parent, layer, block_size=block, force=True)
-    written = 0
+        create_vhdx_differencing(child, parent, layer, block_size=BLOCK, force=True)
     with VhdxLayer(LocalFile(child, writable=True), writable=True) as layer:
-        for index in rng.sample(range(blocks), blocks):
-            if written >= data:
-                break
-            pos = 0
-            while pos < block and written < data:
-                left = -(-(data - written) // CLUSTER) * CLUSTER
-                run = min(rng.randint(1, 64) * CLUSTER, block - pos, left)
-                if rng.random() < 0.5:
-                    layer.write(index * block + pos, rng.randbytes(run))
-                    written += run
-                pos += run
+        _write_child(layer, rng, blocks, data)
     return parent, child
 
 

@@ -1,4 +1,5 @@
-"""Pieces the benchmarks share: the benchmark chain, medians, peak memory of a process.
+"""Pieces the benchmarks share: the benchmark chain, medians, peak memory of a process, an
+Azurite with a work folder for the benchmarks of blob storage.
 
 `build_chain` writes the chain every benchmark reads: a dynamic base and differencing
 children, each with a given fraction of its blocks allocated. Children write partial blocks
@@ -7,14 +8,18 @@ children, each with a given fraction of its blocks allocated. Children write par
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
 import statistics
 import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from tools.azurite import Azurite, azurite_binary
 from vhdfs.create import create_differencing, create_dynamic, parent_info_of
 from vhdfs.sources.local import LocalFile
 from vhdfs.vhd.layer import Layer
@@ -88,3 +93,20 @@ def unmount(path: Path) -> None:
         return
     if subprocess.run(["fusermount3", "-u", str(path)], capture_output=True).returncode:
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+
+
+@contextlib.contextmanager
+def azurite_work(folder: Path | None, prefix: str) -> Iterator[tuple[Azurite, Path]]:
+    """An Azurite on 127.0.0.1 for one benchmark run and its work folder: `folder` (--folder,
+    kept), or a new temporary one named `prefix`..., removed afterwards."""
+    binary = azurite_binary()
+    if binary is None:
+        raise SystemExit("Azurite is not installed: run scripts/setup")
+    work = folder or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        with Azurite(binary, work / "azurite") as server:
+            yield server, work
+    finally:
+        if folder is None:
+            shutil.rmtree(work, ignore_errors=True)

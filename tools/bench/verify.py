@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from tests.azure.helpers import service, stats_of
 from tests.fixtures.content import make_png
 from tests.fixtures.ntfsedit import replace_ntfs_files
 from tests.fixtures.windows import build_windows_disk
-from tools.azurite import Azurite, azurite_binary
+from tools.bench.common import azurite_work
 from tools.bench.upload import vhdfs
 from vhdfs.create import create_differencing, parent_info_of
 from vhdfs.resolve import OpenOptions, open_chain
@@ -78,23 +76,14 @@ def main() -> int:
     parser.add_argument("--size", action="append", help="virtual size (repeatable; default "
                         "128M and 2G)")
     args = parser.parse_args()
-    binary = azurite_binary()
-    if binary is None:
-        raise SystemExit("Azurite is not installed: run scripts/setup")
     sizes = [parse_size(s) for s in (args.size or ["128M", "2G"])]
-    folder = args.folder or Path(tempfile.mkdtemp(prefix="vhdfs-bench-verify-"))
-    folder.mkdir(parents=True, exist_ok=True)
     lines = ["| command | virtual size | local chain (anchor) | blob chain | fetched (of the "
              "virtual size) | GET requests |", "|---|---|---|---|---|---|"]
-    try:
-        with Azurite(binary, folder / "azurite") as server:
-            env = dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=server.connection_string,
-                       BENCH_ENDPOINT=server.endpoint)
-            for index, size in enumerate(sizes):
-                lines += bench_size(folder / f"size{index}", env, size, f"bench{index}")
-    finally:
-        if args.folder is None:
-            shutil.rmtree(folder, ignore_errors=True)
+    with azurite_work(args.folder, "vhdfs-bench-verify-") as (server, folder):
+        env = dict(os.environ, AZURE_STORAGE_CONNECTION_STRING=server.connection_string,
+                   BENCH_ENDPOINT=server.endpoint)
+        for index, size in enumerate(sizes):
+            lines += bench_size(folder / f"size{index}", env, size, f"bench{index}")
     print("\n".join(lines))
     return 0
 
