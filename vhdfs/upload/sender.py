@@ -57,7 +57,10 @@ class Sender:
         self._thread_count = sender_threads(concurrency)
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
+        # Two conditions, so that an answer wakes one sender thread and the submitter, not
+        # every thread (a wake-up of 32 threads per write cost more than the write).
+        self._ready = threading.Condition(self._lock)  # sender threads: a write may start
+        self._room = threading.Condition(self._lock)  # the submitter, drain: room, answers
         self._waiting: deque[tuple[Write, int]] = deque()  # handed over, not started
         self._handed_cost = 0  # of the writes waiting or in flight
         self._running_cost = 0  # of the writes in flight
@@ -90,16 +93,16 @@ class Sender:
         if not self._threads:
             self._start()
         cost = write_cost(write)
-        with self._changed:
-            self._changed.wait_for(lambda: self.error is not None or
-                                   self._handed_cost + cost <= 2 * self._budget)
+        with self._lock:
+            self._room.wait_for(lambda: self.error is not None or
+                                self._handed_cost + cost <= 2 * self._budget)
             if self.error is not None:
                 raise self.error
             self._handed_cost += cost
             self._in_flight += 1
             self.queued += write.length
             self._waiting.append((write, cost))
-            self._changed.notify_all()
+            self._ready.notify()
 
     def _start(self) -> None:
         for index in range(self._thread_count):
@@ -110,35 +113,49 @@ class Sender:
 
     def _next(self) -> tuple[Write, int] | None:
         """The next write once the budget has room for it (in order); None when closing."""
-        def ready() -> bool:
-            if self._waiting:
-                return self._running_cost + self._waiting[0][1] <= self._budget
-            return self._closing
-
-        with self._changed:
-            self._changed.wait_for(ready)
+        with self._lock:
+            self._ready.wait_for(self._can_start)
             if not self._waiting:
                 return None
             write, cost = self._waiting.popleft()
             self._running_cost += cost
             self._running += 1
             self.most_at_once = max(self.most_at_once, self._running)
+            if self._waiting and self._can_start():
+                self._ready.notify()  # the next fits too: another thread takes it
             return write, cost
+
+    def _can_start(self) -> bool:
+        if self._waiting:
+            return self._running_cost + self._waiting[0][1] <= self._budget
+        return self._closing
 
     def _work(self) -> None:
         while (item := self._next()) is not None:
             write, cost = item
-            self._send(write)
-            with self._changed:
+            outcome = self._send(write)
+            with self._lock:
                 self._running_cost -= cost
                 self._running -= 1
                 self._handed_cost -= cost
                 self._in_flight -= 1
-                self._changed.notify_all()
+                if isinstance(outcome, BaseException):
+                    self.error = self.error or outcome
+                    self._ready.notify_all()
+                elif outcome:
+                    self.writes += 1
+                    if write.data is None:
+                        self.cleared += write.length
+                    else:
+                        self.sent += write.length
+                self._ready.notify()
+                self._room.notify_all()
 
-    def _send(self, write: Write) -> None:
+    def _send(self, write: Write) -> bool | BaseException:
+        """One request: True when answered, what it failed with, or False when not sent
+        (the upload had failed already)."""
         if self.error is not None:
-            return
+            return False
         try:
             where = f"writing {write.length} bytes at offset {write.offset}"
             with remote_errors(self.name, where, self.secrets):
@@ -149,28 +166,20 @@ class Sender:
                     self.client.upload_page(write.data, offset=write.offset, length=write.length,
                                             lease=self.lease, validate_content=self.content_md5)
         except BaseException as exc:
-            with self._lock:
-                self.error = self.error or exc
-                self._changed.notify_all()
-            return
-        with self._lock:
-            self.writes += 1
-            if write.data is None:
-                self.cleared += write.length
-            else:
-                self.sent += write.length
+            return exc
+        return True
 
     def drain(self) -> None:
         """Wait until every write handed out so far has been answered."""
-        with self._changed:
-            self._changed.wait_for(lambda: not self._in_flight)
+        with self._lock:
+            self._room.wait_for(lambda: not self._in_flight)
         if self.error is not None:
             raise self.error
 
     def _stop(self) -> None:
-        with self._changed:
+        with self._lock:
             self._closing = True
-            self._changed.notify_all()
+            self._ready.notify_all()
         for thread in self._threads:
             thread.join()
         self._threads = []
@@ -182,13 +191,13 @@ class Sender:
 
     def abort(self) -> None:
         """Send nothing more; wait for the writes in flight (their answers are not needed)."""
-        with self._changed:
+        with self._lock:
             self.error = self.error or Interrupted("upload interrupted")
             while self._waiting:
                 _, cost = self._waiting.popleft()
                 self._handed_cost -= cost
                 self._in_flight -= 1
-            self._changed.notify_all()
+            self._room.notify_all()
         self._stop()
 
 
