@@ -30,15 +30,36 @@ def bitmap_block_runs(bit_runs: Iterable[tuple[int, int, bool]], unit: int, star
     return out
 
 
-def trim_bitmap_cache(cache: OrderedDict[int, bytearray], limit: int,
-                      kept: Callable[[int], bool]) -> None:
-    """Drop the least recently used bitmaps beyond `limit`, stopping at one that must be
-    `kept` (bits the file may not hold yet): the cache then stays larger until a flush."""
-    while len(cache) > limit:
-        oldest = next(iter(cache))
-        if kept(oldest):
-            break
-        del cache[oldest]
+class BitmapCache(OrderedDict[int, bytearray]):
+    """The sector bitmaps of recently used blocks, least recently used first: at most
+    `limit`, unless the oldest is one `pinned` says must stay (bits the file may not hold
+    yet), which keeps the cache larger until a flush. The layer's lock guards it."""
+
+    def __init__(self, limit: int, pinned: Callable[[int], bool]) -> None:
+        super().__init__()
+        self.limit = limit
+        self.pinned = pinned
+
+    def recent(self, block: int) -> bytearray | None:
+        """The block's cached bitmap, now the most recently used, or None."""
+        cached = self.get(block)
+        if cached is not None:
+            self.move_to_end(block)
+        return cached
+
+    def keep(self, block: int, bitmap: bytearray) -> bytearray:
+        """Cache `bitmap` as the block's, unless another thread (or a writer) got there
+        first: the bitmap the cache holds for the block."""
+        cached = self.get(block)
+        if cached is not None:
+            return cached
+        self[block] = bitmap
+        while len(self) > self.limit:
+            oldest = next(iter(self))
+            if self.pinned(oldest):
+                break
+            del self[oldest]
+        return bitmap
 
 
 def map_blocks(block_runs: Callable[[int], list[Run]], block_size: int, offset: int,

@@ -17,15 +17,14 @@ import errno
 import logging
 import sys
 import threading
-from collections import OrderedDict
 from typing import Any
 
 from vhdfs.blocks import (
+    BitmapCache,
     bitmap_block_runs,
     check_map_range,
     check_write_range,
     map_blocks,
-    trim_bitmap_cache,
 )
 from vhdfs.errors import ChecksumError, FormatError, ImageIOError, RefusedError, VhdfsError
 from vhdfs.image import SECTOR, LocatorEntry, Run, RunKind
@@ -88,7 +87,7 @@ class Layer:
         self.bad_blocks: dict[int, str] = {}
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
-        self._bitmaps: OrderedDict[int, bytearray] = OrderedDict()
+        self._bitmaps = BitmapCache(BITMAP_CACHE_BLOCKS, lambda block: block in self._dirty_bitmaps)
         self._dirty_bitmaps: set[int] = set()
         self._dirty_bat: set[int] = set()
         self._pending_sync = False
@@ -313,20 +312,13 @@ class Layer:
 
     def _bitmap(self, index: int) -> bytearray:
         with self._lock:
-            cached = self._bitmaps.get(index)
+            cached = self._bitmaps.recent(index)
             if cached is not None:
-                self._bitmaps.move_to_end(index)
                 return cached
             entry = self.bat[index]
         bitmap = bytearray(self.source.read_at(entry * SECTOR, self.bitmap_size))
         with self._lock:
-            cached = self._bitmaps.get(index)
-            if cached is not None:  # another thread (or a writer) got there first
-                return cached
-            self._bitmaps[index] = bitmap
-            trim_bitmap_cache(self._bitmaps, BITMAP_CACHE_BLOCKS,
-                              lambda oldest: oldest in self._dirty_bitmaps)
-            return bitmap
+            return self._bitmaps.keep(index, bitmap)
 
     def block_runs(self, index: int) -> list[Run]:
         """The runs of one whole block (clipped at the disk size)."""

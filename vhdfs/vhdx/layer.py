@@ -26,15 +26,14 @@ import errno
 import logging
 import sys
 import threading
-from collections import OrderedDict
 from typing import Any, NoReturn
 
 from vhdfs.blocks import (
+    BitmapCache,
     bitmap_block_runs,
     check_map_range,
     check_write_range,
     map_blocks,
-    trim_bitmap_cache,
 )
 from vhdfs.errors import FormatError, ImageIOError, RefusedError, VhdfsError
 from vhdfs.image import DiskType, LocatorEntry, Run, RunKind
@@ -82,7 +81,9 @@ class VhdxLayer:
         self.replay: LogReplay | None = None
         self._lock = threading.RLock()
         self._flush_lock = threading.Lock()
-        self._bitmaps: OrderedDict[int, bytearray] = OrderedDict()
+        # Kept until flushed: the file may not hold these bits yet.
+        self._bitmaps = BitmapCache(BITMAP_CACHE_BLOCKS, lambda block: (
+            block in self._dirty_bitmaps or block in self._committing))
         self._dirty_bitmaps: set[int] = set()  # payload blocks whose bitmap bits changed
         self._dirty_bitmap_sectors: set[int] = set()  # the 4 KiB sectors holding those bits
         self._dirty_bat: set[int] = set()  # 4 KiB sectors of the BAT region that changed
@@ -318,15 +319,11 @@ class VhdxLayer:
     def _block_bitmap(self, block: int) -> bytearray:
         """The block's bitmap, cached (the caller holds the lock while it uses it)."""
         with self._lock:
-            cached = self._bitmaps.get(block)
+            cached = self._bitmaps.recent(block)
             if cached is not None:
-                self._bitmaps.move_to_end(block)
                 return cached
             bitmap = bytearray(self._read(self._bitmap_offset(block), self._bitmap_bytes))
-            self._bitmaps[block] = bitmap
-            trim_bitmap_cache(self._bitmaps, BITMAP_CACHE_BLOCKS,
-                              lambda oldest: oldest in self._dirty_bitmaps or oldest in self._committing)
-            return bitmap
+            return self._bitmaps.keep(block, bitmap)
 
     def block_runs(self, block: int) -> list[Run]:
         """The runs of one whole block (clipped at the disk size)."""
