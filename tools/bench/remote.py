@@ -22,10 +22,10 @@ another, interleaved, so that background load hits them alike):
          mount's `--stats` as `vhdfs umount` prints them.
   fio    on the chain's mount: fio sequential 1 MiB reads, and random 4 KiB reads (O_DIRECT,
          psync) with 1 and 4 jobs for --seconds each.
-  cache  the persistent block cache (--cache-dir): dd of the chain's mount with an empty
-         cache folder (cold) and again (warm); `vhdfs cat` of a 12 KiB file from a 2 GiB
-         Windows chain (tests/fixtures/windows.py) cold, warm and without the cache, with
-         the requests and bytes each fetched (--stats).
+  cache  the persistent block cache (--cache-dir): dd of the chain's mount without the
+         cache, with an empty cache folder (cold) and again (warm), in the same rounds;
+         `vhdfs cat` of a 12 KiB file from a 2 GiB Windows chain (tests/fixtures/windows.py)
+         cold, warm and without the cache, with the requests and bytes each fetched (--stats).
   upload (the upload against an in-memory sender: `python -m tools.bench.upload --parts
          sender` for now; see UPLOAD below)
 
@@ -264,8 +264,9 @@ def part_cache(tree: Tree, folder: Path, env: dict, endpoint: str, sizes: dict, 
     for _ in range(rounds):
         cache = folder / "cache"
         shutil.rmtree(cache, ignore_errors=True)
-        for state in ("cold", "warm"):
-            with mounted(tree, CHAIN, point, env, "--cache-dir", cache) as mount:
+        for state in ("none", "cold", "warm"):  # without the cache too: in the same rounds
+            extra = [] if state == "none" else ["--cache-dir", str(cache)]
+            with mounted(tree, CHAIN, point, env, *extra) as mount:
                 results.add(f"dd {state}", blob / dd_seconds(mount.disk) / 1e6)
             results.values[f"dd {state} stats"] = [mount.stats["requests"],
                                                    mount.stats["bytes_fetched"]]
@@ -279,11 +280,12 @@ def part_cache(tree: Tree, folder: Path, env: dict, endpoint: str, sizes: dict, 
                 raise SystemExit("cat returned other bytes")
             stats = stats_of(done.stderr.decode())
             results.values[f"cat {state} stats"] = [stats["requests"], stats["bytes_fetched"]]
-    dd = [f"{results.median(f'dd {state}'):.0f} MB/s, {int(results.values[f'dd {state} stats'][0])}"
-          f" requests, {human(int(results.values[f'dd {state} stats'][1]))}"
-          for state in ("cold", "warm")]
+    dd = [f"{results.median(f'dd {state}'):.0f} MB/s ({results.spread(f'dd {state}')}), "
+          f"{int(results.values[f'dd {state} stats'][0])} requests, "
+          f"{human(int(results.values[f'dd {state} stats'][1]))}"
+          for state in ("none", "cold", "warm")]
     lines = ["| read | without cache | cold cache | warm cache |", "|---|---|---|---|",
-             f"| `dd` of the chain's disk.vhd | (seq part) | {dd[0]} | {dd[1]} |"]
+             f"| `dd` of the chain's disk.vhd | {dd[0]} | {dd[1]} | {dd[2]} |"]
     cells = []
     for state in ("none", "cold", "warm"):
         requests, fetched = results.values[f"cat {state} stats"]
