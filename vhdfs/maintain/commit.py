@@ -36,6 +36,7 @@ from vhdfs.maintain.copier import (
     CommitJob,
     CommitResult,
     ReadAhead,
+    finish_fix,
     now_iso,
     refuse_damage,
 )
@@ -296,13 +297,7 @@ def unfinished_commit_fix(parent: str, state: dict, parent_id: bytes, search: li
         return Fix(RANK_COMMIT, "roll back the commit, which had not written anything yet: clear "
                    "the mark and delete the journal", rollback)
     child = find_committing_child(parent, state, search, [parent_id], _child_id_text)
-    if child is None:
-        return None
-
-    def finish(source: FaultySource) -> None:
-        commit(str(child), OpenOptions(parents=[parent]), faults=source.faults, quiet=True)
-    return Fix(RANK_COMMIT, f"finish the commit: copy the rest of {child} into it, then clear the "
-               "mark and the journal", finish)
+    return finish_fix(child, parent, commit, "clear")
 
 
 def _child_id_text(path: Path) -> str | None:

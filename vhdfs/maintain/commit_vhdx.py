@@ -43,6 +43,7 @@ from vhdfs.maintain.copier import (
     CommitJob,
     CommitResult,
     ReadAhead,
+    finish_fix,
     now_iso,
     refuse_damage,
 )
@@ -364,13 +365,7 @@ def unfinished_commit_fix(parent: str, state: dict, search: list[str]) -> Fix | 
     parent_ids = [fmt.guid(state[key]) for key in ("parent_unique_id", "parent_new_unique_id")
                   if state.get(key)]
     child = find_committing_child(parent, state, search, parent_ids, _child_id_text)
-    if child is None:
-        return None
-
-    def finish(source: FaultySource) -> None:
-        commit_vhdx(str(child), OpenOptions(parents=[parent]), faults=source.faults, quiet=True)
-    return Fix(RANK_COMMIT, f"finish the commit: copy the rest of {child} into it, then remove "
-               "the mark and the journal", finish)
+    return finish_fix(child, parent, commit_vhdx, "remove")
 
 
 def _child_id_text(path: Path) -> str | None:

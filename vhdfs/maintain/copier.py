@@ -17,8 +17,8 @@ from typing import Protocol, TypeVar
 
 from vhdfs.errors import RefusedError, UsageError
 from vhdfs.image import ImageLayer, RunKind
-from vhdfs.maintain.faults import Faults
-from vhdfs.maintain.findings import CannotCheck, FileScan
+from vhdfs.maintain.faults import Faults, FaultySource
+from vhdfs.maintain.findings import RANK_COMMIT, FileScan, Fix, scan_or_refuse
 from vhdfs.maintain.journals import PHASE_COPYING
 from vhdfs.maintain.siblings import find_children
 from vhdfs.progress import Progress
@@ -128,15 +128,26 @@ def refuse_damage(path: str | Path, role: str, scan: Callable[[Source], FileScan
     """Refuse the child or parent at `path` when `scan` (its format's check) finds errors
     other than those in `ignore`."""
     with LocalFile(path) as source:
-        try:
-            found = scan(source)
-        except CannotCheck as exc:
-            raise RefusedError(f"{exc}; commit refuses it") from None
+        found = scan_or_refuse(source, scan, "commit")
     problems = [f.message for f in found.errors if f.code not in ignore]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise RefusedError(f"{path}: the {role} has unrepaired damage: {problems[0]}{more}; run "
                            f"vhdfs check --repair {path} first")
+
+
+def finish_fix(child: Path | None, parent: str, run_commit: Callable[..., CommitResult],
+               mark_verb: str) -> Fix | None:
+    """The repair that finishes an unfinished commit of `child` into `parent` by running
+    `run_commit` (its format's commit) again; None when the child was not found. `mark_verb`:
+    what happens to the mark, in the format's words."""
+    if child is None:
+        return None
+
+    def finish(source: FaultySource) -> None:
+        run_commit(str(child), OpenOptions(parents=[parent]), faults=source.faults, quiet=True)
+    return Fix(RANK_COMMIT, f"finish the commit: copy the rest of {child} into it, then "
+               f"{mark_verb} the mark and the journal", finish)
 
 
 class JournalState(Protocol):

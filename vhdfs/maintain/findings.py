@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from vhdfs.errors import VhdfsError
+from vhdfs.errors import RefusedError, VhdfsError
 from vhdfs.maintain.faults import FaultySource
+from vhdfs.sources.base import Source
 
 ERROR = "error"  # a problem: exit 4 unless repaired
 WARNING = "warning"  # unusual but harmless to readers and writers
@@ -73,3 +74,12 @@ class FileScan:
     @property
     def errors(self) -> list[Finding]:
         return [f for f in self.findings if f.severity == ERROR]
+
+
+def scan_or_refuse(source: Source, scan: Callable[[Source], FileScan], action: str) -> FileScan:
+    """`scan(source)` (a format's check), or RefusedError when the file cannot be checked at
+    all: `action` (commit, set-parent) refuses it."""
+    try:
+        return scan(source)
+    except CannotCheck as exc:
+        raise RefusedError(f"{exc}; {action} refuses it") from None

@@ -30,14 +30,12 @@ from vhdfs.maintain.journals import (
     setparent_journal_of,
     write_setparent_journal,
 )
-from vhdfs.maintain.linkcheck import check_child, check_no_cycle
+from vhdfs.maintain.linkcheck import check_child, check_no_cycle, run_holding_child
 from vhdfs.maintain.scan import scan_file
 from vhdfs.maintain.scan_vhdx import is_vhdx_path
 from vhdfs.maintain.setparent_vhdx import set_parent_vhdx
 from vhdfs.resolve import OpenOptions
-from vhdfs.sources import locks
 from vhdfs.sources.local import LocalFile
-from vhdfs.sources.locks import Mode
 from vhdfs.vhd.build import LOCATOR_MIN_SPACE, parent_locators
 from vhdfs.vhd.dynheader import (
     HEADER_SIZE,
@@ -123,13 +121,7 @@ def set_parent(child: str, parent: str, *, force: bool = False, options: OpenOpt
                                parent_unique_id=relinked.parent_unique_id, forced=relinked.forced,
                                old_name="", new_name="", old_locators=relinked.old_locators,
                                new_locators=relinked.new_locators)
-    options = options or OpenOptions()
-    faults = faults or Faults.from_env()
-    child_path, parent_path = Path(child), Path(parent)
-    # The child is held alone from its first read to its last write: a mount writing it
-    # would overwrite the new header with its own copy at its next flush.
-    with locks.lock_path(child_path, Mode.EXCLUSIVE):
-        return _set_parent(child_path, parent_path, force, options, faults)
+    return run_holding_child(child, parent, force, options, faults, _set_parent)
 
 
 def _set_parent(child_path: Path, parent_path: Path, force: bool, options: OpenOptions,

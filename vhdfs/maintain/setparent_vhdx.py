@@ -21,12 +21,10 @@ from pathlib import Path
 from vhdfs.errors import FormatError, ParentMismatch, RefusedError
 from vhdfs.maintain.faults import Faults, FaultySource
 from vhdfs.maintain.files import require_writable
-from vhdfs.maintain.linkcheck import check_child, check_no_cycle
+from vhdfs.maintain.linkcheck import check_child, check_no_cycle, run_holding_child
 from vhdfs.maintain.scan_vhdx import scan_vhdx_file
 from vhdfs.resolve import OpenOptions, open_layer
-from vhdfs.sources import locks
 from vhdfs.sources.local import LocalFile
-from vhdfs.sources.locks import Mode
 from vhdfs.vhdx import build, metadata
 from vhdfs.vhdx import format as fmt
 from vhdfs.vhdx.rules import LINKAGE_KEYS, PATH_KEYS, Metadata, ParentLocator, parse_parent_locator
@@ -54,13 +52,7 @@ def _paths(values: dict[str, str]) -> list[tuple[str, str]]:
 
 def set_parent_vhdx(child: str, parent: str, *, force: bool = False,
                     options: OpenOptions | None = None, faults: Faults | None = None) -> VhdxRelink:
-    options = options or OpenOptions()
-    faults = faults or Faults.from_env()
-    child_path, parent_path = Path(child), Path(parent)
-    # Held alone from its first read to its last write: a mount writing it would write its
-    # own metadata over the new locator.
-    with locks.lock_path(child_path, Mode.EXCLUSIVE):
-        return _set_parent(child_path, parent_path, force, options, faults)
+    return run_holding_child(child, parent, force, options, faults, _set_parent)
 
 
 def _set_parent(child_path: Path, parent_path: Path, force: bool, options: OpenOptions,
