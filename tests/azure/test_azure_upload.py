@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -344,3 +345,53 @@ def test_a_blob_changed_while_read_fails_clearly(env: dict, azurite: Azurite, co
             source.read_at(30 * MiB, 512)
     finally:
         source.close()
+
+
+class GatedClient:
+    """A page blob client for the sender alone: it holds each write until the test lets
+    writes go, and records what was in flight whenever one started."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.in_flight: list[int] = []
+        self.seen: list[list[int]] = []  # lengths in flight, as each write started
+        self.let_go = 0
+
+    def upload_page(self, data: bytes, *, offset: int, length: int, lease: object,
+                    validate_content: bool) -> None:
+        with self.changed:
+            self.in_flight.append(length)
+            self.seen.append(list(self.in_flight))
+            self.changed.notify_all()
+            self.changed.wait_for(lambda: self.let_go > 0)
+            self.let_go -= 1
+            self.in_flight.remove(length)
+
+
+def test_sender_keeps_bytes_in_flight_within_the_budget() -> None:
+    """The rule behind the two tests above, exactly: in flight at once, small writes (under
+    1 MiB) count as 1 MiB, the rest by their bytes, together at most --concurrency x 4 MiB."""
+    from vhdfs.upload.planning import data_write
+    from vhdfs.upload.sender import Sender
+
+    client = GatedClient()
+    sender = Sender(client, None, "gated", (), 2, [])  # 8 MiB in flight
+    sizes = [4096] * 10 + [4 * MiB, 3 * MiB] + [512] * 5
+    writes, at = [], 0
+    for size in sizes:
+        writes.append(data_write(at, bytes([1]) * size))
+        at += size
+    submitting = threading.Thread(target=lambda: [sender.submit(w) for w in writes])
+    submitting.start()
+    with client.changed:  # eight small writes go at once, and no more
+        assert client.changed.wait_for(lambda: len(client.in_flight) == 8, timeout=60)
+    with client.changed:
+        client.let_go = len(sizes)
+        client.changed.notify_all()
+    submitting.join(60)
+    sender.drain()
+    sender.finish()
+    assert sender.writes == len(sizes) and sender.sent == sum(sizes)
+    assert max(len(now) for now in client.seen) == 8 == sender.most_at_once
+    assert all(sum(max(n, MiB) for n in now) <= 8 * MiB for now in client.seen)
+    assert sorted(now[-1] for now in client.seen) == sorted(sizes)
