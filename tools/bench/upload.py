@@ -25,7 +25,8 @@ three layers of short writes: tests/azure/helpers.py hidden_style_chain) and on 
 above; and the upload's time against the same upload with zero detection switched off (every
 page of every data extent sent), and against the start-up of the command (the same upload of
 an empty disk of the same size, subtracted) and the in-memory sender of the same writes
-(below), medians of --rounds interleaved rounds after one warm-up upload.
+(below; 8 threads, and on the chain also 32, as many small writes as the upload has in
+flight at once), medians of --rounds interleaved rounds after one warm-up upload.
 
 Sender (--parts sender): `vhdfs upload` (concurrency 8) against an in-memory sender doing the
 same ranged writes with 8 threads: the writes of the same upload made beforehand and held in
@@ -250,10 +251,15 @@ def bench_pages(folder: Path, server: Azurite, env: dict, size: int, data: int,
         sent: dict[str, int] = {}
         writes = 0
         for index in range(rounds):
-            for kind in ("ours", "plain", "startup", "memory") + (("before",) if before else ()):
+            kinds = ["ours", "plain", "startup", "memory"]
+            kinds += ["memory32"] if image is small else []  # as many threads as small writes
+            kinds += ["before"] if before else []
+            for kind in kinds:
                 name = f"az://pages/{image.stem}-{kind}-{index}.vhd"
-                if kind == "memory":
-                    times.setdefault(kind, []).append(memory_sender(env, name, image.resolve()))
+                if kind.startswith("memory"):
+                    threads = 32 if kind == "memory32" else 8
+                    times.setdefault(kind, []).append(memory_sender(env, name, image.resolve(),
+                                                                    threads))
                     continue
                 seconds, done = upload_command(
                     empty if kind == "startup" else image.resolve(), name, env=env,
@@ -265,7 +271,9 @@ def bench_pages(folder: Path, server: Azurite, env: dict, size: int, data: int,
         med = {kind: statistics.median(values) for kind, values in times.items()}
         row = (f"| {label} | {want} | {sent['ours']} | {sent['ours'] / want:.4f} | "
                f"{writes} requests | {med['ours']:.2f} s | {med['ours'] - med['startup']:.2f} s | "
-               f"{med['memory']:.2f} s | {med['plain']:.2f} s ({sent['plain']}, "
+               f"{med['memory']:.2f} s" + (f" (32 threads: {med['memory32']:.2f} s)"
+                                            if "memory32" in med else "") +
+               f" | {med['plain']:.2f} s ({sent['plain']}, "
                f"{sent['plain'] / want:.2f}x) |")
         if before:
             row += f" {med['before'] - med['startup']:.2f} s |"
