@@ -300,7 +300,7 @@ def test_writes_go_in_parallel_with_progress(tmp_path: Path, env: dict, azurite:
 def test_full_size_writes_go_concurrency_at_a_time(tmp_path: Path, env: dict, azurite: Azurite,
                                                    container: str, proxy: FaultProxy) -> None:
     """--concurrency N: N writes of 4 MiB in flight, never more (they are what takes memory
-    and bandwidth)."""
+    and bandwidth), as any write over 64 KiB."""
     disk = tmp_path / "full.vhd"
     create_dynamic(disk, 32 * MiB)
     write_layer(disk, [(0, random.Random(3).randbytes(24 * MiB))])  # six writes of 4 MiB
@@ -315,8 +315,7 @@ def test_full_size_writes_go_concurrency_at_a_time(tmp_path: Path, env: dict, az
 def test_small_writes_go_four_times_concurrency_at_a_time(
         tmp_path: Path, env: dict, azurite: Azurite, container: str, proxy: FaultProxy) -> None:
     """A fragmented disk (746 writes of a few sectors) is bound by round trips, not bytes:
-    --concurrency N lets 4 x N small writes be in flight at once (the same bytes in flight
-    as N full-size writes, at most)."""
+    --concurrency N lets 4 x N writes of at most 64 KiB be in flight at once."""
     top = hidden_style_chain(tmp_path)
     proxy.add("delay", 8, method="PUT", contains="comp=page", seconds=1.0)  # the first 8 wait
     up_env = dict(env, AZURE_STORAGE_CONNECTION_STRING=connection_string(proxy.endpoint))
@@ -368,15 +367,15 @@ class GatedClient:
             self.in_flight.remove(length)
 
 
-def test_sender_keeps_bytes_in_flight_within_the_budget() -> None:
-    """The rule behind the two tests above, exactly: in flight at once, small writes (under
-    1 MiB) count as 1 MiB, the rest by their bytes, together at most --concurrency x 4 MiB."""
+def test_sender_keeps_its_slots() -> None:
+    """The rule behind the two tests above, exactly: --concurrency slots, a write of at most
+    64 KiB takes a quarter of one, any larger write a whole one."""
     from vhdfs.upload.planning import data_write
     from vhdfs.upload.sender import Sender
 
     client = GatedClient()
-    sender = Sender(client, None, "gated", (), 2, [])  # 8 MiB in flight
-    sizes = [4096] * 10 + [4 * MiB, 3 * MiB] + [512] * 5
+    sender = Sender(client, None, "gated", (), 2, [])  # 2 slots: 8 quarters
+    sizes = [4096] * 10 + [64 * 1024, 256 * 1024, 256 * 1024, 4 * MiB] + [512] * 5
     writes, at = [], 0
     for size in sizes:
         writes.append(data_write(at, bytes([1]) * size))
@@ -393,5 +392,5 @@ def test_sender_keeps_bytes_in_flight_within_the_budget() -> None:
     sender.finish()
     assert sender.writes == len(sizes) and sender.sent == sum(sizes)
     assert max(len(now) for now in client.seen) == 8 == sender.most_at_once
-    assert all(sum(max(n, MiB) for n in now) <= 8 * MiB for now in client.seen)
+    assert all(sum(1 if n <= 64 * 1024 else 4 for n in now) <= 8 for now in client.seen)
     assert sorted(now[-1] for now in client.seen) == sorted(sizes)
