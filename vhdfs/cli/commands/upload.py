@@ -24,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("source", help="a VHD (the chain is followed), a raw image, or any file")
     parser.add_argument("dest", help="the page blob to write")
     parser.add_argument("--concurrency", type=int, default=8, metavar="N",
-                        help="parallel write requests of 4 MiB (default 8); writes under "
-                        "1 MiB go up to 4 x N at once")
+                        help="parallel write requests (default 8); writes of at most 64 KiB "
+                        "go up to 4 x N at once")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted upload of the same source")
     parser.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
