@@ -111,7 +111,8 @@ def window_writes(window: Window) -> list[Write]:
                 data[-1] = (data[-1][0], b)
             else:
                 data.append((a, b))
-    writes = [data_write(at + a, _padded(buf[a:b])) for a, b in data]
+    view = memoryview(buf)  # one copy of each write's bytes, not two (a slice, then bytes)
+    writes = [data_write(at + a, _padded(view[a:b])) for a, b in data]
     if zeros and window.clear_under:
         clears = [Write(a, b - a, None, _zeros_hash(b - a))
                   for a, b in overlap(zeros, window.clear_under)]
@@ -119,7 +120,7 @@ def window_writes(window: Window) -> list[Write]:
     return writes
 
 
-def _padded(piece: bytearray) -> bytes:
+def _padded(piece: memoryview) -> bytes:
     tail = len(piece) % PAGE
     return bytes(piece) + bytes(PAGE - tail) if tail else bytes(piece)
 
