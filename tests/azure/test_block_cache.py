@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.azure.helpers import MiB, make_chain, stats_of, vhdfs, write_layer
 from tests.fixtures.content import make_png
 from tests.fixtures.windows import build_windows_disk
 from vhdfs.azure import blockcache
+from vhdfs.azure.blob import RangeCache
 from vhdfs.azure.blockcache import ENTRY, FORMAT_FOLDER, CacheFolder
 from vhdfs.azure.location import parse_blob_url
 from vhdfs.create import create_differencing, parent_info_of
@@ -301,3 +303,76 @@ def test_a_cache_folder_others_can_write_is_refused(tmp_path: Path) -> None:
         CacheFolder(linked, 64 * MiB, "--cache-dir ").store(LOCATION, '"0x1"')
     os.chmod(shared / FORMAT_FOLDER, 0o700)
     CacheFolder(shared, 64 * MiB, "--cache-dir ").store(LOCATION, '"0x1"').put(0, b"x")
+
+
+class GatedStore:
+    """A cache folder as slow as a disk can be: every put waits until the gate opens."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.blocks: dict[int, bytes] = {}
+
+    def get(self, index: int) -> bytes | None:
+        return self.blocks.get(index)
+
+    def put(self, index: int, data: bytes) -> None:
+        assert self.gate.wait(30)
+        self.blocks[index] = data
+
+
+def gated_cache(content: bytes, fetched: list[int], store: GatedStore) -> RangeCache:
+    block = 4096
+
+    def fetch(offset: int, length: int) -> bytes:
+        fetched.extend(range(offset // block, -(-(offset + length) // block)))
+        return content[offset:offset + length]
+
+    return RangeCache("blob", len(content), fetch, store=store, block=block,
+                      capacity=64 * block, max_get=4 * block, read_ahead_max=8 * block, workers=3)
+
+
+def test_a_reader_does_not_wait_for_the_cache_folder() -> None:
+    """A read that fetched its block returns before the block is written to the cache folder;
+    what was fetched is all there once the blob is closed."""
+    content = random.Random(8).randbytes(16 * 4096)
+    fetched: list[int] = []
+    store = GatedStore()
+    cache = gated_cache(content, fetched, store)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(cache.read(5000, 100)))
+    reader.start()
+    reader.join(10)
+    assert got == [content[5000:5100]]  # back while the cache folder has not written a byte
+    assert store.blocks == {}
+    store.gate.set()
+    cache.close()
+    assert sorted(store.blocks) == sorted(set(fetched)) == [1]
+    assert store.blocks[1] == content[4096:8192]
+
+
+def test_blocks_waiting_for_the_cache_folder_are_bounded() -> None:
+    """While the cache folder cannot keep up, fetching stops at a bound instead of holding the
+    whole blob in memory; once it writes again, the reader gets every byte and the folder
+    every block."""
+    blocks = 256
+    content = random.Random(9).randbytes(blocks * 4096)
+    fetched: list[int] = []
+    store = GatedStore()
+    cache = gated_cache(content, fetched, store)
+    out = bytearray()
+
+    def read_all() -> None:
+        for offset in range(0, len(content), 8192):
+            out.extend(cache.read(offset, 8192))
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    time.sleep(1.0)
+    # 8 blocks waiting to be written, and 4 blocks in the hands of each of the 5 fetch
+    # threads and of the reader: far below the blob's 256.
+    assert len(fetched) <= 8 + 6 * 4
+    store.gate.set()
+    reader.join(30)
+    assert bytes(out) == content
+    cache.close()
+    assert sorted(store.blocks) == list(range(blocks))

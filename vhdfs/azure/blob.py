@@ -76,7 +76,8 @@ class RangeCache:
     to `max_get` (the first run in the reader's thread, the others in the pool), skipping
     blocks that `data_ranges` says hold no data (zeros, no request); a block in flight is
     waited for, never fetched twice. With a `store` (the persistent cache), blocks are
-    looked for there before any GET and put there after.
+    looked for there before any GET and put there after, by a writer thread of their own
+    (at most a read-ahead window waiting; close() waits until they are written).
 
     Read-ahead follows one sequential reader. A read that starts where the previous one
     ended, or anywhere up to one GET past what was planned ahead (a reader of a chain skips
@@ -119,6 +120,11 @@ class RangeCache:
         self.fetches = 0  # GETs made
         self.bytes_fetched = 0
         self._closed = False
+        self._writer: ThreadPoolExecutor | None = None  # writes to the store, one at a time
+        self._backlog = 0  # fetched blocks waiting to be written to the store
+        self._backlog_max = self.read_ahead_blocks or self.blocks_per_get
+        self._backlog_room = threading.Condition()
+        self._writes_closed = False
         _caches.add(self)
 
     # ------------------------------------------------------------------ reading
@@ -323,9 +329,35 @@ class RangeCache:
                 self._blocks.popitem(last=False)
         if ahead:
             self._ahead_done(ok=True)
-        if self._store is not None:  # after the readers have their blocks
-            for index in fetched:
-                self._store.put(index, pieces[index])
+        if self._store is not None and fetched:  # after the readers have their blocks
+            self._write_later([(index, pieces[index]) for index in fetched])
+
+    def _write_later(self, blocks: list[tuple[int, bytes]]) -> None:
+        """Hand fetched blocks to the cache folder's one writer thread, so that neither a
+        reader nor a fetch thread waits for the disk (a cold cache's reads were slowed by
+        their own writes); while a read-ahead window of blocks (32 MiB) waits to be written,
+        the thread that fetched more waits for room, so memory stays bounded."""
+        with self._backlog_room:
+            while self._backlog and self._backlog + len(blocks) > self._backlog_max:
+                self._backlog_room.wait()
+            self._backlog += len(blocks)
+            writer = self._writer
+            if writer is None and not self._writes_closed:
+                writer = self._writer = ThreadPoolExecutor(
+                    1, thread_name_prefix="vhdfs-cache-write")
+        if writer is None:  # a read that ends after close(): written here, as it was fetched
+            self._write_blocks(blocks)
+        else:
+            writer.submit(self._write_blocks, blocks)
+
+    def _write_blocks(self, blocks: list[tuple[int, bytes]]) -> None:
+        try:
+            for index, data in blocks:
+                self._store.put(index, data)  # type: ignore[union-attr]
+        finally:
+            with self._backlog_room:
+                self._backlog -= len(blocks)
+                self._backlog_room.notify_all()
 
     def _from_store(self, indexes: range, pieces: dict[int, bytes]) -> list[int]:
         """The blocks the persistent store holds (whole) into `pieces`; the others."""
@@ -481,6 +513,11 @@ class RangeCache:
             self._blocks.clear()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        with self._backlog_room:  # (runs that were in progress above have handed theirs over)
+            writer, self._writer = self._writer, None
+            self._writes_closed = True
+        if writer is not None:
+            writer.shutdown(wait=True)  # what was fetched is in the store before it closes
         with self._lock:  # runs cancelled in the queue: nobody may wait for them forever
             pending, self._inflight = self._inflight, {}
         for future in pending.values():
@@ -502,6 +539,8 @@ def _before_fork() -> None:
                 future.result(timeout=FORK_WAIT)
             except BaseException:  # the reader that wants these blocks sees the error
                 pass
+        with cache._backlog_room:  # and the writes to the cache folder
+            cache._backlog_room.wait_for(lambda c=cache: c._backlog == 0, timeout=FORK_WAIT)
 
 
 def _after_fork_in_child() -> None:
@@ -511,6 +550,9 @@ def _after_fork_in_child() -> None:
         cache._inflight = {}
         cache._ahead_gets = cache._gets_now = 0
         cache._stream = Stream()
+        cache._writer = None  # its thread stayed in the parent too
+        cache._backlog = 0
+        cache._backlog_room = threading.Condition()
 
 
 os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
