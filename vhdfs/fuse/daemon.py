@@ -41,6 +41,13 @@ class MountConfig:
     # `mount --stats`: the traffic totals (with a one-line "summary"), logged at unmount and
     # answered as an extended attribute for `vhdfs umount` to print.
     stats: Callable[[], dict[str, Any]] | None = None
+    # The kernel's page cache (with write-back) between the files and the daemon, for the
+    # private mount of `put`, `rm` and `mkdir` alone: ntfs-3g writes its device in 4 KiB
+    # pieces, many of them again and again to the same metadata, and the cache turns them
+    # into few large writes. Its writes reach the daemon when the tool syncs, closes the file
+    # or is unmounted, and the private mount waits for all of that; a user's `mount --rw`
+    # keeps direct I/O, where every acknowledged write is in the daemon at once.
+    page_cache: bool = False
 
 
 def fuse_options(config: MountConfig) -> set[str]:
@@ -105,7 +112,8 @@ def _single(exc: BaseException) -> BaseException:
 def serve(chain: Chain, files: list[DiskFile], config: MountConfig,
           ready: Callable[[], None] | None = None) -> None:
     """Mount `files` of `chain` at the mount point and serve until unmounted or signalled."""
-    ops = ChainOperations(chain, files, writable=config.writable, stats=config.stats)
+    ops = ChainOperations(chain, files, writable=config.writable, stats=config.stats,
+                          page_cache=config.page_cache)
     try:
         pyfuse3.init(ops, str(config.mountpoint), fuse_options(config))
     except RuntimeError as exc:

@@ -59,8 +59,11 @@ class ChainOperations(pyfuse3.Operations):
 
     def __init__(self, chain: Chain, files: list[DiskFile], *, writable: bool,
                  offload: bool | None = None,
-                 stats: Callable[[], dict[str, Any]] | None = None) -> None:
+                 stats: Callable[[], dict[str, Any]] | None = None,
+                 page_cache: bool = False) -> None:
         super().__init__()
+        self.page_cache = page_cache  # MountConfig.page_cache: why and where
+        self.enable_writeback_cache = page_cache  # read by pyfuse3.init
         self.stats = stats  # `mount --stats`: the traffic totals, offered as XATTR_STATS
         self.chain = chain
         self.files = {f.inode: f for f in files}
@@ -71,7 +74,11 @@ class ChainOperations(pyfuse3.Operations):
         self.dirty = False  # written since the last flush
         self.uid, self.gid = os.getuid(), os.getgid()
         self.mounted_ns = self.changed_ns = time.time_ns()  # changed: the last write
-        self.attr_timeout = WRITABLE_ATTR_TIMEOUT if writable else ATTR_TIMEOUT
+        # Times that move with every write: a writable mount's attributes are asked again
+        # each time. Not under the page cache, where the kernel keeps them itself and a
+        # write would otherwise cost a GETATTR.
+        self.attr_timeout = WRITABLE_ATTR_TIMEOUT if writable and not page_cache else \
+            ATTR_TIMEOUT
         self._logged: set[tuple] = set()
 
     # ---------------------------------------------------------------- errors
@@ -168,6 +175,11 @@ class ChainOperations(pyfuse3.Operations):
         return data
 
     async def getxattr(self, inode, name, ctx):
+        if self.page_cache:
+            # The kernel asks for security.capability before every cached write (FUSE
+            # clears SB_NOSEC): ENOSYS makes it stop asking for any attribute, a round trip
+            # saved per write. The private mount's owner knows its daemon without them.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         if inode == ROOT:
             if name == XATTR_PID:
                 return str(os.getpid()).encode()
@@ -194,7 +206,7 @@ class ChainOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EACCES if self.writable else errno.EROFS)
         # direct_io: requests of up to 1 MiB straight from the caller's buffer, no second copy
         # in the kernel's page cache (the chain's files are cached there already).
-        return pyfuse3.FileInfo(fh=inode, direct_io=True)
+        return pyfuse3.FileInfo(fh=inode, direct_io=not self.page_cache)
 
     def _read_disk(self, offset: int, length: int) -> bytearray:
         # Filled in place and handed to FUSE as it is: no copy into a bytes object.

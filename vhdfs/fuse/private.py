@@ -163,7 +163,7 @@ def private_mount(chain: Chain, *, prefix: str = "vhdfs-") -> Iterator[PrivateMo
     mountpoint = root / DISK_FOLDER
     mountpoint.mkdir(mode=0o700)
     files = build_tree(chain, writable=True)
-    config = MountConfig(mountpoint, writable=True)
+    config = MountConfig(mountpoint, writable=True, page_cache=True)
     parent = os.getpid()
     try:
         pid = serve_in_background(chain, files, config, log_file=root / LOG_NAME,
@@ -189,7 +189,7 @@ def _take_down(mount: PrivateMount) -> None:
         if inner != mount.mountpoint:
             _fusermount("-u", "-z", str(inner))
     try:
-        unmount(mount.mountpoint)
+        unmount(mount.mountpoint, daemon=mount.pid)
     except MountError as exc:
         said = mount.daemon_log()
         raise MountError(f"{exc}{'; the mount daemon said: ' + said if said else ''}") from None

@@ -30,8 +30,10 @@ def _xattr(path: Path, name: bytes) -> bytes | None:
 
 
 def unmount(path: str | os.PathLike[str], *, lazy: bool = False,
-            timeout: float = EXIT_TIMEOUT) -> str:
-    """Unmount a vhdfs mount; returns a one-line report."""
+            timeout: float = EXIT_TIMEOUT, daemon: int | None = None) -> str:
+    """Unmount a vhdfs mount; returns a one-line report. `daemon`: the pid of a writable
+    mount's daemon, for a caller that started it (the private mount, which answers no
+    extended attributes); otherwise the mount names its daemon itself."""
     mountpoint = Path(os.path.abspath(path))
     entry = mount_entry(mountpoint)
     if entry is None:
@@ -41,14 +43,14 @@ def unmount(path: str | os.PathLike[str], *, lazy: bool = False,
     if entry.fstype != FSTYPE:
         raise MountError(f"{mountpoint}: is a {entry.fstype} mount, not a vhdfs one; use umount "
                          f"{mountpoint}")
-    pid_text = _xattr(mountpoint, XATTR_PID)
+    pid_text = str(daemon).encode() if daemon is not None else _xattr(mountpoint, XATTR_PID)
     pidfd = None
     if pid_text and pid_text.isdigit():
         try:
             pidfd = os.pidfd_open(int(pid_text))
         except OSError:
             pidfd = None
-    if _xattr(mountpoint, XATTR_WRITABLE) == b"1":
+    if daemon is not None or _xattr(mountpoint, XATTR_WRITABLE) == b"1":
         _flush(mountpoint)
     command = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(mountpoint)]
     done = subprocess.run(command, capture_output=True, text=True)

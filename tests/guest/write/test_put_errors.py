@@ -6,6 +6,7 @@ with its words and the state of the guest), reading options that do not apply (2
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -321,8 +322,9 @@ def test_a_read_error_the_tool_survives_is_a_warning_naming_the_parent(windows_b
         assert done.returncode == 0, done.stderr
         (warning,) = done.stderr.decode().strip().splitlines()
         assert warning.startswith("vhdfs: warning: the image's mount: read of p2 at offset ")
-        assert warning.endswith(f"base.vhd: reading 512 bytes at offset {bad} failed: "
-                                "Input/output error")
+        # the kernel's page cache between ntfs-3g and the daemon reads whole pages
+        assert re.search(rf"base\.vhd: reading (512|4096) bytes at offset {bad} failed: "
+                         "Input/output error$", warning), warning
         assert vhdfs("cat", child, "C:\\x.txt").raw == b"x"
     finally:
         failing.stop()
