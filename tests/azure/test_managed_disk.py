@@ -165,3 +165,34 @@ def test_guard_refuses_what_a_plain_upload_sends(tmp_path: Path, disk_env: dict,
     done = vhdfs("upload", child, disk_url(proxy, container, "plain.vhd"), env=disk_env,
                  check=False)
     assert done.returncode == 8 and "HTTP 403" in done.stderr
+
+
+@pytest.mark.parametrize("scheme, generation", [("gpt", "V2"), ("dos", "V1"), (None, None)])
+def test_the_disk_create_named_fits_the_partition_table(tmp_path: Path, env: dict,
+                                                        disk_env: dict, azurite: Azurite,
+                                                        container: str, proxy: FaultProxy,
+                                                        scheme: str | None,
+                                                        generation: str | None) -> None:
+    """A GPT disk boots only on a generation 2 VM, and a managed disk's generation is set when
+    it is created: the `az disk create` named on a size mismatch carries it, and a GPT disk's
+    upload ends by saying so."""
+    raw = tmp_path / "disk.raw"
+    with open(raw, "wb") as out:
+        out.truncate(SIZE)
+    if scheme:
+        subprocess.run(["sfdisk", "-q", str(raw)], input=f"label: {scheme}\n,32M\n", text=True,
+                       check=True, capture_output=True)
+    image = tmp_path / "disk.vhd"
+    vhdfs("convert", raw, image, "--to", "dynamic", env=env)
+    make_disk(azurite, container, "wrong", 2 * SIZE + FOOTER)
+    make_disk(azurite, container, "right", SIZE + FOOTER)
+    guard(proxy)
+    refused = vhdfs("upload", image, disk_url(proxy, container, "wrong"), "--managed-disk",
+                    env=disk_env, check=False)
+    assert refused.returncode == 2, refused.stderr
+    fits = f"--upload-size-bytes {SIZE + FOOTER}"
+    assert (f"{fits} --hyper-v-generation {generation} (then" if generation else
+            f"{fits} (then") in refused.stderr
+    done = vhdfs("upload", image, disk_url(proxy, container, "right"), "--managed-disk",
+                 env=disk_env)
+    assert ("boots only on a generation 2 VM" in done.stderr) == (generation == "V2")

@@ -92,7 +92,13 @@ def write_record(dest: BlobLocation, record: UploadRecord) -> None:
                            "permissions") from None
 
 
-def check_disk_size(name: str, found: int, needed: int) -> None:
+def _generation_option(generation: str | None) -> str:
+    """az disk create's option for an OS disk of this partition table (a GPT disk only boots
+    on a generation 2 VM, and a disk's generation is set when it is created)."""
+    return f" --hyper-v-generation {generation}" if generation else ""
+
+
+def check_disk_size(name: str, found: int, needed: int, generation: str | None = None) -> None:
     """The disk's blob must be exactly the fixed VHD's size: say which disk would fit."""
     if found == needed:
         return
@@ -100,14 +106,15 @@ def check_disk_size(name: str, found: int, needed: int) -> None:
         f"{name}: the managed disk takes {found} bytes ({human(found)}), but this disk as a fixed "
         f"VHD is {needed} bytes (virtual size {needed - FOOTER} + the {FOOTER}-byte footer); "
         f"nothing was written; create a disk that fits: az disk create --resource-group RG "
-        f"--name DISK --upload-type Upload --upload-size-bytes {needed} (then az disk "
+        f"--name DISK --upload-type Upload --upload-size-bytes {needed}"
+        f"{_generation_option(generation)} (then az disk "
         "grant-access --resource-group RG --name DISK --access-level Write --duration-in-seconds "
         "86400 for the URL)")
 
 
-def follow_up(dest: BlobLocation) -> list[str]:
+def follow_up(dest: BlobLocation, generation: str | None = None) -> list[str]:
     """What to run once the disk holds the upload (printed at the end)."""
-    return [
+    notes = [
         f"{dest.display}: the managed disk holds the upload; next, revoke the write access "
         "(the disk cannot be attached while it is open for upload): az disk revoke-access "
         "--resource-group RG --name DISK",
@@ -116,3 +123,8 @@ def follow_up(dest: BlobLocation) -> list[str]:
         "--resource-group RG --name SNAP --source DISK, then az sig image-version create ... "
         "--os-snapshot SNAP (see docs/azure.md)",
     ]
+    if generation == "V2":
+        notes.append("the disk has a GPT partition table: it boots only on a generation 2 VM "
+                     "(UEFI); the disk must have been created with --hyper-v-generation V2, and "
+                     "an image definition made from it needs --hyper-v-generation V2 too")
+    return notes

@@ -24,6 +24,7 @@ from vhdfs.chain import Chain
 from vhdfs.convert import skip_free_space
 from vhdfs.errors import FormatError, ParentMismatch, UsageError, VhdfsError
 from vhdfs.filesystems.free import FreeSpace
+from vhdfs.partitions import read_table
 from vhdfs.progress import Progress
 from vhdfs.resolve import OpenOptions, find_parent, open_chain, open_layer, open_source
 from vhdfs.sources.local import LocalFile
@@ -50,6 +51,9 @@ class SourcePlan:
     watched: WatchedFiles = field(default_factory=WatchedFiles)
     skipped_free: int = 0  # --skip-free: bytes of the source's data in free space, not read
     free_space: FreeSpace | None = None  # --skip-free: the map, per volume
+    # What az's --hyper-v-generation the disk needs as an OS disk: "V2" for a GPT disk (UEFI),
+    # "V1" for an MBR one; None when it has no partition table vhdfs can read.
+    hyper_v_generation: str | None = None
 
 
 def _fingerprint(mode: str, parts: list[str]) -> str:
@@ -96,11 +100,22 @@ def _plan_flat(spec: str, open_options: OpenOptions, skip_free: bool = False) ->
         footer = upload_footer(chain, fingerprint, facts[0][1])
         plan = SourcePlan(spec, "flat", chain.size + FOOTER_SIZE, fingerprint, facts[0][0],
                           facts[0][1], lambda progress: flat_writes(chain, footer, progress),
-                          chain.close, top=chain.top, watched=watched)
+                          chain.close, top=chain.top, watched=watched,
+                          hyper_v_generation=_generation(chain))
         return _without_free_space(plan, chain, footer) if skip_free else plan
     except BaseException:
         chain.close()
         raise
+
+
+def _generation(chain: Chain) -> str | None:
+    """GPT: a generation 2 VM (UEFI) boots it; MBR: generation 1 (BIOS). The partition
+    table only (what `vhdfs verify` says from the boot files is the fuller answer)."""
+    try:
+        scheme = read_table(chain).scheme
+    except VhdfsError:
+        return None
+    return {"gpt": "V2", "mbr": "V1"}.get(scheme)
 
 
 def _plan_as_is(spec: str) -> SourcePlan:

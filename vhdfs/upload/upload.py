@@ -574,7 +574,8 @@ class _ManagedDiskUpload(_Upload):
         kind = _blob_kind(props)
         if kind != "PageBlob":
             raise RemoteError(f"{self.name}: is a {kind}, not a managed disk's page blob")
-        managed.check_disk_size(self.name, props.size, self.plan.blob_size)
+        managed.check_disk_size(self.name, props.size, self.plan.blob_size,
+                                self.plan.hyper_v_generation)
         return props
 
     def _start(self) -> None:
@@ -645,7 +646,7 @@ class _ManagedDiskUpload(_Upload):
             managed.write_record(self.dest, dataclasses.replace(
                 self.record, state="complete", digest=self.report.digest,
                 data_bytes=digest.data_bytes, completed=_now_iso()))
-        self.report.notes.extend(managed.follow_up(self.dest))
+        self.report.notes.extend(managed.follow_up(self.dest, self.plan.hyper_v_generation))
 
 
 def _refuse_changed(client: Any, name: str, secrets: tuple[str, ...], metadata: dict[str, str],
