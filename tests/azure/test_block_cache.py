@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -376,3 +377,21 @@ def test_blocks_waiting_for_the_cache_folder_are_bounded() -> None:
     assert bytes(out) == content
     cache.close()
     assert sorted(store.blocks) == list(range(blocks))
+
+
+def test_blocks_fetched_while_the_interpreter_exits_are_written_in_place() -> None:
+    """At interpreter exit no pool takes new work: a fetch then writes its blocks itself
+    instead of failing (or leaving the next fetch waiting for room forever)."""
+    content = random.Random(10).randbytes(16 * 4096)
+    store = GatedStore()
+    store.gate.set()
+    cache = gated_cache(content, [], store)
+    exited = ThreadPoolExecutor(1)
+    exited.shutdown()  # refuses work as every pool does once the interpreter exits
+    cache._writer = exited
+    try:
+        for offset in range(0, len(content), 4096):
+            assert cache.read(offset, 4096) == content[offset:offset + 4096]
+    finally:
+        cache.close()
+    assert sorted(store.blocks) == list(range(16))

@@ -345,10 +345,13 @@ class RangeCache:
             if writer is None and not self._writes_closed:
                 writer = self._writer = ThreadPoolExecutor(
                     1, thread_name_prefix="vhdfs-cache-write")
-        if writer is None:  # a read that ends after close(): written here, as it was fetched
-            self._write_blocks(blocks)
-        else:
-            writer.submit(self._write_blocks, blocks)
+        try:
+            if writer is not None:
+                writer.submit(self._write_blocks, blocks)
+                return
+        except RuntimeError:  # the interpreter is exiting: no new work for any pool
+            pass
+        self._write_blocks(blocks)  # (also a read that ends after close()): here, as fetched
 
     def _write_blocks(self, blocks: list[tuple[int, bytes]]) -> None:
         try:
