@@ -49,7 +49,7 @@ def test_small_writes_reach_the_daemon_coalesced_and_land_in_the_child(windows_b
             os.fsync(fd)
         finally:
             os.close(fd)
-        reads, writes = (after - first for after, first in zip(syscalls(mount.pid), before))
+        reads, writes = (after - first for after, first in zip(syscalls(mount.pid), before, strict=True))
         # Through direct I/O: one request (a read and a reply) and at least one pwrite into
         # the child per piece written, 2 x 512 of each; here a few large writes.
         assert writes < PIECES // 4, (reads, writes)
