@@ -249,6 +249,35 @@ def test_a_full_ntfs_volume_fails_in_ntfs3g_words(windows_base, tmp_path, vhdfs)
     check_base(windows_base)
 
 
+def test_the_disk_under_the_child_filling_up_fails_the_put_and_keeps_the_child_valid(
+        windows_base, tmp_path, vhdfs):
+    """The child's own file system fills (a 12 MiB tmpfs) while ntfs-3g writes a 32 MiB file:
+    the daemon's ENOSPC reaches ntfs-3g through the page cache of the private mount (at its
+    write-back, not lost there), the put fails in one line naming the child, the file is not
+    left in the guest, and the child is a valid VHD that check calls clean."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(small)], check=True)
+    try:
+        child = child_of(windows_base, small)
+        big = tmp_path / "big.bin"
+        big.write_bytes(bytes(range(256)) * (32 * MiB // 256))
+        done = vhdfs("put", child, big, "/big.bin", "--volume", "2", "--progress", "none")
+        assert done.code == 1, done.err
+        line = one_error_line(done.err)
+        assert line.startswith('vhdfs: error: volume 2 (NTFS "Windows"): writing /big.bin '
+                               "failed: ntfs-3g: No space left on device; /big.bin was not "
+                               "written;"), line
+        assert line.endswith(f"{child} is complete and valid with what was done (vhdfs changes "
+                             f"{child} lists it)")
+        assert "big.bin" not in vhdfs("ls", child, "/", "--volume", "2").out
+        checked = vhdfs("check", child)
+        assert checked.code == 0, checked.out
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    check_base(windows_base)
+
+
 def test_an_ext_journal_that_needs_recovery_is_refused(tmp_path, vhdfs):
     ext = tmp_path / "p1.ext4"
     build_ext4_volume(ext, 16 * MiB, {"etc/hostname": b"x\n"},
