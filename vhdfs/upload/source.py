@@ -52,8 +52,9 @@ class SourcePlan:
     skipped_free: int = 0  # --skip-free: bytes of the source's data in free space, not read
     free_space: FreeSpace | None = None  # --skip-free: the map, per volume
     # What az's --hyper-v-generation the disk needs as an OS disk: "V2" for a GPT disk (UEFI),
-    # "V1" for an MBR one; None when it has no partition table vhdfs can read.
-    hyper_v_generation: str | None = None
+    # "V1" for an MBR one; None when it has no partition table vhdfs can read. Asked only by
+    # a managed-disk upload (a read of the partition table, remote for a blob chain).
+    hyper_v_generation: Callable[[], str | None] = lambda: None
 
 
 def _fingerprint(mode: str, parts: list[str]) -> str:
@@ -101,7 +102,7 @@ def _plan_flat(spec: str, open_options: OpenOptions, skip_free: bool = False) ->
         plan = SourcePlan(spec, "flat", chain.size + FOOTER_SIZE, fingerprint, facts[0][0],
                           facts[0][1], lambda progress: flat_writes(chain, footer, progress),
                           chain.close, top=chain.top, watched=watched,
-                          hyper_v_generation=_generation(chain))
+                          hyper_v_generation=lambda: _generation(chain))
         return _without_free_space(plan, chain, footer) if skip_free else plan
     except BaseException:
         chain.close()

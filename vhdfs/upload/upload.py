@@ -549,8 +549,10 @@ class _ManagedDiskUpload(_Upload):
     record kept on this machine and the disk's page ranges."""
 
     record: managed.UploadRecord | None = None
+    generation: str | None = None  # the plan's hyper_v_generation, read once
 
     def run(self, started: float) -> UploadReport:
+        self.generation = self.plan.hyper_v_generation()
         self.props = self._existing_disk()
         self.record = managed.read_record(self.dest)
         self._start()
@@ -574,8 +576,7 @@ class _ManagedDiskUpload(_Upload):
         kind = _blob_kind(props)
         if kind != "PageBlob":
             raise RemoteError(f"{self.name}: is a {kind}, not a managed disk's page blob")
-        managed.check_disk_size(self.name, props.size, self.plan.blob_size,
-                                self.plan.hyper_v_generation)
+        managed.check_disk_size(self.name, props.size, self.plan.blob_size, self.generation)
         return props
 
     def _start(self) -> None:
@@ -646,7 +647,7 @@ class _ManagedDiskUpload(_Upload):
             managed.write_record(self.dest, dataclasses.replace(
                 self.record, state="complete", digest=self.report.digest,
                 data_bytes=digest.data_bytes, completed=_now_iso()))
-        self.report.notes.extend(managed.follow_up(self.dest, self.plan.hyper_v_generation))
+        self.report.notes.extend(managed.follow_up(self.dest, self.generation))
 
 
 def _refuse_changed(client: Any, name: str, secrets: tuple[str, ...], metadata: dict[str, str],
